@@ -1,0 +1,98 @@
+/* A FLUX transformer behind one internal naming: diffusers tensor names for
+ * raw tensors, Nunchaku fused-group names for quantization units. */
+#ifndef FX_MODEL_H
+#define FX_MODEL_H
+
+#include "../common/fx-err.h"
+#include "../common/fx-tensor.h"
+#include "fx-st.h"
+
+enum fx_layout { FX_LAYOUT_DIFFUSERS, FX_LAYOUT_BFL };
+
+struct fx_model_config {
+	int hidden;          /* D = heads * head_dim */
+	int heads;
+	int head_dim;
+	int mlp_hidden;      /* 4 D */
+	int num_double;
+	int num_single;
+	int in_channels;
+	int out_channels;
+	int joint_dim;       /* T5 width (4096) */
+	int pooled_dim;      /* CLIP width (768) */
+	bool guidance;       /* dev: true, schnell: false */
+	int axes[3];         /* RoPE axes dims, sum = head_dim */
+};
+
+enum fx_group_kind {
+	FX_GROUP_W4A4,       /* smoothed, low-rank, 4-bit weights and activations */
+	FX_GROUP_ADALN       /* W4A16 modulation linear */
+};
+
+/* One source slice of a fused group: rows [row0,row0+nrows) and columns
+ * [col0,col0+ncols) of a source weight; its rows land at group rows
+ * [out_row0, out_row0+nrows). bias may be NULL (zero). */
+struct fx_member {
+	const char *name;            /* diffusers name of the source linear */
+	const struct fx_tensor *weight;
+	const struct fx_tensor *bias;
+	int64_t row0, nrows, col0, ncols, out_row0;
+};
+
+#define FX_GROUP_MAX_MEMBERS 4
+
+struct fx_group {
+	char name[96];               /* "transformer_blocks.3.qkv_proj" */
+	const char *fused;           /* "qkv_proj" */
+	int block;                   /* index within its kind */
+	bool single;                 /* single_transformer_blocks */
+	enum fx_group_kind kind;
+	int64_t n, k;                /* fused output and input features */
+	int nmembers;
+	struct fx_member members[FX_GROUP_MAX_MEMBERS];
+	int adaln_chunks;            /* S for adaLN groups (6 or 3), else 0 */
+	bool gelu_input;             /* *_fc2: input comes from GELU (INT4 shift) */
+};
+
+struct fx_model;
+
+/* path: diffusers folder (config.json + shards/index), a folder holding
+ * transformer/, or a single BFL/diffusers .safetensors file. */
+int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err);
+void fx_model_close(struct fx_model *m);
+
+const struct fx_model_config *fx_model_config(const struct fx_model *m);
+enum fx_layout fx_model_layout(const struct fx_model *m);
+const struct fx_stset *fx_model_files(const struct fx_model *m);
+/* config.json text (NULL when inferred from shapes); borrowed. */
+const char *fx_model_config_json(const struct fx_model *m);
+
+/* Fused groups, double blocks first (block order, then the order of
+ * design.md §2), then single blocks. Borrowed. */
+size_t fx_model_ngroups(const struct fx_model *m);
+const struct fx_group *fx_model_group(const struct fx_model *m, size_t i);
+const struct fx_group *fx_model_find_group(const struct fx_model *m, const char *name);
+
+/* Materialises a fused group in f32: w (n*k, row-major), b (n; zeros where a
+ * member has no bias). Either may be NULL. Non-finite values are an error
+ * naming the source tensor and index. */
+int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g,
+		       float *w, float *b, struct fx_err *err);
+
+/* Non-block-linear tensors under diffusers names ("x_embedder.weight",
+ * "transformer_blocks.0.attn.norm_q.weight", "norm_out.linear.weight", ...):
+ * the list, and each one converted to BF16 into dst (BFL norm_out halves
+ * swapped back to diffusers order). */
+size_t fx_model_nplain(const struct fx_model *m);
+const char *fx_model_plain_name(const struct fx_model *m, size_t i);
+const struct fx_tensor *fx_model_plain(const struct fx_model *m, const char *name);
+int fx_model_plain_bf16(const struct fx_model *m, const char *name, uint16_t *dst,
+			struct fx_err *err);
+/* Same as f32. */
+int fx_model_plain_f32(const struct fx_model *m, const char *name, float *dst,
+		       struct fx_err *err);
+
+/* Name of a block prefix: "transformer_blocks.3" / "single_transformer_blocks.3". */
+const char *fx_block_prefix(char *buf, size_t cap, bool single, int block);
+
+#endif
