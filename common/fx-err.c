@@ -25,15 +25,22 @@ int fx_error(struct fx_err *err, int code, const char *fmt, ...)
 
 int fx_error_prefix(struct fx_err *err, const char *fmt, ...)
 {
-	char pre[FX_ERR_MSG_MAX], tmp[FX_ERR_MSG_MAX];
+	char tmp[FX_ERR_MSG_MAX];
+	size_t n;
 	va_list ap;
 
 	if (!err)
 		return FX_E_ARG;
 	va_start(ap, fmt);
-	vsnprintf(pre, sizeof(pre), fmt, ap);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
-	snprintf(tmp, sizeof(tmp), "%s: %s", pre, err->msg);
+	n = strlen(tmp);
+	if (n + 2 < sizeof(tmp)) {
+		memcpy(tmp + n, ": ", 2);
+		n += 2;
+		tmp[n] = '\0';
+		strncat(tmp + n, err->msg, sizeof(tmp) - n - 1);
+	}
 	memcpy(err->msg, tmp, sizeof(tmp));
 	return err->code;
 }

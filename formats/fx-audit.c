@@ -1,0 +1,286 @@
+/* fx-verify's library half: open, classify, check, collect findings. */
+#include "fx-audit.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fx-file.h"
+#include "fx-model.h"
+#include "fx-st.h"
+
+const char *fx_severity_name(enum fx_severity s)
+{
+	switch (s) {
+	case FX_SEV_NOTE: return "note";
+	case FX_SEV_WARN: return "warning";
+	case FX_SEV_ERROR: return "error";
+	}
+	return "?";
+}
+
+void fx_audit_init(struct fx_audit *a)
+{
+	memset(a, 0, sizeof(*a));
+}
+
+void fx_audit_release(struct fx_audit *a)
+{
+	size_t i;
+
+	free(a->format);
+	free(a->tool);
+	free(a->params);
+	free(a->inputs);
+	free(a->recipe);
+	free(a->model_summary);
+	free(a->find);
+	for (i = 0; i < a->lines_n; i++)
+		free(a->lines[i]);
+	free(a->lines);
+	memset(a, 0, sizeof(*a));
+}
+
+void fx_audit_add(struct fx_audit *a, enum fx_severity sev, const char *check, const char *where,
+		  const char *fmt, ...)
+{
+	struct fx_finding *f;
+	va_list ap;
+
+	if (a->nfind == a->capfind) {
+		size_t cap = a->capfind ? a->capfind * 2 : 16;
+		struct fx_finding *n = realloc(a->find, cap * sizeof(*n));
+
+		if (!n)
+			return;
+		a->find = n;
+		a->capfind = cap;
+	}
+	f = &a->find[a->nfind++];
+	f->sev = sev;
+	snprintf(f->check, sizeof(f->check), "%s", check);
+	snprintf(f->where, sizeof(f->where), "%s", where ? where : "");
+	va_start(ap, fmt);
+	vsnprintf(f->msg, sizeof(f->msg), fmt, ap);
+	va_end(ap);
+}
+
+void fx_audit_line(struct fx_audit *a, const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	if (a->lines_n == a->lines_cap) {
+		size_t cap = a->lines_cap ? a->lines_cap * 2 : 32;
+		char **n = realloc(a->lines, cap * sizeof(*n));
+
+		if (!n)
+			return;
+		a->lines = n;
+		a->lines_cap = cap;
+	}
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	if (s)
+		a->lines[a->lines_n++] = s;
+}
+
+size_t fx_audit_failures(const struct fx_audit *a, bool strict)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < a->nfind; i++)
+		if (a->find[i].sev == FX_SEV_ERROR || (strict && a->find[i].sev == FX_SEV_WARN))
+			n++;
+	return n;
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static void count_tensor(struct fx_audit *a, const struct fx_tensor *t)
+{
+	a->ntensors++;
+	a->nbytes += t->nbytes;
+	a->dtype_count[t->dtype]++;
+	a->dtype_bytes[t->dtype] += t->nbytes;
+}
+
+static bool json_valid(const char *s, bool want_object)
+{
+	json_error_t jerr;
+	json_t *v = json_loads(s, JSON_DECODE_ANY, &jerr);
+	bool ok = v && (!want_object || json_is_object(v));
+
+	json_decref(v);
+	return ok;
+}
+
+/* fx.* header consistency of an fx intermediate. */
+static void audit_fx_header(struct fx_audit *a, const struct fx_st *st)
+{
+	struct fx_file_info info;
+	struct fx_err err = {0};
+	static const char *const known[] = { FX_FMT_CALIB, FX_FMT_BRANCH, FX_FMT_QUANT, FX_FMT_PACKED };
+	bool is_known = false;
+	size_t i;
+
+	if (fx_file_info(st, &info, &err) < 0) {
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "%s", err.msg);
+		return;
+	}
+	a->format = dup_or_null(info.format);
+	a->version = info.version;
+	a->tool = dup_or_null(info.tool);
+	a->params = dup_or_null(info.params);
+	a->inputs = dup_or_null(info.inputs);
+	a->recipe = dup_or_null(info.recipe);
+	for (i = 0; i < FX_ARRAY_SIZE(known); i++)
+		is_known |= !strcmp(info.format, known[i]);
+	if (!is_known)
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "unknown fx.format '%s'", info.format);
+	if (info.version > FX_FILE_VERSION)
+		fx_audit_add(a, FX_SEV_ERROR, "version", "",
+			     "file is version %d, this fx-verify supports up to %d",
+			     info.version, FX_FILE_VERSION);
+	if (!info.tool)
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.tool missing");
+	if (!info.params || !json_valid(info.params, true))
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.params missing or not a JSON object");
+	if (!info.inputs || !json_valid(info.inputs, true))
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.inputs missing or not a JSON object");
+	if (info.layers && !json_valid(info.layers, true))
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.layers is not a JSON object");
+	if (!info.recipe) {
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.recipe missing");
+	} else if (info.params && info.inputs) {
+		char want[65];
+
+		if (fx_file_recipe(want, info.format, info.version, info.params, info.inputs, &err) == 0 &&
+		    strcmp(want, info.recipe) != 0)
+			fx_audit_add(a, FX_SEV_ERROR, "recipe", "",
+				     "fx.recipe %.12s does not match fx.params and fx.inputs (%.12s): the header was edited",
+				     info.recipe, want);
+	}
+	if (!info.crc32) {
+		fx_audit_add(a, FX_SEV_ERROR, "crc32", "", "fx.crc32 missing");
+	} else if (fx_file_check_crc(st, &err) < 0) {
+		fx_audit_add(a, FX_SEV_ERROR, "crc32", "", "%s", err.msg);
+	}
+}
+
+static int audit_model(struct fx_audit *a, const char *path, struct fx_err *err)
+{
+	struct fx_model *m = NULL;
+	const struct fx_model_config *c;
+	const struct fx_stset *set;
+	size_t i;
+	int ret;
+
+	ret = fx_model_open(&m, path, err);
+	if (ret < 0)
+		return ret;
+	snprintf(a->kind, sizeof(a->kind), "model");
+	c = fx_model_config(m);
+	set = fx_model_files(m);
+	a->nfiles = fx_stset_nfiles(set);
+	for (i = 0; i < fx_stset_count(set); i++)
+		count_tensor(a, fx_stset_at(set, i));
+	if (asprintf(&a->model_summary,
+		     "FLUX.1 %s, %s layout, hidden %d (%d heads), %d double + %d single blocks, "
+		     "in_channels %d, text %d, pooled %d, %zu fused groups",
+		     c->guidance ? "dev" : "schnell",
+		     fx_model_layout(m) == FX_LAYOUT_BFL ? "BFL" : "diffusers",
+		     c->hidden, c->heads, c->num_double, c->num_single, c->in_channels,
+		     c->joint_dim, c->pooled_dim, fx_model_ngroups(m)) < 0)
+		a->model_summary = NULL;
+	fx_model_close(m);
+	return 0;
+}
+
+static bool is_dir(const char *p)
+{
+	struct stat sb;
+
+	return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static bool looks_like_model(const struct fx_st *st)
+{
+	return fx_st_find(st, "x_embedder.weight") || fx_st_find(st, "img_in.weight") ||
+	       fx_st_find(st, "model.diffusion_model.img_in.weight");
+}
+
+int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_opts *o,
+		  struct fx_err *err)
+{
+	struct fx_st *st = NULL;
+	size_t i;
+	int ret;
+
+	(void)o;
+	snprintf(a->path, sizeof(a->path), "%s", path);
+	if (is_dir(path) || strstr(path, ".index.json"))
+		return audit_model(a, path, err);
+	ret = fx_st_open(&st, path, err);
+	if (ret < 0)
+		return ret;
+	a->nfiles = 1;
+	for (i = 0; i < fx_st_count(st); i++)
+		count_tensor(a, fx_st_at(st, i));
+	if (fx_st_meta(st, "fx.format")) {
+		snprintf(a->kind, sizeof(a->kind), "%s", fx_st_meta(st, "fx.format"));
+		audit_fx_header(a, st);
+	} else if (looks_like_model(st)) {
+		fx_st_close(st);
+		return audit_model(a, path, err);
+	} else {
+		snprintf(a->kind, sizeof(a->kind), "safetensors");
+	}
+	fx_st_close(st);
+	return 0;
+}
+
+void *fx_audit_json(const struct fx_audit *a)
+{
+	json_t *o = json_object(), *f = json_array(), *dt = json_object(), *lines = json_array();
+	size_t i;
+
+	json_object_set_new(o, "path", json_string(a->path));
+	json_object_set_new(o, "kind", json_string(a->kind));
+	json_object_set_new(o, "format", a->format ? json_string(a->format) : json_null());
+	json_object_set_new(o, "version", a->format ? json_integer(a->version) : json_null());
+	json_object_set_new(o, "tool", a->tool ? json_string(a->tool) : json_null());
+	json_object_set_new(o, "recipe", a->recipe ? json_string(a->recipe) : json_null());
+	json_object_set_new(o, "params", a->params ? json_loads(a->params, 0, NULL) : json_null());
+	json_object_set_new(o, "inputs", a->inputs ? json_loads(a->inputs, 0, NULL) : json_null());
+	json_object_set_new(o, "files", json_integer((json_int_t)a->nfiles));
+	json_object_set_new(o, "tensors", json_integer((json_int_t)a->ntensors));
+	json_object_set_new(o, "bytes", json_integer((json_int_t)a->nbytes));
+	for (i = 0; i < FX_DTYPE_COUNT; i++)
+		if (a->dtype_count[i])
+			json_object_set_new(dt, fx_dtype_name(i), json_integer((json_int_t)a->dtype_count[i]));
+	json_object_set_new(o, "dtypes", dt);
+	json_object_set_new(o, "model", a->model_summary ? json_string(a->model_summary) : json_null());
+	for (i = 0; i < a->lines_n; i++)
+		json_array_append_new(lines, json_string(a->lines[i]));
+	json_object_set_new(o, "layers", lines);
+	for (i = 0; i < a->nfind; i++) {
+		json_t *e = json_object();
+
+		json_object_set_new(e, "severity", json_string(fx_severity_name(a->find[i].sev)));
+		json_object_set_new(e, "check", json_string(a->find[i].check));
+		json_object_set_new(e, "where", json_string(a->find[i].where));
+		json_object_set_new(e, "message", json_string(a->find[i].msg));
+		json_array_append_new(f, e);
+	}
+	json_object_set_new(o, "findings", f);
+	return o;
+}
