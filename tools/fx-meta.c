@@ -1,0 +1,116 @@
+/* fx-meta: write or repair the loader metadata of a Nunchaku checkpoint. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fx-audit.h"
+#include "fx-cli.h"
+#include "fx-io.h"
+#include "fx-log.h"
+#include "fx-meta.h"
+#include "fx-model.h"
+
+enum { OPT_MODEL = 256, OPT_PRECISION, OPT_RANK, OPT_CHECK };
+
+static const struct fx_opt opts[] = {
+	{ "model", 0, FX_OPT_REQ, "M", "take the config from this FLUX model", OPT_MODEL },
+	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "override the precision read off the tensors", OPT_PRECISION },
+	{ "rank", 0, FX_OPT_REQ, "R", "override the rank read off the lora tensors", OPT_RANK },
+	{ "check", 0, FX_OPT_NONE, NULL, "only report; exit 1 when metadata is missing or wrong", OPT_CHECK },
+	{ 0 }
+};
+
+int main(int argc, char **argv)
+{
+	struct fx_cli cli = {
+		.synopsis = "fx-meta [--model M] [--precision fp4|int4] [--rank R] [--check] FILE",
+		.summary = "Write or repair model_class, config, quantization_config and comfy_config.",
+		.opts = opts,
+	};
+	struct fx_meta_opts mo = { .rank = -1 };
+	struct fx_err err = {0};
+	struct fx_model *m = NULL;
+	struct fx_st *st = NULL;
+	char *vals[FX_META_COUNT] = {0};
+	const char *arg, *model = NULL, *file;
+	bool check = false, in_place = false, same = true;
+	int id, i, ret = 0;
+	long r;
+
+	fx_cli_init(&cli, argc, argv);
+	fx_io_install_signal_cleanup();
+	while ((id = fx_cli_next(&cli, &arg)) > 0) {
+		switch (id) {
+		case OPT_MODEL: model = arg; break;
+		case OPT_PRECISION:
+			if (strcmp(arg, "fp4") && strcmp(arg, "int4"))
+				return fx_cli_usage_error(&cli, "--precision must be fp4 or int4, not '%s'", arg);
+			mo.precision = arg;
+			break;
+		case OPT_RANK:
+			if (!fx_parse_int(arg, 0, 4096, &r) || r % 16)
+				return fx_cli_usage_error(&cli, "--rank must be a multiple of 16, not '%s'", arg);
+			mo.rank = (int)r;
+			break;
+		case OPT_CHECK: check = true; break;
+		}
+	}
+	if (id < 0)
+		return FX_EXIT_USAGE;
+	if (cli.optind != argc - 1)
+		return fx_cli_usage_error(&cli, "expected exactly one FILE");
+	file = argv[cli.optind];
+
+	if ((ret = fx_st_open(&st, file, &err)) < 0)
+		goto fail;
+	if (check) {
+		struct fx_audit a;
+		size_t k, n;
+
+		fx_audit_init(&a);
+		snprintf(a.path, sizeof(a.path), "%s", file);
+		fx_meta_audit(st, &a);
+		for (k = 0; k < a.nfind; k++)
+			printf("%s: %s: %s\n", file, fx_severity_name(a.find[k].sev), a.find[k].msg);
+		n = fx_audit_failures(&a, false);
+		if (!n)
+			printf("%s: metadata ok\n", file);
+		fx_audit_release(&a);
+		fx_st_close(st);
+		return n ? FX_EXIT_FINDINGS : FX_EXIT_OK;
+	}
+	if (model) {
+		if ((ret = fx_model_open(&m, model, &err)) < 0)
+			goto fail;
+		mo.config_json = fx_model_config_json(m);
+	}
+	if ((ret = fx_meta_compute(st, &mo, vals, &err)) < 0)
+		goto fail;
+	for (i = 0; i < FX_META_COUNT; i++) {
+		const char *have = fx_st_meta(st, fx_meta_keys[i]);
+
+		if (!have || strcmp(have, vals[i]))
+			same = false;
+	}
+	fx_st_close(st);
+	st = NULL;
+	if (same) {
+		fx_log_info("%s: metadata up to date", file);
+	} else {
+		if ((ret = fx_meta_write(file, fx_meta_keys, (const char *const *)vals, FX_META_COUNT,
+					 &in_place, &err)) < 0)
+			goto fail;
+		fx_log_info("%s: metadata written (%s)", file, in_place ? "in place" : "rewritten");
+	}
+	for (i = 0; i < FX_META_COUNT; i++)
+		free(vals[i]);
+	fx_model_close(m);
+	return FX_EXIT_OK;
+fail:
+	fx_log_error("%s", err.msg);
+	for (i = 0; i < FX_META_COUNT; i++)
+		free(vals[i]);
+	fx_st_close(st);
+	fx_model_close(m);
+	return fx_status_exit(ret);
+}
