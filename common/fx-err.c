@@ -25,23 +25,17 @@ int fx_error(struct fx_err *err, int code, const char *fmt, ...)
 
 int fx_error_prefix(struct fx_err *err, const char *fmt, ...)
 {
-	char tmp[FX_ERR_MSG_MAX];
-	size_t n;
+	char pre[FX_ERR_MSG_MAX], tmp[2 * FX_ERR_MSG_MAX + 4];
 	va_list ap;
 
 	if (!err)
 		return FX_E_ARG;
 	va_start(ap, fmt);
-	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	vsnprintf(pre, sizeof(pre), fmt, ap);
 	va_end(ap);
-	n = strlen(tmp);
-	if (n + 2 < sizeof(tmp)) {
-		memcpy(tmp + n, ": ", 2);
-		n += 2;
-		tmp[n] = '\0';
-		strncat(tmp + n, err->msg, sizeof(tmp) - n - 1);
-	}
-	memcpy(err->msg, tmp, sizeof(tmp));
+	snprintf(tmp, sizeof(tmp), "%s: %s", pre, err->msg);
+	memcpy(err->msg, tmp, sizeof(err->msg) - 1);
+	err->msg[sizeof(err->msg) - 1] = '\0';
 	return err->code;
 }
 

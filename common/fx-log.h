@@ -26,6 +26,7 @@ struct fx_progress {
 	bool active;
 };
 void fx_progress_start(struct fx_progress *p, const char *what, uint64_t items, uint64_t bytes);
+/* items and bytes are increments (done since the last call). */
 void fx_progress_step(struct fx_progress *p, uint64_t items, uint64_t bytes);
 void fx_progress_end(struct fx_progress *p);
 double fx_now(void);   /* monotonic seconds */

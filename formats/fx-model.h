@@ -31,10 +31,12 @@ enum fx_group_kind {
 
 /* One source slice of a fused group: rows [row0,row0+nrows) and columns
  * [col0,col0+ncols) of a source weight; its rows land at group rows
- * [out_row0, out_row0+nrows). bias may be NULL (zero). */
+ * [out_row0, out_row0+nrows). The bias is sliced with the same rows
+ * [row0,row0+nrows); NULL means zero. weight/bias are the file's tensors
+ * (BFL: the fused img_attn.qkv, linear1, linear2 ...); ncols == group k. */
 struct fx_member {
 	const char *name;            /* diffusers name of the source linear */
-	const struct fx_tensor *weight;
+	const struct fx_tensor *weight;   /* borrowed from the model's files */
 	const struct fx_tensor *bias;
 	int64_t row0, nrows, col0, ncols, out_row0;
 };
@@ -57,15 +59,25 @@ struct fx_group {
 struct fx_model;
 
 /* path: diffusers folder (config.json + shards/index), a folder holding
- * transformer/, or a single BFL/diffusers .safetensors file. */
+ * transformer/, or a single BFL/diffusers .safetensors file (a leading
+ * "model.diffusion_model." is stripped). The config comes from config.json
+ * when there is one, else from the shapes. Every expected tensor is checked
+ * (present, float dtype, shape); so is the absence of unexpected ones.
+ * FX_E_FORMAT names the tensor, the file and both shapes. */
 int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err);
 void fx_model_close(struct fx_model *m);
 
 const struct fx_model_config *fx_model_config(const struct fx_model *m);
 enum fx_layout fx_model_layout(const struct fx_model *m);
 const struct fx_stset *fx_model_files(const struct fx_model *m);
-/* config.json text (NULL when inferred from shapes); borrowed. */
+/* config.json text, or a diffusers-style config synthesised from the
+ * inferred config when the model has none; never NULL; borrowed. */
 const char *fx_model_config_json(const struct fx_model *m);
+/* True when the config came from a config.json file. */
+bool fx_model_config_from_file(const struct fx_model *m);
+/* Diffusers-style config.json text for c (malloc'ed, caller frees):
+ * _class_name FluxTransformer2DModel, patch_size 1, in_channels, ... */
+int fx_model_config_to_json(const struct fx_model_config *c, char **out, struct fx_err *err);
 
 /* Fused groups, double blocks first (block order, then the order of
  * design.md §2), then single blocks. Borrowed. */
@@ -81,8 +93,11 @@ int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g,
 
 /* Non-block-linear tensors under diffusers names ("x_embedder.weight",
  * "transformer_blocks.0.attn.norm_q.weight", "norm_out.linear.weight", ...):
- * the list, and each one converted to BF16 into dst (BFL norm_out halves
- * swapped back to diffusers order). */
+ * top-level ones first (the order of flux-transformer.md §2.2), then each
+ * block's norm scales. fx_model_plain gives the source view (its name is
+ * the file's name; BFL norm_out data is in BFL order); the converters write
+ * numel elements in diffusers order (BFL norm_out halves swapped back) and
+ * report NaN/Inf as FX_E_VALUE naming the source tensor and index. */
 size_t fx_model_nplain(const struct fx_model *m);
 const char *fx_model_plain_name(const struct fx_model *m, size_t i);
 const struct fx_tensor *fx_model_plain(const struct fx_model *m, const char *name);

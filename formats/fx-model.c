@@ -1,0 +1,1118 @@
+/* FLUX transformer loader: diffusers or BFL naming behind one view
+ * (shared/spec/flux-transformer.md §2, nunchaku-svdq-format.md §2.1). */
+#include "fx-model.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fx-io.h"
+
+#define BFL_PREFIX "model.diffusion_model."
+#define MAX_BLOCKS 10000
+#define NAME_CAP 256
+#define CONFIG_MAX (1u << 20)
+
+struct plain {
+	char *name;                  /* diffusers name */
+	const struct fx_tensor *t;   /* source tensor */
+	bool swap;                   /* BFL norm_out: row halves swapped */
+};
+
+struct fx_model {
+	struct fx_stset *set;
+	char *src;                   /* what the tensors were opened from */
+	char *cfg_path;              /* config.json or NULL */
+	const char *prefix;          /* "" or BFL_PREFIX */
+	enum fx_layout layout;
+	struct fx_model_config cfg;
+	char *cfg_json;
+	bool cfg_file;
+	struct fx_group *groups;
+	size_t ngroups, capgroups;
+	struct plain *plain;
+	size_t nplain, capplain;
+	char **strs;                 /* member names */
+	size_t nstrs, capstrs;
+	const struct fx_tensor **used;
+	size_t nused, capused;
+};
+
+static int grow(void *pp, size_t *cap, size_t need, size_t elem)
+{
+	void **p = pp;
+	size_t c = *cap ? *cap : 16;
+	void *n;
+
+	if (need <= *cap)
+		return 0;
+	while (c < need)
+		c *= 2;
+	n = realloc(*p, c * elem);
+	if (!n)
+		return FX_E_NOMEM;
+	*p = n;
+	*cap = c;
+	return 0;
+}
+
+static char *dupstr(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *d = malloc(n);
+
+	if (d)
+		memcpy(d, s, n);
+	return d;
+}
+
+static const char *keep(struct fx_model *m, const char *s)
+{
+	char *d;
+
+	if (grow(&m->strs, &m->capstrs, m->nstrs + 1, sizeof(*m->strs)) < 0)
+		return NULL;
+	d = dupstr(s);
+	if (d)
+		m->strs[m->nstrs++] = d;
+	return d;
+}
+
+static bool is_dir(const char *p)
+{
+	struct stat sb;
+
+	return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static bool is_file(const char *p)
+{
+	struct stat sb;
+
+	return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static bool starts(const char *s, const char *p)
+{
+	return strncmp(s, p, strlen(p)) == 0;
+}
+
+static bool ends(const char *s, const char *p)
+{
+	size_t a = strlen(s), b = strlen(p);
+
+	return a >= b && strcmp(s + a - b, p) == 0;
+}
+
+static const struct fx_tensor *find(const struct fx_model *m, const char *name)
+{
+	char full[NAME_CAP];
+
+	if (snprintf(full, sizeof(full), "%s%s", m->prefix, name) >= (int)sizeof(full))
+		return NULL;
+	return fx_stset_find(m->set, full);
+}
+
+static const char *file_of(const struct fx_model *m, const struct fx_tensor *t)
+{
+	const char *p = fx_stset_path_of(m->set, t->name);
+
+	return p ? p : m->src;
+}
+
+static int64_t dim_of(const struct fx_model *m, const char *name, int ax)
+{
+	const struct fx_tensor *t = find(m, name);
+
+	return t && t->ndim > ax ? t->shape[ax] : -1;
+}
+
+/* ---- paths and config ------------------------------------------------ */
+
+/* Picks what to open: src for fx_stset_open, cfg for config.json (or NULL). */
+static int resolve(const char *path, char **src, char **cfg, struct fx_err *err)
+{
+	struct stat sb;
+	char *d = NULL, *c = NULL;
+	int ret = 0;
+
+	*src = *cfg = NULL;
+	if (stat(path, &sb) < 0)
+		return fx_error(err, errno == ENOENT ? FX_E_ARG : FX_E_IO, "cannot open '%s': %s",
+				path, strerror(errno));
+	if (S_ISDIR(sb.st_mode)) {
+		if (asprintf(&c, "%s/config.json", path) < 0)
+			goto nomem;
+		if (!is_file(c)) {
+			char *t;
+
+			if (asprintf(&t, "%s/transformer", path) < 0)
+				goto nomem;
+			if (is_dir(t)) {
+				free(c);
+				c = NULL;
+				if (asprintf(&c, "%s/config.json", t) < 0) {
+					free(t);
+					goto nomem;
+				}
+				d = t;
+			} else {
+				free(t);
+			}
+		}
+		if (!d && !(d = dupstr(path)))
+			goto nomem;
+	} else {
+		const char *base = strrchr(path, '/');
+		size_t dl = base ? (size_t)(base - path) : 1;
+
+		base = base ? base + 1 : path;
+		if (!(d = dupstr(path)))
+			goto nomem;
+		/* a file inside a diffusers folder: its config.json applies */
+		if (ends(base, ".index.json") || starts(base, "diffusion_pytorch_model")) {
+			if (asprintf(&c, "%.*s/config.json", (int)dl,
+				     base == path ? "." : path) < 0)
+				goto nomem;
+		}
+	}
+	if (c && !is_file(c)) {
+		free(c);
+		c = NULL;
+	}
+	*src = d;
+	*cfg = c;
+	return 0;
+nomem:
+	free(d);
+	free(c);
+	ret = fx_error(err, FX_E_NOMEM, "out of memory");
+	return ret;
+}
+
+static int cfg_int(json_t *o, const char *key, int def, int lo, int hi, int *v,
+		   const char *path, struct fx_err *err)
+{
+	json_t *j = json_object_get(o, key);
+	json_int_t x;
+
+	if (!j || json_is_null(j)) {
+		*v = def;
+		return 0;
+	}
+	if (!json_is_integer(j))
+		return fx_error(err, FX_E_FORMAT, "config key '%s' is not an integer (in '%s')", key,
+				path);
+	x = json_integer_value(j);
+	if (x < lo || x > hi)
+		return fx_error(err, FX_E_FORMAT, "config key '%s' is %lld, expected %d..%d (in '%s')",
+				key, (long long)x, lo, hi, path);
+	*v = (int)x;
+	return 0;
+}
+
+static void default_axes(int hd, int axes[3])
+{
+	if (hd == 128) {
+		axes[0] = 16;
+		axes[1] = axes[2] = 56;
+	} else {
+		/* same proportions as (16,56,56), every dim even */
+		axes[1] = axes[2] = 2 * ((7 * hd) / 32);
+		axes[0] = hd - 2 * axes[1];
+	}
+}
+
+static int parse_config(struct fx_model *m, const char *text, struct fx_err *err)
+{
+	struct fx_model_config *c = &m->cfg;
+	const char *p = m->cfg_path;
+	json_error_t je;
+	json_t *o = json_loads(text, 0, &je), *j;
+	int ret = 0, patch;
+
+	if (!o || !json_is_object(o)) {
+		ret = o ? fx_error(err, FX_E_FORMAT, "config is not a JSON object (in '%s')", p)
+			: fx_error(err, FX_E_FORMAT, "invalid JSON at line %d: %s (in '%s')",
+				   je.line, je.text, p);
+		goto out;
+	}
+	j = json_object_get(o, "_class_name");
+	if (j && (!json_is_string(j) ||
+		  strcmp(json_string_value(j), "FluxTransformer2DModel") != 0)) {
+		ret = fx_error(err, FX_E_FORMAT,
+			       "config describes '%s', expected FluxTransformer2DModel (in '%s')",
+			       json_is_string(j) ? json_string_value(j) : "?", p);
+		goto out;
+	}
+	if ((ret = cfg_int(o, "patch_size", 1, 1, 1, &patch, p, err)) < 0 ||
+	    (ret = cfg_int(o, "in_channels", 64, 1, 1 << 16, &c->in_channels, p, err)) < 0 ||
+	    (ret = cfg_int(o, "out_channels", c->in_channels, 1, 1 << 16, &c->out_channels, p,
+			   err)) < 0 ||
+	    (ret = cfg_int(o, "num_layers", 19, 0, MAX_BLOCKS, &c->num_double, p, err)) < 0 ||
+	    (ret = cfg_int(o, "num_single_layers", 38, 0, MAX_BLOCKS, &c->num_single, p,
+			   err)) < 0 ||
+	    (ret = cfg_int(o, "attention_head_dim", 128, 1, 4096, &c->head_dim, p, err)) < 0 ||
+	    (ret = cfg_int(o, "num_attention_heads", 24, 1, 1024, &c->heads, p, err)) < 0 ||
+	    (ret = cfg_int(o, "joint_attention_dim", 4096, 1, 1 << 20, &c->joint_dim, p,
+			   err)) < 0 ||
+	    (ret = cfg_int(o, "pooled_projection_dim", 768, 1, 1 << 20, &c->pooled_dim, p,
+			   err)) < 0)
+		goto out;
+	j = json_object_get(o, "guidance_embeds");
+	if (j && !json_is_boolean(j) && !json_is_null(j)) {
+		ret = fx_error(err, FX_E_FORMAT, "config key 'guidance_embeds' is not a boolean (in '%s')",
+			       p);
+		goto out;
+	}
+	c->guidance = j && json_is_true(j);
+	c->hidden = c->heads * c->head_dim;
+	c->mlp_hidden = 4 * c->hidden;
+	j = json_object_get(o, "axes_dims_rope");
+	if (!j || json_is_null(j)) {
+		default_axes(c->head_dim, c->axes);
+	} else {
+		size_t i;
+
+		if (!json_is_array(j) || json_array_size(j) != 3) {
+			ret = fx_error(err, FX_E_FORMAT,
+				       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')",
+				       p);
+			goto out;
+		}
+		for (i = 0; i < 3; i++) {
+			json_t *e = json_array_get(j, i);
+
+			if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+			    json_integer_value(e) > 4096) {
+				ret = fx_error(err, FX_E_FORMAT,
+					       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')",
+					       p);
+				goto out;
+			}
+			c->axes[i] = (int)json_integer_value(e);
+		}
+	}
+out:
+	json_decref(o);
+	return ret;
+}
+
+/* Picks layout and prefix from the anchor tensors. */
+static int detect_layout(struct fx_model *m, struct fx_err *err)
+{
+	static const char *const prefixes[] = { "", BFL_PREFIX };
+	size_t i, k;
+
+	for (k = 0; k < FX_ARRAY_SIZE(prefixes); k++) {
+		m->prefix = prefixes[k];
+		if (find(m, "x_embedder.weight")) {
+			m->layout = FX_LAYOUT_DIFFUSERS;
+			return 0;
+		}
+		if (find(m, "img_in.weight")) {
+			m->layout = FX_LAYOUT_BFL;
+			return 0;
+		}
+	}
+	for (i = 0; i < fx_stset_count(m->set); i++) {
+		const char *n = fx_stset_at(m->set, i)->name;
+
+		m->prefix = starts(n, BFL_PREFIX) ? BFL_PREFIX : "";
+		n += strlen(m->prefix);
+		if (starts(n, "double_blocks.") || starts(n, "single_blocks."))
+			return fx_error(err, FX_E_FORMAT, "missing tensor '%simg_in.weight' (in '%s')",
+					m->prefix, m->src);
+		if (starts(n, "transformer_blocks.") || starts(n, "single_transformer_blocks."))
+			return fx_error(err, FX_E_FORMAT,
+					"missing tensor '%sx_embedder.weight' (in '%s')", m->prefix,
+					m->src);
+	}
+	return fx_error(err, FX_E_FORMAT,
+			"'%s' is not a FLUX transformer: no 'x_embedder.weight' or 'img_in.weight'",
+			m->src);
+}
+
+/* Counts blocks from the names: highest index + 1 (gaps show up later as
+ * missing tensors). */
+static int count_blocks(struct fx_model *m, int *nd, int *ns, bool *guidance,
+			struct fx_err *err)
+{
+	bool bfl = m->layout == FX_LAYOUT_BFL;
+	const char *dp = bfl ? "double_blocks." : "transformer_blocks.";
+	const char *sp = bfl ? "single_blocks." : "single_transformer_blocks.";
+	const char *gp = bfl ? "guidance_in." : "time_text_embed.guidance_embedder.";
+	size_t i;
+
+	*nd = *ns = 0;
+	*guidance = false;
+	for (i = 0; i < fx_stset_count(m->set); i++) {
+		const char *full = fx_stset_at(m->set, i)->name, *n = full, *q;
+		int *cnt = NULL;
+		char *end;
+		long v;
+
+		if (!starts(n, m->prefix))
+			continue;
+		n += strlen(m->prefix);
+		if (starts(n, gp))
+			*guidance = true;
+		if (starts(n, dp)) {
+			q = n + strlen(dp);
+			cnt = nd;
+		} else if (starts(n, sp)) {
+			q = n + strlen(sp);
+			cnt = ns;
+		} else {
+			continue;
+		}
+		if (*q < '0' || *q > '9')
+			continue;
+		errno = 0;
+		v = strtol(q, &end, 10);
+		if (*end != '.')
+			continue;
+		if (errno || v >= MAX_BLOCKS)
+			return fx_error(err, FX_E_FORMAT,
+					"tensor '%s' has block index out of range (max %d) (in '%s')",
+					full, MAX_BLOCKS - 1, file_of(m, fx_stset_at(m->set, i)));
+		if (v + 1 > *cnt)
+			*cnt = (int)v + 1;
+	}
+	return 0;
+}
+
+static int infer_config(struct fx_model *m, struct fx_err *err)
+{
+	struct fx_model_config *c = &m->cfg;
+	bool bfl = m->layout == FX_LAYOUT_BFL;
+	const char *xn = bfl ? "img_in.weight" : "x_embedder.weight";
+	const struct fx_tensor *x = find(m, xn);
+	int64_t v;
+	char sh[64];
+	int ret;
+
+	if (x->ndim != 2 || x->shape[0] < 1 || x->shape[0] > (1 << 16) || x->shape[1] < 1 ||
+	    x->shape[1] > (1 << 16))
+		return fx_error(err, FX_E_FORMAT,
+				"tensor '%s' has shape %s, expected [hidden,in_channels] (in '%s')",
+				x->name, fx_shape_str(sh, sizeof(sh), x->ndim, x->shape),
+				file_of(m, x));
+	c->hidden = (int)x->shape[0];
+	c->in_channels = (int)x->shape[1];
+	v = dim_of(m, bfl ? "double_blocks.0.img_attn.norm.query_norm.scale"
+			  : "transformer_blocks.0.attn.norm_q.weight", 0);
+	if (v < 0)
+		v = dim_of(m, bfl ? "single_blocks.0.norm.query_norm.scale"
+				  : "single_transformer_blocks.0.attn.norm_q.weight", 0);
+	c->head_dim = v > 0 && v <= 4096 ? (int)v : 128;
+	if (c->hidden % c->head_dim)
+		return fx_error(err, FX_E_FORMAT,
+				"hidden size %d (from '%s') is not a multiple of the head dim %d (in '%s')",
+				c->hidden, x->name, c->head_dim, m->src);
+	c->heads = c->hidden / c->head_dim;
+	c->mlp_hidden = 4 * c->hidden;
+	v = dim_of(m, bfl ? "txt_in.weight" : "context_embedder.weight", 1);
+	c->joint_dim = v > 0 && v <= (1 << 20) ? (int)v : 4096;
+	v = dim_of(m, bfl ? "vector_in.in_layer.weight" : "time_text_embed.text_embedder.linear_1.weight",
+		   1);
+	c->pooled_dim = v > 0 && v <= (1 << 20) ? (int)v : 768;
+	v = dim_of(m, bfl ? "final_layer.linear.weight" : "proj_out.weight", 0);
+	c->out_channels = v > 0 && v <= (1 << 16) ? (int)v : c->in_channels;
+	ret = count_blocks(m, &c->num_double, &c->num_single, &c->guidance, err);
+	if (ret < 0)
+		return ret;
+	default_axes(c->head_dim, c->axes);
+	return 0;
+}
+
+static int check_config(struct fx_model *m, struct fx_err *err)
+{
+	const struct fx_model_config *c = &m->cfg;
+	const char *where = m->cfg_file ? m->cfg_path : m->src;
+	int i, sum = 0;
+
+	if (c->hidden < 1 || c->hidden > (1 << 16))
+		return fx_error(err, FX_E_FORMAT, "hidden size %d is out of range 1..65536 (in '%s')",
+				c->hidden, where);
+	for (i = 0; i < 3; i++) {
+		if (c->axes[i] < 0 || c->axes[i] % 2)
+			break;
+		sum += c->axes[i];
+	}
+	if (i < 3 || sum != c->head_dim)
+		return fx_error(err, FX_E_FORMAT,
+				"rope axes [%d,%d,%d] must be even and sum to the head dim %d (in '%s')",
+				c->axes[0], c->axes[1], c->axes[2], c->head_dim, where);
+	return 0;
+}
+
+/* ---- validation and the internal view -------------------------------- */
+
+static int want(struct fx_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
+		const struct fx_tensor **out, struct fx_err *err)
+{
+	int64_t shape[2] = { d0, d1 };
+	const struct fx_tensor *t = find(m, name);
+	char a[64], b[64];
+
+	fx_shape_str(b, sizeof(b), ndim, shape);
+	if (!t)
+		return fx_error(err, FX_E_FORMAT, "missing tensor '%s%s', expected shape %s (in '%s')",
+				m->prefix, name, b, m->src);
+	if (t->dtype != FX_BF16 && t->dtype != FX_F16 && t->dtype != FX_F32)
+		return fx_error(err, FX_E_FORMAT,
+				"tensor '%s' has dtype %s, expected BF16, F16 or F32 (in '%s')", t->name,
+				fx_dtype_name(t->dtype), file_of(m, t));
+	if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+		return fx_error(err, FX_E_FORMAT, "tensor '%s' has shape %s, expected %s (in '%s')",
+				t->name, fx_shape_str(a, sizeof(a), t->ndim, t->shape), b,
+				file_of(m, t));
+	if (grow(&m->used, &m->capused, m->nused + 1, sizeof(*m->used)) < 0)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	m->used[m->nused++] = t;
+	*out = t;
+	return 0;
+}
+
+/* "<base>.weight" [n,k] and "<base>.bias" [n]. */
+static int want_linear(struct fx_model *m, const char *base, int64_t n, int64_t k,
+		       const struct fx_tensor **w, const struct fx_tensor **b, struct fx_err *err)
+{
+	char nm[NAME_CAP];
+	int ret;
+
+	snprintf(nm, sizeof(nm), "%s.weight", base);
+	if ((ret = want(m, nm, 2, n, k, w, err)) < 0)
+		return ret;
+	snprintf(nm, sizeof(nm), "%s.bias", base);
+	return want(m, nm, 1, n, 0, b, err);
+}
+
+static int add_plain(struct fx_model *m, const char *dname, const char *srcname, int ndim,
+		     int64_t d0, int64_t d1, bool swap, struct fx_err *err)
+{
+	const struct fx_tensor *t;
+	struct plain *p;
+	int ret = want(m, srcname, ndim, d0, d1, &t, err);
+
+	if (ret < 0)
+		return ret;
+	if (grow(&m->plain, &m->capplain, m->nplain + 1, sizeof(*m->plain)) < 0)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	p = &m->plain[m->nplain];
+	if (!(p->name = dupstr(dname)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	p->t = t;
+	p->swap = swap;
+	m->nplain++;
+	return 0;
+}
+
+/* A plain linear: weight [n,k] and bias [n] under both namings. */
+static int add_plain_linear(struct fx_model *m, const char *dbase, const char *bbase, int64_t n,
+			    int64_t k, bool swap, struct fx_err *err)
+{
+	const char *src = m->layout == FX_LAYOUT_BFL ? bbase : dbase;
+	char dn[NAME_CAP], sn[NAME_CAP];
+	int ret;
+
+	snprintf(dn, sizeof(dn), "%s.weight", dbase);
+	snprintf(sn, sizeof(sn), "%s.weight", src);
+	if ((ret = add_plain(m, dn, sn, 2, n, k, swap, err)) < 0)
+		return ret;
+	snprintf(dn, sizeof(dn), "%s.bias", dbase);
+	snprintf(sn, sizeof(sn), "%s.bias", src);
+	return add_plain(m, dn, sn, 1, n, 0, swap, err);
+}
+
+static struct fx_group *new_group(struct fx_model *m, bool single, int blk, const char *fused,
+				  enum fx_group_kind kind, int64_t n, int64_t k, int chunks,
+				  bool gelu)
+{
+	struct fx_group *g;
+	char pre[64];
+
+	if (grow(&m->groups, &m->capgroups, m->ngroups + 1, sizeof(*m->groups)) < 0)
+		return NULL;
+	g = &m->groups[m->ngroups++];
+	memset(g, 0, sizeof(*g));
+	snprintf(g->name, sizeof(g->name), "%s.%s", fx_block_prefix(pre, sizeof(pre), single, blk),
+		 fused);
+	g->fused = fused;
+	g->block = blk;
+	g->single = single;
+	g->kind = kind;
+	g->n = n;
+	g->k = k;
+	g->adaln_chunks = chunks;
+	g->gelu_input = gelu;
+	return g;
+}
+
+static int add_member(struct fx_model *m, struct fx_group *g, const char *name,
+		      const struct fx_tensor *w, const struct fx_tensor *b, int64_t row0,
+		      int64_t nrows, int64_t col0, int64_t out_row0, struct fx_err *err)
+{
+	struct fx_member *mb;
+
+	FX_ASSERT(g->nmembers < FX_GROUP_MAX_MEMBERS);
+	mb = &g->members[g->nmembers];
+	if (!(mb->name = keep(m, name)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	mb->weight = w;
+	mb->bias = b;
+	mb->row0 = row0;
+	mb->nrows = nrows;
+	mb->col0 = col0;
+	mb->ncols = g->k;
+	mb->out_row0 = out_row0;
+	g->nmembers++;
+	return 0;
+}
+
+/* Double-block groups in design.md §2 order; n, k in units of D (mlp = 4D). */
+static const struct dgroup {
+	const char *fused;
+	enum fx_group_kind kind;
+	int chunks, n, k;
+	bool gelu;
+	const char *dsrc[3];         /* diffusers members, rows concatenated */
+	const char *bsrc;            /* BFL tensor (members are row blocks) */
+} dgroups[] = {
+	{ "norm1.linear", FX_GROUP_ADALN, 6, 6, 1, false, { "norm1.linear" }, "img_mod.lin" },
+	{ "norm1_context.linear", FX_GROUP_ADALN, 6, 6, 1, false, { "norm1_context.linear" },
+	  "txt_mod.lin" },
+	{ "qkv_proj", FX_GROUP_W4A4, 0, 3, 1, false, { "attn.to_q", "attn.to_k", "attn.to_v" },
+	  "img_attn.qkv" },
+	{ "qkv_proj_context", FX_GROUP_W4A4, 0, 3, 1, false,
+	  { "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj" }, "txt_attn.qkv" },
+	{ "out_proj", FX_GROUP_W4A4, 0, 1, 1, false, { "attn.to_out.0" }, "img_attn.proj" },
+	{ "out_proj_context", FX_GROUP_W4A4, 0, 1, 1, false, { "attn.to_add_out" },
+	  "txt_attn.proj" },
+	{ "mlp_fc1", FX_GROUP_W4A4, 0, 4, 1, false, { "ff.net.0.proj" }, "img_mlp.0" },
+	{ "mlp_fc2", FX_GROUP_W4A4, 0, 1, 4, true, { "ff.net.2" }, "img_mlp.2" },
+	{ "mlp_context_fc1", FX_GROUP_W4A4, 0, 4, 1, false, { "ff_context.net.0.proj" },
+	  "txt_mlp.0" },
+	{ "mlp_context_fc2", FX_GROUP_W4A4, 0, 1, 4, true, { "ff_context.net.2" }, "txt_mlp.2" },
+};
+
+static const char *const dnorms[][2] = {
+	{ "attn.norm_q.weight", "img_attn.norm.query_norm.scale" },
+	{ "attn.norm_k.weight", "img_attn.norm.key_norm.scale" },
+	{ "attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale" },
+	{ "attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale" },
+};
+
+static const char *const snorms[][2] = {
+	{ "attn.norm_q.weight", "norm.query_norm.scale" },
+	{ "attn.norm_k.weight", "norm.key_norm.scale" },
+};
+
+static int build_double(struct fx_model *m, int i, struct fx_err *err)
+{
+	bool bfl = m->layout == FX_LAYOUT_BFL;
+	int64_t D = m->cfg.hidden;
+	char dp[64], bp[64], nm[NAME_CAP], mn[NAME_CAP];
+	size_t gi, j;
+	int ret;
+
+	fx_block_prefix(dp, sizeof(dp), false, i);
+	snprintf(bp, sizeof(bp), "double_blocks.%d", i);
+	for (gi = 0; gi < FX_ARRAY_SIZE(dgroups); gi++) {
+		const struct dgroup *d = &dgroups[gi];
+		int nm_ = d->dsrc[1] ? 3 : 1;
+		int64_t n = d->n * D, k = d->k * D, rows = n / nm_;
+		const struct fx_tensor *w = NULL, *b = NULL;
+		struct fx_group *g = new_group(m, false, i, d->fused, d->kind, n, k, d->chunks,
+					       d->gelu);
+
+		if (!g)
+			return fx_error(err, FX_E_NOMEM, "out of memory");
+		if (bfl) {
+			snprintf(nm, sizeof(nm), "%s.%s", bp, d->bsrc);
+			if ((ret = want_linear(m, nm, n, k, &w, &b, err)) < 0)
+				return ret;
+		}
+		for (j = 0; j < (size_t)nm_; j++) {
+			snprintf(mn, sizeof(mn), "%s.%s", dp, d->dsrc[j]);
+			if (!bfl && (ret = want_linear(m, mn, rows, k, &w, &b, err)) < 0)
+				return ret;
+			ret = add_member(m, g, mn, w, b, bfl ? (int64_t)j * rows : 0, rows, 0,
+					 (int64_t)j * rows, err);
+			if (ret < 0)
+				return ret;
+		}
+		/* norm scales sit between qkv_proj_context and out_proj in the
+		 * table of the spec; validate them in that place */
+		if (gi == 3) {
+			for (j = 0; j < FX_ARRAY_SIZE(dnorms); j++) {
+				snprintf(mn, sizeof(mn), "%s.%s", dp, dnorms[j][0]);
+				snprintf(nm, sizeof(nm), "%s.%s", bp, dnorms[j][1]);
+				ret = add_plain(m, mn, bfl ? nm : mn, 1, m->cfg.head_dim, 0, false,
+						err);
+				if (ret < 0)
+					return ret;
+			}
+		}
+	}
+	return 0;
+}
+
+static int build_single(struct fx_model *m, int i, struct fx_err *err)
+{
+	static const char *const qkv[3] = { "attn.to_q", "attn.to_k", "attn.to_v" };
+	bool bfl = m->layout == FX_LAYOUT_BFL;
+	int64_t D = m->cfg.hidden, F = m->cfg.mlp_hidden;
+	const struct fx_tensor *w, *b, *l1w = NULL, *l1b = NULL, *l2w, *l2b;
+	char dp[64], bp[64], nm[NAME_CAP], mn[NAME_CAP];
+	struct fx_group *g;
+	int ret;
+	int j;
+
+	fx_block_prefix(dp, sizeof(dp), true, i);
+	snprintf(bp, sizeof(bp), "single_blocks.%d", i);
+
+	/* norm.linear */
+	snprintf(mn, sizeof(mn), "%s.norm.linear", dp);
+	snprintf(nm, sizeof(nm), "%s.modulation.lin", bp);
+	if ((ret = want_linear(m, bfl ? nm : mn, 3 * D, D, &w, &b, err)) < 0)
+		return ret;
+	if (!(g = new_group(m, true, i, "norm.linear", FX_GROUP_ADALN, 3 * D, D, 3, false)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	if ((ret = add_member(m, g, mn, w, b, 0, 3 * D, 0, 0, err)) < 0)
+		return ret;
+
+	/* qkv_proj (BFL: linear1 rows 0..3D-1) */
+	if (bfl) {
+		snprintf(nm, sizeof(nm), "%s.linear1", bp);
+		if ((ret = want_linear(m, nm, 3 * D + F, D, &l1w, &l1b, err)) < 0)
+			return ret;
+	}
+	if (!(g = new_group(m, true, i, "qkv_proj", FX_GROUP_W4A4, 3 * D, D, 0, false)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	for (j = 0; j < 3; j++) {
+		snprintf(mn, sizeof(mn), "%s.%s", dp, qkv[j]);
+		w = l1w;
+		b = l1b;
+		if (!bfl && (ret = want_linear(m, mn, D, D, &w, &b, err)) < 0)
+			return ret;
+		if ((ret = add_member(m, g, mn, w, b, bfl ? j * D : 0, D, 0, j * D, err)) < 0)
+			return ret;
+	}
+	for (j = 0; j < 2; j++) {
+		snprintf(mn, sizeof(mn), "%s.%s", dp, snorms[j][0]);
+		snprintf(nm, sizeof(nm), "%s.%s", bp, snorms[j][1]);
+		if ((ret = add_plain(m, mn, bfl ? nm : mn, 1, m->cfg.head_dim, 0, false, err)) < 0)
+			return ret;
+	}
+
+	/* mlp_fc1 (BFL: linear1 rows 3D..) */
+	snprintf(mn, sizeof(mn), "%s.proj_mlp", dp);
+	w = l1w;
+	b = l1b;
+	if (!bfl && (ret = want_linear(m, mn, F, D, &w, &b, err)) < 0)
+		return ret;
+	if (!(g = new_group(m, true, i, "mlp_fc1", FX_GROUP_W4A4, F, D, 0, false)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	if ((ret = add_member(m, g, mn, w, b, bfl ? 3 * D : 0, F, 0, 0, err)) < 0)
+		return ret;
+
+	/* proj_out / linear2 split by columns; the bias goes to mlp_fc2 */
+	snprintf(mn, sizeof(mn), "%s.proj_out", dp);
+	snprintf(nm, sizeof(nm), "%s.linear2", bp);
+	if ((ret = want_linear(m, bfl ? nm : mn, D, D + F, &l2w, &l2b, err)) < 0)
+		return ret;
+	if (!(g = new_group(m, true, i, "out_proj", FX_GROUP_W4A4, D, D, 0, false)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	if ((ret = add_member(m, g, mn, l2w, NULL, 0, D, 0, 0, err)) < 0)
+		return ret;
+	if (!(g = new_group(m, true, i, "mlp_fc2", FX_GROUP_W4A4, D, F, 0, true)))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	return add_member(m, g, mn, l2w, l2b, 0, D, D, 0, err);
+}
+
+static int build(struct fx_model *m, struct fx_err *err)
+{
+	const struct fx_model_config *c = &m->cfg;
+	int64_t D = c->hidden;
+	int i, ret;
+
+	if ((ret = add_plain_linear(m, "x_embedder", "img_in", D, c->in_channels, false, err)) < 0 ||
+	    (ret = add_plain_linear(m, "context_embedder", "txt_in", D, c->joint_dim, false,
+				    err)) < 0 ||
+	    (ret = add_plain_linear(m, "time_text_embed.timestep_embedder.linear_1",
+				    "time_in.in_layer", D, 256, false, err)) < 0 ||
+	    (ret = add_plain_linear(m, "time_text_embed.timestep_embedder.linear_2",
+				    "time_in.out_layer", D, D, false, err)) < 0)
+		return ret;
+	if (c->guidance &&
+	    ((ret = add_plain_linear(m, "time_text_embed.guidance_embedder.linear_1",
+				     "guidance_in.in_layer", D, 256, false, err)) < 0 ||
+	     (ret = add_plain_linear(m, "time_text_embed.guidance_embedder.linear_2",
+				     "guidance_in.out_layer", D, D, false, err)) < 0))
+		return ret;
+	if ((ret = add_plain_linear(m, "time_text_embed.text_embedder.linear_1",
+				    "vector_in.in_layer", D, c->pooled_dim, false, err)) < 0 ||
+	    (ret = add_plain_linear(m, "time_text_embed.text_embedder.linear_2",
+				    "vector_in.out_layer", D, D, false, err)) < 0 ||
+	    (ret = add_plain_linear(m, "norm_out.linear", "final_layer.adaLN_modulation.1", 2 * D,
+				    D, m->layout == FX_LAYOUT_BFL, err)) < 0 ||
+	    (ret = add_plain_linear(m, "proj_out", "final_layer.linear", c->out_channels, D, false,
+				    err)) < 0)
+		return ret;
+	for (i = 0; i < c->num_double; i++)
+		if ((ret = build_double(m, i, err)) < 0)
+			return ret;
+	for (i = 0; i < c->num_single; i++)
+		if ((ret = build_single(m, i, err)) < 0)
+			return ret;
+	return 0;
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int check_unexpected(struct fx_model *m, struct fx_err *err)
+{
+	size_t i;
+
+	if (m->nused)
+		qsort(m->used, m->nused, sizeof(*m->used), cmp_ptr);
+	for (i = 0; i < fx_stset_count(m->set); i++) {
+		const struct fx_tensor *t = fx_stset_at(m->set, i);
+
+		if (m->nused && bsearch(&t, m->used, m->nused, sizeof(*m->used), cmp_ptr))
+			continue;
+		return fx_error(err, FX_E_FORMAT,
+				"unexpected tensor '%s' for a FLUX transformer with %d double and %d single blocks%s (in '%s')",
+				t->name, m->cfg.num_double, m->cfg.num_single,
+				m->cfg.guidance ? "" : " and no guidance embedder", file_of(m, t));
+	}
+	return 0;
+}
+
+int fx_model_config_to_json(const struct fx_model_config *c, char **out, struct fx_err *err)
+{
+	json_t *o = json_object(), *axes = json_array();
+	char *s = NULL, *r = NULL;
+	int bad = 0, i, ret = 0;
+
+	*out = NULL;
+	for (i = 0; i < 3; i++)
+		bad |= json_array_append_new(axes, json_integer(c->axes[i]));
+	bad |= json_object_set_new(o, "_class_name", json_string("FluxTransformer2DModel"));
+	bad |= json_object_set_new(o, "patch_size", json_integer(1));
+	bad |= json_object_set_new(o, "in_channels", json_integer(c->in_channels));
+	bad |= json_object_set_new(o, "out_channels", c->out_channels == c->in_channels
+				   ? json_null() : json_integer(c->out_channels));
+	bad |= json_object_set_new(o, "num_layers", json_integer(c->num_double));
+	bad |= json_object_set_new(o, "num_single_layers", json_integer(c->num_single));
+	bad |= json_object_set_new(o, "attention_head_dim", json_integer(c->head_dim));
+	bad |= json_object_set_new(o, "num_attention_heads", json_integer(c->heads));
+	bad |= json_object_set_new(o, "joint_attention_dim", json_integer(c->joint_dim));
+	bad |= json_object_set_new(o, "pooled_projection_dim", json_integer(c->pooled_dim));
+	bad |= json_object_set_new(o, "guidance_embeds", json_boolean(c->guidance));
+	bad |= json_object_set(o, "axes_dims_rope", axes);
+	if (!bad)
+		s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	if (!s || asprintf(&r, "%s\n", s) < 0) {
+		r = NULL;
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+	}
+	free(s);
+	json_decref(axes);
+	json_decref(o);
+	*out = r;
+	return ret;
+}
+
+int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err)
+{
+	struct fx_model *m = calloc(1, sizeof(*m));
+	char *text = NULL;
+	size_t len;
+	int ret;
+
+	*out = NULL;
+	if (!m)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	m->prefix = "";
+	if ((ret = resolve(path, &m->src, &m->cfg_path, err)) < 0)
+		goto out;
+	if ((ret = fx_stset_open(&m->set, m->src, err)) < 0)
+		goto out;
+	if ((ret = detect_layout(m, err)) < 0)
+		goto out;
+	if (m->cfg_path) {
+		ret = fx_read_file(&text, &len, m->cfg_path, CONFIG_MAX, err);
+		if (ret < 0)
+			goto out;
+		if ((ret = parse_config(m, text, err)) < 0)
+			goto out;
+		m->cfg_json = text;
+		text = NULL;
+		m->cfg_file = true;
+	} else {
+		if ((ret = infer_config(m, err)) < 0)
+			goto out;
+		if ((ret = fx_model_config_to_json(&m->cfg, &m->cfg_json, err)) < 0)
+			goto out;
+	}
+	if ((ret = check_config(m, err)) < 0 || (ret = build(m, err)) < 0 ||
+	    (ret = check_unexpected(m, err)) < 0)
+		goto out;
+	*out = m;
+	m = NULL;
+out:
+	free(text);
+	fx_model_close(m);
+	return ret;
+}
+
+void fx_model_close(struct fx_model *m)
+{
+	size_t i;
+
+	if (!m)
+		return;
+	fx_stset_close(m->set);
+	for (i = 0; i < m->nplain; i++)
+		free(m->plain[i].name);
+	for (i = 0; i < m->nstrs; i++)
+		free(m->strs[i]);
+	free(m->plain);
+	free(m->strs);
+	free(m->groups);
+	free(m->used);
+	free(m->cfg_json);
+	free(m->cfg_path);
+	free(m->src);
+	free(m);
+}
+
+const struct fx_model_config *fx_model_config(const struct fx_model *m)
+{
+	return &m->cfg;
+}
+
+enum fx_layout fx_model_layout(const struct fx_model *m)
+{
+	return m->layout;
+}
+
+const struct fx_stset *fx_model_files(const struct fx_model *m)
+{
+	return m->set;
+}
+
+const char *fx_model_config_json(const struct fx_model *m)
+{
+	return m->cfg_json;
+}
+
+bool fx_model_config_from_file(const struct fx_model *m)
+{
+	return m->cfg_file;
+}
+
+size_t fx_model_ngroups(const struct fx_model *m)
+{
+	return m->ngroups;
+}
+
+const struct fx_group *fx_model_group(const struct fx_model *m, size_t i)
+{
+	return i < m->ngroups ? &m->groups[i] : NULL;
+}
+
+const struct fx_group *fx_model_find_group(const struct fx_model *m, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < m->ngroups; i++)
+		if (strcmp(m->groups[i].name, name) == 0)
+			return &m->groups[i];
+	return NULL;
+}
+
+const char *fx_block_prefix(char *buf, size_t cap, bool single, int block)
+{
+	snprintf(buf, cap, "%s.%d", single ? "single_transformer_blocks" : "transformer_blocks",
+		 block);
+	return buf;
+}
+
+/* ---- conversion ------------------------------------------------------ */
+
+/* Copies rows [row0,row0+nrows) x cols [col0,col0+ncols) of t (viewed as
+ * shape[0] rows of numel/shape[0]) into dst rows of dst_ld elements, as f32
+ * or BF16. With swap, dst row r takes source row (r + nrows/2) % nrows.
+ * Returns the smallest source element index holding NaN/Inf, or -1. */
+static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_tensor *t,
+			 int64_t row0, int64_t nrows, int64_t col0, int64_t ncols, bool swap)
+{
+	const unsigned char *base = t->data;
+	int64_t ld = t->ndim > 1 ? t->shape[1] : 1;
+	int64_t bad = INT64_MAX, r;
+	enum fx_dtype dt = t->dtype;
+	size_t es = dt == FX_F32 ? 4 : 2;
+
+#pragma omp parallel for schedule(static) reduction(min : bad) if (nrows * ncols > 65536)
+	for (r = 0; r < nrows; r++) {
+		int64_t sr = row0 + (swap ? (r + nrows / 2) % nrows : r);
+		int64_t s0 = sr * ld + col0, c;
+		const unsigned char *s = base + (size_t)s0 * es;
+		float *df = bf16 ? NULL : (float *)dst + r * dst_ld;
+		uint16_t *dh = bf16 ? (uint16_t *)dst + r * dst_ld : NULL;
+		int64_t first = -1;
+
+		for (c = 0; c < ncols; c++) {
+			uint16_t h = 0;
+			uint32_t u;
+			float f;
+			bool fin;
+
+			if (dt == FX_F32) {
+				memcpy(&f, s + 4 * c, 4);
+				fin = isfinite(f);
+			} else {
+				memcpy(&h, s + 2 * c, 2);
+				if (dt == FX_BF16) {
+					u = (uint32_t)h << 16;
+					memcpy(&f, &u, 4);
+					fin = (h & 0x7f80) != 0x7f80;
+				} else {
+					f = fx_f16_to_f32(h);
+					fin = (h & 0x7c00) != 0x7c00;
+				}
+			}
+			if (!fin && first < 0)
+				first = s0 + c;
+			if (df)
+				df[c] = f;
+			else
+				dh[c] = dt == FX_BF16 ? h : fx_f32_to_bf16(f);
+		}
+		if (first >= 0 && first < bad)
+			bad = first;
+	}
+	return bad == INT64_MAX ? -1 : bad;
+}
+
+static int value_error(const struct fx_model *m, const struct fx_tensor *t, int64_t idx,
+		       struct fx_err *err)
+{
+	size_t es = t->dtype == FX_F32 ? 4 : 2;
+	const unsigned char *p = (const unsigned char *)t->data + (size_t)idx * es;
+	const char *what;
+	char at[64];
+	float f;
+
+	if (t->dtype == FX_F32) {
+		memcpy(&f, p, 4);
+	} else {
+		uint16_t h;
+
+		memcpy(&h, p, 2);
+		f = t->dtype == FX_BF16 ? fx_bf16_to_f32(h) : fx_f16_to_f32(h);
+	}
+	what = isnan(f) ? "NaN" : f > 0 ? "Inf" : "-Inf";
+	if (t->ndim > 1)
+		snprintf(at, sizeof(at), "[%lld,%lld]", (long long)(idx / t->shape[1]),
+			 (long long)(idx % t->shape[1]));
+	else
+		snprintf(at, sizeof(at), "[%lld]", (long long)idx);
+	return fx_error(err, FX_E_VALUE, "tensor '%s' has %s at %s (in '%s')", t->name, what, at,
+			file_of(m, t));
+}
+
+int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g, float *w, float *b,
+		       struct fx_err *err)
+{
+	int i;
+
+	if (b)
+		memset(b, 0, (size_t)g->n * sizeof(*b));
+	for (i = 0; i < g->nmembers; i++) {
+		const struct fx_member *mb = &g->members[i];
+		int64_t bad;
+
+		if (w) {
+			bad = copy_rows(w + mb->out_row0 * g->k, false, g->k, mb->weight, mb->row0,
+					mb->nrows, mb->col0, mb->ncols, false);
+			if (bad >= 0)
+				return value_error(m, mb->weight, bad, err);
+		}
+		if (b && mb->bias) {
+			bad = copy_rows(b + mb->out_row0, false, 1, mb->bias, mb->row0, mb->nrows, 0,
+					1, false);
+			if (bad >= 0)
+				return value_error(m, mb->bias, bad, err);
+		}
+	}
+	return 0;
+}
+
+size_t fx_model_nplain(const struct fx_model *m)
+{
+	return m->nplain;
+}
+
+const char *fx_model_plain_name(const struct fx_model *m, size_t i)
+{
+	return i < m->nplain ? m->plain[i].name : NULL;
+}
+
+static const struct plain *find_plain(const struct fx_model *m, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < m->nplain; i++)
+		if (strcmp(m->plain[i].name, name) == 0)
+			return &m->plain[i];
+	return NULL;
+}
+
+const struct fx_tensor *fx_model_plain(const struct fx_model *m, const char *name)
+{
+	const struct plain *p = find_plain(m, name);
+
+	return p ? p->t : NULL;
+}
+
+static int plain_convert(const struct fx_model *m, const char *name, void *dst, bool bf16,
+			 struct fx_err *err)
+{
+	const struct plain *p = find_plain(m, name);
+	int64_t rows, ld, bad;
+
+	if (!p)
+		return fx_error(err, FX_E_ARG, "no plain tensor '%s' in the model (in '%s')", name,
+				m->src);
+	rows = p->t->shape[0];
+	ld = p->t->ndim > 1 ? p->t->shape[1] : 1;
+	bad = copy_rows(dst, bf16, ld, p->t, 0, rows, 0, ld, p->swap);
+	return bad >= 0 ? value_error(m, p->t, bad, err) : 0;
+}
+
+int fx_model_plain_bf16(const struct fx_model *m, const char *name, uint16_t *dst,
+			struct fx_err *err)
+{
+	return plain_convert(m, name, dst, true, err);
+}
+
+int fx_model_plain_f32(const struct fx_model *m, const char *name, float *dst,
+		       struct fx_err *err)
+{
+	return plain_convert(m, name, dst, false, err);
+}

@@ -1,0 +1,425 @@
+#include "fx-quantize.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cblas.h>
+
+#include "../common/fx-log.h"
+#include "../common/fx-tensor.h"
+#include "../kernels/fx-quant.h"
+#include "fx-blocks.h"
+#include "fx-file.h"
+#include "fx-model.h"
+#include "fx-stage.h"
+#include "fx-st.h"
+
+/* A branch or calib tensor of a group, shape-checked. */
+static int get_f32(const struct fx_st *st, const char *group, const char *role,
+		   int ndim, const int64_t *shape, enum fx_dtype want_dt,
+		   const struct fx_tensor **out, struct fx_err *err)
+{
+	char name[160], a[64], b[64];
+	const struct fx_tensor *t;
+	int i;
+
+	snprintf(name, sizeof(name), "%s.%s", group, role);
+	t = fx_st_find(st, name);
+	*out = t;
+	if (!t)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' missing", fx_st_path(st), name);
+	if (t->dtype != want_dt)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is %s, expected %s",
+				fx_st_path(st), name, fx_dtype_name(t->dtype), fx_dtype_name(want_dt));
+	for (i = 0; i < ndim && t->ndim == ndim; i++)
+		if (shape[i] >= 0 && t->shape[i] != shape[i])
+			break;
+	if (t->ndim != ndim || i < ndim)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' has shape %s, expected %s",
+				fx_st_path(st), name, fx_shape_str(a, sizeof(a), t->ndim, t->shape),
+				fx_shape_str(b, sizeof(b), ndim, shape));
+	return 0;
+}
+
+static int check_finite(const float *v, size_t n, const struct fx_st *st, const char *name,
+			struct fx_err *err)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!isfinite(v[i]))
+			return fx_error(err, FX_E_VALUE, "'%s': tensor '%s' has a non-finite value at %zu",
+					fx_st_path(st), name, i);
+	return 0;
+}
+
+/* Declares the fx.quant tensors of one group. */
+static int declare(struct fx_stage *s, const struct fx_group *g, bool fp4, struct fx_err *err)
+{
+	char name[160];
+	int64_t shp[2];
+	int ret;
+
+	snprintf(name, sizeof(name), "%s.codes", g->name);
+	shp[0] = g->n;
+	shp[1] = g->k / 2;
+	if ((ret = fx_stage_add(s, name, FX_U8, 2, shp, err)) < 0)
+		return ret;
+	if (g->kind == FX_GROUP_ADALN) {
+		shp[1] = g->k / FX_QUANT_W4A16_GROUP;
+		snprintf(name, sizeof(name), "%s.scales", g->name);
+		if ((ret = fx_stage_add(s, name, FX_BF16, 2, shp, err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.zeros", g->name);
+		return fx_stage_add(s, name, FX_BF16, 2, shp, err);
+	}
+	snprintf(name, sizeof(name), "%s.scales", g->name);
+	if (fp4) {
+		shp[1] = g->k / FX_QUANT_FP4_GROUP;
+		if ((ret = fx_stage_add(s, name, FX_F8_E4M3, 2, shp, err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.tscale", g->name);
+		shp[0] = g->nmembers;
+		return fx_stage_add(s, name, FX_F32, 1, shp, err);
+	}
+	shp[1] = g->k / FX_QUANT_INT4_GROUP;
+	return fx_stage_add(s, name, FX_BF16, 2, shp, err);
+}
+
+struct bufs {
+	float *w, *x, *tmp;
+	uint8_t *codes, *scales8;
+	uint16_t *scales16, *zeros;
+	float *rscale, *tscale;
+	size_t cap_w, cap_x;
+};
+
+static void bufs_free(struct bufs *b)
+{
+	free(b->w); free(b->x); free(b->tmp); free(b->codes); free(b->scales8);
+	free(b->scales16); free(b->zeros); free(b->rscale); free(b->tscale);
+}
+
+static int bufs_fit(struct bufs *b, int64_t n, int64_t k, int64_t m, struct fx_err *err)
+{
+	size_t nk = (size_t)n * k;
+
+	if (nk > b->cap_w) {
+		bufs_free(b);
+		memset(b, 0, sizeof(*b));
+		b->w = malloc(nk * sizeof(float));
+		b->tmp = malloc(nk * sizeof(float) > (size_t)k * sizeof(float) ? nk * sizeof(float) : (size_t)k * sizeof(float));
+		b->codes = malloc(nk / 2);
+		b->scales8 = malloc(nk / 16);
+		b->scales16 = malloc(nk / 64 * 2);
+		b->zeros = malloc(nk / 64 * 2);
+		b->rscale = malloc(n * sizeof(float));
+		b->tscale = malloc(FX_GROUP_MAX_MEMBERS * sizeof(float));
+		if (!b->w || !b->tmp || !b->codes || !b->scales8 || !b->scales16 || !b->zeros ||
+		    !b->rscale || !b->tscale)
+			return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer",
+					(long long)n, (long long)k);
+		b->cap_w = nk;
+	}
+	if ((size_t)m * k > b->cap_x) {
+		free(b->x);
+		b->x = malloc((size_t)m * k * sizeof(float));
+		if (!b->x)
+			return fx_error(err, FX_E_NOMEM, "out of memory for calibration rows");
+		b->cap_x = (size_t)m * k;
+	}
+	return 0;
+}
+
+static void hash_tensor(struct fx_layer_hash *h, const struct fx_tensor *t)
+{
+	if (t)
+		fx_layer_hash_update(h, t->data, t->nbytes);
+}
+
+/* Layer recipe: the members' weight (and bias) bytes, the branch and calib
+ * entries used, the params. */
+static void layer_recipe(char out[65], const struct fx_group *g, const struct fx_st *branch,
+			 const struct fx_st *calib, const char *params)
+{
+	struct fx_layer_hash *h = fx_layer_hash_new();
+	static const char *const broles[] = { "smooth", "down", "up" };
+	char name[160];
+	int i;
+
+	fx_layer_hash_str(h, g->name);
+	for (i = 0; i < g->nmembers; i++) {
+		hash_tensor(h, g->members[i].weight);
+		hash_tensor(h, g->members[i].bias);
+	}
+	for (i = 0; branch && i < 3; i++) {
+		snprintf(name, sizeof(name), "%s.%s", g->name, broles[i]);
+		hash_tensor(h, fx_st_find(branch, name));
+	}
+	if (calib) {
+		snprintf(name, sizeof(name), "%s.samples", g->name);
+		hash_tensor(h, fx_st_find(calib, name));
+	}
+	fx_layer_hash_str(h, params);
+	fx_layer_hash_final(h, out);
+}
+
+static int quantize_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
+			  const struct fx_st *branch, const struct fx_st *calib, bool fp4,
+			  struct bufs *b, struct fx_err *err)
+{
+	int64_t n = g->n, k = g->k, msamp = 0, shp[2];
+	const struct fx_tensor *ts = NULL, *td = NULL, *tu = NULL, *tx = NULL;
+	struct fx_qsearch search = {0}, *sp = NULL;
+	const float *smooth = NULL;
+	char name[160];
+	int ret, i;
+
+	if (calib) {
+		snprintf(name, sizeof(name), "%s.samples", g->name);
+		tx = fx_st_find(calib, name);
+		if (tx && (tx->ndim != 2 || tx->shape[1] != k))
+			return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' has %lld columns, layer '%s' has k=%lld",
+					fx_st_path(calib), name, tx->ndim == 2 ? (long long)tx->shape[1] : -1LL,
+					g->name, (long long)k);
+		if (tx)
+			msamp = tx->shape[0];
+	}
+	if ((ret = bufs_fit(b, n, k, msamp, err)) < 0)
+		return ret;
+	if ((ret = fx_model_group_f32(m, g, b->w, NULL, err)) < 0)
+		return ret;
+	if (tx && (ret = fx_to_f32(b->x, tx->data, tx->dtype, (size_t)msamp * k)) < 0)
+		return fx_error(err, ret, "'%s': tensor '%s' is not a float tensor", fx_st_path(calib), name);
+	if (g->kind == FX_GROUP_W4A4 && branch) {
+		int64_t r;
+
+		shp[0] = k;
+		if ((ret = get_f32(branch, g->name, "smooth", 1, shp, FX_F32, &ts, err)) < 0)
+			return ret;
+		shp[0] = -1; shp[1] = k;
+		if ((ret = get_f32(branch, g->name, "down", 2, shp, FX_F32, &td, err)) < 0)
+			return ret;
+		r = td->shape[0];
+		shp[0] = n; shp[1] = r;
+		if ((ret = get_f32(branch, g->name, "up", 2, shp, FX_F32, &tu, err)) < 0)
+			return ret;
+		smooth = ts->data;
+		if ((ret = check_finite(smooth, k, branch, "smooth", err)) < 0)
+			return ret;
+		for (i = 0; i < k; i++)
+			if (!(smooth[i] > 0))
+				return fx_error(err, FX_E_VALUE, "'%s': tensor '%s.smooth' has %g at %d (must be > 0)",
+						fx_st_path(branch), g->name, smooth[i], i);
+		/* R = W·diag(s) − up·down */
+#pragma omp parallel for
+		for (int64_t row = 0; row < n; row++)
+			for (int64_t c = 0; c < k; c++)
+				b->w[row * k + c] *= smooth[c];
+		if (r > 0)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, (int)r,
+				    -1.0f, tu->data, (int)r, td->data, (int)k, 1.0f, b->w, (int)k);
+		if (smooth && msamp) {
+#pragma omp parallel for
+			for (int64_t row = 0; row < msamp; row++)
+				for (int64_t c = 0; c < k; c++)
+					b->x[row * k + c] /= smooth[c];
+		}
+	}
+	if (msamp) {
+		search.x = b->x;
+		search.m = msamp;
+		sp = &search;
+	}
+	if (g->kind == FX_GROUP_ADALN) {
+		ret = fx_quant_w4a16_cpu(b->codes, b->scales16, b->zeros, b->w, n, k, g->adaln_chunks, sp, err);
+		if (ret < 0)
+			return fx_error_prefix(err, "layer '%s'", g->name);
+		snprintf(name, sizeof(name), "%s.zeros", g->name);
+		if ((ret = fx_stage_write(s, name, b->zeros, (size_t)n * (k / 64) * 2, err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.scales", g->name);
+		if ((ret = fx_stage_write(s, name, b->scales16, (size_t)n * (k / 64) * 2, err)) < 0)
+			return ret;
+	} else if (fp4) {
+		int64_t rows[FX_GROUP_MAX_MEMBERS];
+
+		for (i = 0; i < g->nmembers; i++)
+			rows[i] = g->members[i].nrows;
+		ret = fx_quant_nvfp4_cpu(b->codes, b->scales8, b->rscale, b->w, n, k, rows, g->nmembers,
+					 sp, err);
+		if (ret < 0)
+			return fx_error_prefix(err, "layer '%s'", g->name);
+		for (i = 0; i < g->nmembers; i++)
+			b->tscale[i] = b->rscale[g->members[i].out_row0];
+		snprintf(name, sizeof(name), "%s.scales", g->name);
+		if ((ret = fx_stage_write(s, name, b->scales8, (size_t)n * (k / 16), err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.tscale", g->name);
+		if ((ret = fx_stage_write(s, name, b->tscale, (size_t)g->nmembers * 4, err)) < 0)
+			return ret;
+	} else {
+		ret = fx_quant_int4_cpu(b->codes, b->scales16, b->w, n, k, sp, err);
+		if (ret < 0)
+			return fx_error_prefix(err, "layer '%s'", g->name);
+		snprintf(name, sizeof(name), "%s.scales", g->name);
+		if ((ret = fx_stage_write(s, name, b->scales16, (size_t)n * (k / 64) * 2, err)) < 0)
+			return ret;
+	}
+	snprintf(name, sizeof(name), "%s.codes", g->name);
+	return fx_stage_write(s, name, b->codes, (size_t)n * k / 2, err);
+}
+
+static int copy_group(struct fx_stage *s, const struct fx_group *g, bool fp4, struct fx_err *err)
+{
+	static const char *const w4a4_int4[] = { "codes", "scales", NULL };
+	static const char *const w4a4_fp4[] = { "codes", "scales", "tscale", NULL };
+	static const char *const adaln[] = { "codes", "scales", "zeros", NULL };
+	const char *const *roles = g->kind == FX_GROUP_ADALN ? adaln : fp4 ? w4a4_fp4 : w4a4_int4;
+	char name[160];
+	int ret;
+
+	for (; *roles; roles++) {
+		snprintf(name, sizeof(name), "%s.%s", g->name, *roles);
+		if ((ret = fx_stage_copy(s, name, err)) < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* Shape rules of the packed format, checked before any work. */
+static int check_shapes(const struct fx_group *g, struct fx_err *err)
+{
+	if (g->kind == FX_GROUP_W4A4 && (g->n % 128 || g->k % 128))
+		return fx_error(err, FX_E_FORMAT,
+				"layer '%s' is %lldx%lld; the Nunchaku W4A4 format needs N and K multiples of 128",
+				g->name, (long long)g->n, (long long)g->k);
+	if (g->kind == FX_GROUP_ADALN && (g->n % 4 || g->k % 64))
+		return fx_error(err, FX_E_FORMAT,
+				"layer '%s' is %lldx%lld; W4A16 needs N a multiple of 4 and K of 64",
+				g->name, (long long)g->n, (long long)g->k);
+	return 0;
+}
+
+static int check_model_of(const struct fx_st *st, const char *model_id, const char *what,
+			  struct fx_err *err)
+{
+	const char *inputs = fx_st_meta(st, "fx.inputs");
+	char needle[80];
+
+	snprintf(needle, sizeof(needle), "\"model\":\"%s\"", model_id);
+	if (!inputs || !strstr(inputs, needle))
+		return fx_error(err, FX_E_HASH, "'%s': this %s was made from another model "
+				"(fx.inputs %s); rerun the stage that wrote it",
+				fx_st_path(st), what, inputs ? inputs : "missing");
+	return 0;
+}
+
+int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
+		    struct fx_stage **stage_out, struct fx_err *err)
+{
+	struct fx_model *m = NULL;
+	struct fx_st *branch = NULL, *calib = NULL;
+	struct fx_stage *s = NULL;
+	const struct fx_model_config *c;
+	struct bufs b = {0};
+	struct fx_progress prog;
+	char model_id[65], blocks[32], *modeljs = NULL;
+	bool fp4 = !strcmp(o->precision, "fp4");
+	int first, last, ret;
+	size_t i, ngroups = 0;
+
+	*up_to_date = false;
+	if (stage_out)
+		*stage_out = NULL;
+	if ((ret = fx_model_open(&m, o->model, err)) < 0)
+		goto out;
+	c = fx_model_config(m);
+	first = o->first_block < 0 ? 0 : o->first_block;
+	last = o->last_block < 0 ? fx_num_blocks(c) - 1 : o->last_block;
+	if (first > last || last >= fx_num_blocks(c)) {
+		ret = fx_error(err, FX_E_ARG, "--blocks %d-%d outside the model's 0-%d", first, last,
+			       fx_num_blocks(c) - 1);
+		goto out;
+	}
+	if ((ret = fx_stage_new(&s, "fx-quant", FX_FMT_QUANT, o->output, err)) < 0)
+		goto out;
+	if ((ret = fx_input_id(model_id, o->model, err)) < 0)
+		goto out;
+	fx_stage_input_id(s, "model", model_id);
+	if (o->branch) {
+		if ((ret = fx_st_open(&branch, o->branch, err)) < 0 ||
+		    (ret = fx_file_expect(branch, FX_FMT_BRANCH, "fx-quant", err)) < 0 ||
+		    (ret = check_model_of(branch, model_id, "branch file", err)) < 0 ||
+		    (ret = fx_stage_input(s, "branch", o->branch, err)) < 0)
+			goto out;
+	}
+	if (o->search && o->calib) {
+		if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
+		    (ret = fx_file_expect(calib, FX_FMT_CALIB, "fx-quant", err)) < 0 ||
+		    (ret = check_model_of(calib, model_id, "calib file", err)) < 0 ||
+		    (ret = fx_stage_input(s, "calib", o->calib, err)) < 0)
+			goto out;
+	}
+	snprintf(blocks, sizeof(blocks), "%d-%d", first, last);
+	fx_stage_param_str(s, "precision", o->precision);
+	fx_stage_param_int(s, "search", o->search && calib);
+	fx_stage_param_str(s, "blocks", blocks);
+	fx_stage_param_int(s, "group", fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP);
+	ret = fx_stage_check(s, o->force, err);
+	if (ret < 0)
+		goto out;
+	if (ret == 1) {
+		*up_to_date = true;
+		ret = 0;
+		goto out;
+	}
+	for (i = 0; i < fx_model_ngroups(m); i++) {
+		const struct fx_group *g = fx_model_group(m, i);
+
+		if (!fx_group_in_range(c, g, first, last))
+			continue;
+		if ((ret = check_shapes(g, err)) < 0 || (ret = declare(s, g, fp4, err)) < 0)
+			goto out;
+		ngroups++;
+	}
+	if (asprintf(&modeljs, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
+		     c->num_double, c->num_single, c->hidden, c->mlp_hidden) < 0) {
+		modeljs = NULL;
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	fx_stage_meta(s, "fx.model", modeljs);
+	if ((ret = fx_stage_begin(s, err)) < 0)
+		goto out;
+	fx_progress_start(&prog, "fx-quant", ngroups, 0);
+	for (i = 0; i < fx_model_ngroups(m); i++) {
+		const struct fx_group *g = fx_model_group(m, i);
+		char lr[65];
+		bool reuse;
+
+		if (!fx_group_in_range(c, g, first, last))
+			continue;
+		layer_recipe(lr, g, branch, calib, fx_stage_params_json(s));
+		reuse = fx_stage_reusable(s, g->name, lr);
+		ret = reuse ? copy_group(s, g, fp4, err) : quantize_group(s, m, g, branch, calib, fp4, &b, err);
+		if (ret < 0)
+			goto out;
+		fx_stage_layer(s, g->name, lr, reuse);
+		fx_progress_step(&prog, 1, 0);
+	}
+	fx_progress_end(&prog);
+	ret = fx_stage_commit(s, err);
+out:
+	bufs_free(&b);
+	free(modeljs);
+	fx_st_close(branch);
+	fx_st_close(calib);
+	fx_model_close(m);
+	if (stage_out && ret >= 0)
+		*stage_out = s;
+	else
+		fx_stage_free(s);
+	return ret;
+}

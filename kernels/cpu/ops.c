@@ -1,0 +1,294 @@
+/* f32 CPU primitives of the FLUX forward: OpenBLAS for every GEMM (linears
+ * and attention), OpenMP for elementwise, norm and softmax loops. */
+#include "../fx-ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows per attention block: scores are a (bq, n) f32 tile. */
+#define ATTN_TILE_FLOATS (4u << 20)
+
+/* c ? a : b without a branch (a float ternary blocks vectorization under
+ * the default -ftrapping-math). */
+static inline float select_f32(int c, float a, float b)
+{
+	union { float f; int32_t i; } ua = { a }, ub = { b }, r;
+	int32_t m = -(int32_t)c;
+
+	r.i = (ua.i & m) | (ub.i & ~m);
+	return r.f;
+}
+
+/* exp for f32 that vectorizes under `omp simd` (Cephes polynomial, about
+ * 1 ulp); inputs clamped to [-87.3, 88.3] so the 2^n scale stays normal. */
+static inline float exp_f32(float x)
+{
+	union { float f; int32_t i; } s;
+	float n, r, p;
+
+	x = select_f32(x < -87.3f, -87.3f, x);
+	x = select_f32(x > 88.3f, 88.3f, x);
+	n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round */
+	r = x - n * 0.693359375f;
+	r = r - n * -2.12194440e-4f;
+	p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	p = p * r * r + r + 1.0f;
+	s.i = ((int32_t)n + 127) << 23;
+	return p * s.f;
+}
+
+void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
+		   int64_t m, int64_t n, int64_t k)
+{
+	float beta = 0.0f;
+
+	if (m <= 0 || n <= 0)
+		return;
+	if (b) {
+		#pragma omp parallel for if (m * n > 65536) schedule(static)
+		for (int64_t r = 0; r < m; r++)
+			memcpy(y + r * n, b, (size_t)n * sizeof(float));
+		beta = 1.0f;
+	}
+	if (k <= 0) {
+		if (!b)
+			memset(y, 0, (size_t)(m * n) * sizeof(float));
+		return;
+	}
+	if (m == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)k, 1.0f, w,
+			    (blasint)k, x, 1, beta, y, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n,
+			    (blasint)k, 1.0f, x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
+}
+
+static void ln_row(float *y, const float *x, int64_t d, const float *shift,
+		   const float *scale, float eps)
+{
+	double s = 0.0, v = 0.0;
+	float mean, rstd;
+
+	#pragma omp simd reduction(+:s)
+	for (int64_t j = 0; j < d; j++)
+		s += x[j];
+	mean = (float)(s / (double)d);
+	#pragma omp simd reduction(+:v)
+	for (int64_t j = 0; j < d; j++) {
+		double t = (double)x[j] - mean;
+		v += t * t;
+	}
+	rstd = (float)(1.0 / sqrt(v / (double)d + eps));
+	if (scale) {
+		#pragma omp simd
+		for (int64_t j = 0; j < d; j++)
+			y[j] = ((x[j] - mean) * rstd) * (1.0f + scale[j]) + shift[j];
+	} else {
+		#pragma omp simd
+		for (int64_t j = 0; j < d; j++)
+			y[j] = (x[j] - mean) * rstd;
+	}
+}
+
+void fx_ops_layernorm(float *y, const float *x, int64_t m, int64_t d, float eps)
+{
+	#pragma omp parallel for if (m * d > 65536) schedule(static)
+	for (int64_t r = 0; r < m; r++)
+		ln_row(y + r * d, x + r * d, d, NULL, NULL, eps);
+}
+
+void fx_ops_layernorm_mod(float *y, const float *x, int64_t m, int64_t d,
+			  const float *shift, const float *scale, float eps)
+{
+	#pragma omp parallel for if (m * d > 65536) schedule(static)
+	for (int64_t r = 0; r < m; r++)
+		ln_row(y + r * d, x + r * d, d, shift, scale, eps);
+}
+
+void fx_ops_rmsnorm_heads(float *x, int64_t ld, int64_t m, int heads, int hd,
+			  const float *g, float eps)
+{
+	#pragma omp parallel for if (m * heads * hd > 65536) schedule(static)
+	for (int64_t r = 0; r < m; r++) {
+		for (int h = 0; h < heads; h++) {
+			float *v = x + r * ld + (int64_t)h * hd;
+			float ss = 0.0f, rs;
+
+			#pragma omp simd reduction(+:ss)
+			for (int j = 0; j < hd; j++)
+				ss += v[j] * v[j];
+			rs = 1.0f / sqrtf(ss / (float)hd + eps);
+			#pragma omp simd
+			for (int j = 0; j < hd; j++)
+				v[j] = (v[j] * rs) * g[j];
+		}
+	}
+}
+
+void fx_ops_rope_table(float *cs, float *sn, const float *ids, int64_t n,
+		       const int axes[3], double theta)
+{
+	int half = (axes[0] + axes[1] + axes[2]) / 2;
+
+	#pragma omp parallel for if (n * half > 65536) schedule(static)
+	for (int64_t t = 0; t < n; t++) {
+		int k = 0;
+
+		for (int a = 0; a < 3; a++) {
+			double p = (double)ids[t * 3 + a];
+
+			for (int j = 0; j < axes[a] / 2; j++, k++) {
+				double w = 1.0 / pow(theta, (double)(2 * j) / (double)axes[a]);
+				double ang = p * w;
+
+				cs[t * half + k] = (float)cos(ang);
+				sn[t * half + k] = (float)sin(ang);
+			}
+		}
+	}
+}
+
+void fx_ops_rope_apply(float *x, int64_t ld, int64_t n, int heads, int hd,
+		       const float *cs, const float *sn)
+{
+	int half = hd / 2;
+
+	#pragma omp parallel for if (n * heads * hd > 65536) schedule(static)
+	for (int64_t t = 0; t < n; t++) {
+		const float *c = cs + t * half, *s = sn + t * half;
+
+		for (int h = 0; h < heads; h++) {
+			float *v = x + t * ld + (int64_t)h * hd;
+
+			#pragma omp simd
+			for (int k = 0; k < half; k++) {
+				float a = v[2 * k], b = v[2 * k + 1];
+
+				v[2 * k] = a * c[k] - b * s[k];
+				v[2 * k + 1] = b * c[k] + a * s[k];
+			}
+		}
+	}
+}
+
+int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
+		     const float *v, int64_t ld, int64_t n, int heads, int hd,
+		     struct fx_err *err)
+{
+	int64_t bq = (int64_t)ATTN_TILE_FLOATS / (n > 0 ? n : 1);
+	float scale = 1.0f / sqrtf((float)hd);
+	float *s = NULL, *inv = NULL;
+	int ret = 0;
+
+	if (n <= 0)
+		return 0;
+	bq = bq < 64 ? 64 : bq > 1024 ? 1024 : bq;
+	bq = bq > n ? n : bq;
+	s = malloc((size_t)(bq * n) * sizeof(float));
+	inv = malloc((size_t)bq * sizeof(float));
+	if (!s || !inv) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for attention scores (%lld x %lld)",
+			       (long long)bq, (long long)n);
+		goto out;
+	}
+	for (int h = 0; h < heads; h++) {
+		const float *qh = q + (int64_t)h * hd, *kh = k + (int64_t)h * hd;
+		const float *vh = v + (int64_t)h * hd;
+
+		for (int64_t i0 = 0; i0 < n; i0 += bq) {
+			int64_t mb = n - i0 < bq ? n - i0 : bq;
+			float *oh = o + i0 * ldo + (int64_t)h * hd;
+
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)mb,
+				    (blasint)n, hd, scale, qh + i0 * ld, (blasint)ld, kh,
+				    (blasint)ld, 0.0f, s, (blasint)n);
+			#pragma omp parallel for if (mb * n > 65536) schedule(static)
+			for (int64_t r = 0; r < mb; r++) {
+				float *row = s + r * n, mx = row[0];
+				double sum = 0.0;
+
+				#pragma omp simd reduction(max:mx)
+				for (int64_t j = 0; j < n; j++)
+					mx = select_f32(row[j] > mx, row[j], mx);
+				#pragma omp simd
+				for (int64_t j = 0; j < n; j++)
+					row[j] = exp_f32(row[j] - mx);
+				#pragma omp simd reduction(+:sum)
+				for (int64_t j = 0; j < n; j++)
+					sum += row[j];
+				inv[r] = (float)(1.0 / sum);
+			}
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)mb, hd,
+				    (blasint)n, 1.0f, s, (blasint)n, vh, (blasint)ld, 0.0f, oh,
+				    (blasint)ldo);
+			#pragma omp parallel for if (mb * hd > 65536) schedule(static)
+			for (int64_t r = 0; r < mb; r++) {
+				#pragma omp simd
+				for (int j = 0; j < hd; j++)
+					oh[r * ldo + j] *= inv[r];
+			}
+		}
+	}
+out:
+	free(s);
+	free(inv);
+	return ret;
+}
+
+/* GELUt(x) = 0.5·x·(1 + tanh(u)) = x·σ(2u): no cancellation for small u. */
+void fx_ops_gelu_tanh(float *x, size_t n)
+{
+	const float c = 0.7978845608028654f;   /* √(2/π) */
+
+	#pragma omp parallel for simd if (n > 65536) schedule(static)
+	for (size_t i = 0; i < n; i++) {
+		float a = x[i], u = c * (a + 0.044715f * a * a * a);
+
+		x[i] = a / (1.0f + exp_f32(-2.0f * u));
+	}
+}
+
+void fx_ops_silu(float *y, const float *x, size_t n)
+{
+	#pragma omp parallel for simd if (n > 65536) schedule(static)
+	for (size_t i = 0; i < n; i++)
+		y[i] = x[i] / (1.0f + exp_f32(-x[i]));
+}
+
+void fx_ops_timestep_embed(float *out, float t, int dim)
+{
+	int half = dim / 2;
+	float c = (float)-log(10000.0);
+
+	for (int i = 0; i < half; i++) {
+		float e = (c * (float)i) / (float)half;
+		float a = t * expf(e);
+
+		out[i] = cosf(a);
+		out[half + i] = sinf(a);
+	}
+}
+
+void fx_ops_gated_add(float *x, const float *y, const float *gate, int64_t m, int64_t d)
+{
+	#pragma omp parallel for if (m * d > 65536) schedule(static)
+	for (int64_t r = 0; r < m; r++) {
+		#pragma omp simd
+		for (int64_t j = 0; j < d; j++)
+			x[r * d + j] += gate[j] * y[r * d + j];
+	}
+}
+
+void fx_ops_add(float *a, const float *b, size_t n)
+{
+	#pragma omp parallel for simd if (n > 65536) schedule(static)
+	for (size_t i = 0; i < n; i++)
+		a[i] += b[i];
+}

@@ -1,0 +1,377 @@
+/* CPU quantizers: OpenMP over rows, branch-free inner loops. Must produce
+ * the same bytes as kernels/ref/quant.c (same f32 operations in the same
+ * order; rounding by the 1.5·2^23 trick instead of rintf, E2M1 by
+ * thresholds instead of a table search). */
+#include "fx-quant.h"
+#include "fx-quant-impl.h"
+#include "../../common/fx-tensor.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RNE_MAGIC 12582912.0f   /* 1.5·2^23: (v + M) - M rounds |v| < 2^22 to nearest even */
+
+static const float e2m1_vals[16] = {
+	0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+	-0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f,
+};
+
+/* Nearest E2M1, ties to the lower index: count the midpoints strictly below |v|. */
+static inline unsigned e2m1_lowtie(float v)
+{
+	float a = fabsf(v);
+	unsigned c = (unsigned)(a > 0.25f) + (unsigned)(a > 0.75f) + (unsigned)(a > 1.25f) +
+		     (unsigned)(a > 1.75f) + (unsigned)(a > 2.5f) + (unsigned)(a > 3.5f) +
+		     (unsigned)(a > 5.0f);
+	return c | ((v < 0.0f && c) ? 8u : 0u);
+}
+
+static inline float rne_clamp(float v, float lo, float hi)
+{
+	v = v < lo ? lo : v;
+	v = v > hi ? hi : v;
+	return (v + RNE_MAGIC) - RNE_MAGIC;
+}
+
+static inline float absmax(const float *v, int64_t count)
+{
+	float m = 0.0f;
+	for (int64_t i = 0; i < count; i++) {
+		float a = fabsf(v[i]);
+		m = a > m ? a : m;
+	}
+	return m;
+}
+
+static int check_finite(const char *what, const float *w, int64_t n, int64_t k, struct fx_err *err)
+{
+	int64_t bad = -1;
+
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		const float *wr = w + r * k;
+		int ok = 1;
+		for (int64_t i = 0; i < k; i++)
+			ok &= (wr[i] - wr[i] == 0.0f);
+		if (!ok) {
+#pragma omp critical(fxq_bad)
+			if (bad < 0 || r < bad / k)
+				bad = r * k + fxq_find_nonfinite(wr, (size_t)k);
+		}
+	}
+	if (bad >= 0)
+		return fx_error(err, FX_E_VALUE, "%s: non-finite weight at [%lld,%lld]", what,
+				(long long)(bad / k), (long long)(bad % k));
+	return 0;
+}
+
+static double *build_gram(const struct fx_qsearch *s, int64_t k, int64_t group)
+{
+	double *h = fxq_gram_alloc(k, group);
+	if (!h)
+		return NULL;
+#pragma omp parallel for schedule(dynamic, 1)
+	for (int64_t g = 0; g < k / group; g++)
+		fxq_gram_block(h, s->x, s->m, k, group, g);
+	return h;
+}
+
+/* ---- INT4 / W4A16 integer groups ------------------------------------ */
+
+/* q values of one group for scale bits sb (bf16 > 0). */
+static inline void int_codes(const float *w, float s, float lo, float hi, float *q)
+{
+	for (int i = 0; i < 64; i++)
+		q[i] = rne_clamp(w[i] / s, lo, hi);
+}
+
+static inline uint16_t int_scale(float amax, float a, float qmax)
+{
+	uint16_t sb = fx_f32_to_bf16((a * amax) / qmax);
+	return fx_bf16_to_f32(sb) > 0.0f ? sb : 0x3f80;
+}
+
+static inline void store_nibbles(uint8_t *dst, const float *q, int count, int bias, unsigned mask)
+{
+	for (int i = 0; i < count; i += 2) {
+		unsigned lo = (unsigned)((int)q[i] + bias) & mask;
+		unsigned hi = (unsigned)((int)q[i + 1] + bias) & mask;
+		dst[i / 2] = (uint8_t)(lo | (hi << 4));
+	}
+}
+
+/* Picks the best candidate scale of one integer group; fills q and returns
+ * the scale bits. zero7: W4A16 (dequant u·S + bf16(-7S), q in [-7, 8]). */
+static uint16_t int_group_best(const float *wg, const double *hg, const float *sh, int nsh,
+			       bool zero7, float *q)
+{
+	const float lo = zero7 ? -7.0f : -8.0f, hi = zero7 ? 8.0f : 7.0f;
+	float amax = absmax(wg, 64), tq[64], deq[64];
+	uint16_t best_sb = 0x3f80;
+	double best = INFINITY;
+
+	if (!(amax > 0.0f)) {
+		for (int i = 0; i < 64; i++)
+			q[i] = 0.0f;
+		return 0x3f80;
+	}
+	if (!hg) {
+		uint16_t sb = int_scale(amax, sh[0], 7.0f);
+		int_codes(wg, fx_bf16_to_f32(sb), lo, hi, q);
+		return sb;
+	}
+	for (int c = 0; c < nsh; c++) {
+		uint16_t sb = int_scale(amax, sh[c], 7.0f);
+		float s = fx_bf16_to_f32(sb);
+		double e;
+
+		int_codes(wg, s, lo, hi, tq);
+		if (zero7) {
+			float z = fx_bf16_to_f32(fx_f32_to_bf16(-7.0f * s));
+			for (int i = 0; i < 64; i++)
+				deq[i] = (tq[i] + 7.0f) * s + z;
+		} else {
+			for (int i = 0; i < 64; i++)
+				deq[i] = tq[i] * s;
+		}
+		e = fxq_group_err(hg, wg, deq, 64);
+		if (c == 0 || e < best) {
+			best = e;
+			best_sb = sb;
+			memcpy(q, tq, sizeof(tq));
+		}
+	}
+	return best_sb;
+}
+
+int fx_quant_int4_cpu(uint8_t *codes, uint16_t *scales, const float *w, int64_t n, int64_t k,
+		      const struct fx_qsearch *search, struct fx_err *err)
+{
+	const int64_t G = FX_QUANT_INT4_GROUP, ng = k / G;
+	double *h = NULL;
+	int nsh, ret;
+	const float *sh;
+
+	if ((ret = fxq_check("int4", n, k, G, search, err)) < 0 ||
+	    (ret = check_finite("int4", w, n, k, err)) < 0)
+		return ret;
+	sh = fxq_shrink(search, &nsh);
+	if (search && !(h = build_gram(search, k, G)))
+		return fx_error(err, FX_E_NOMEM, "int4: no memory for the search");
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		float q[64];
+		for (int64_t g = 0; g < ng; g++) {
+			const float *wg = w + r * k + g * G;
+			scales[r * ng + g] = int_group_best(wg, h ? h + g * G * G : NULL, sh, nsh, false, q);
+			store_nibbles(codes + r * (k / 2) + g * (G / 2), q, (int)G, 0, 15u);
+		}
+	}
+	free(h);
+	return 0;
+}
+
+int fx_quant_w4a16_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const float *w,
+		       int64_t n, int64_t k, int nchunk, const struct fx_qsearch *search,
+		       struct fx_err *err)
+{
+	const int64_t G = FX_QUANT_W4A16_GROUP, ng = k / G;
+	double *h = NULL;
+	int nsh, ret;
+	const float *sh;
+
+	if ((ret = fxq_check("w4a16", n, k, G, search, err)) < 0)
+		return ret;
+	if (nchunk < 1 || n % nchunk)
+		return fx_error(err, FX_E_ARG, "w4a16: %lld rows do not split into %d chunks",
+				(long long)n, nchunk);
+	if ((ret = check_finite("w4a16", w, n, k, err)) < 0)
+		return ret;
+	sh = fxq_shrink(search, &nsh);
+	if (search && !(h = build_gram(search, k, G)))
+		return fx_error(err, FX_E_NOMEM, "w4a16: no memory for the search");
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		const float *wr = w + fx_quant_adaln_src_row(r, n, nchunk) * k;
+		float q[64];
+		for (int64_t g = 0; g < ng; g++) {
+			uint16_t sb = int_group_best(wr + g * G, h ? h + g * G * G : NULL, sh, nsh, true, q);
+			scales[r * ng + g] = sb;
+			zeros[r * ng + g] = fx_f32_to_bf16(-7.0f * fx_bf16_to_f32(sb));
+			store_nibbles(codes + r * (k / 2) + g * (G / 2), q, (int)G, 7, 15u);
+		}
+	}
+	free(h);
+	return 0;
+}
+
+/* ---- NVFP4 ----------------------------------------------------------- */
+
+static inline uint8_t fp4_scale(float gmax, float a, float t)
+{
+	uint8_t sf = fx_f32_to_e4m3(fx_bf16_to_f32(fx_f32_to_bf16(((a * gmax) / 6.0f) / t)));
+	return sf ? sf : 0x01;
+}
+
+static inline void fp4_codes(const float *w, float t, float s, uint8_t *c)
+{
+	for (int i = 0; i < 16; i++)
+		c[i] = (uint8_t)e2m1_lowtie((w[i] / t) / s);
+}
+
+int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const float *w,
+		       int64_t n, int64_t k, const int64_t *member_rows, int nmember,
+		       const struct fx_qsearch *search, struct fx_err *err)
+{
+	const int64_t G = FX_QUANT_FP4_GROUP, ng = k / G;
+	double *h = NULL;
+	int nsh, ret;
+	const float *sh;
+	int64_t one = n, row0 = 0;
+
+	if ((ret = fxq_check("nvfp4", n, k, G, search, err)) < 0)
+		return ret;
+	if (member_rows && nmember > 1) {
+		int64_t sum = 0;
+		for (int i = 0; i < nmember; i++) {
+			if (member_rows[i] <= 0)
+				return fx_error(err, FX_E_ARG, "nvfp4: member %d has %lld rows", i,
+						(long long)member_rows[i]);
+			sum += member_rows[i];
+		}
+		if (sum != n)
+			return fx_error(err, FX_E_ARG, "nvfp4: member rows sum to %lld, expected %lld",
+					(long long)sum, (long long)n);
+	} else {
+		member_rows = &one;
+		nmember = 1;
+	}
+	if ((ret = check_finite("nvfp4", w, n, k, err)) < 0)
+		return ret;
+	sh = fxq_shrink(search, &nsh);
+	if (search && !(h = build_gram(search, k, G)))
+		return fx_error(err, FX_E_NOMEM, "nvfp4: no memory for the search");
+	for (int mi = 0; mi < nmember; mi++) {
+		int64_t r1 = row0 + member_rows[mi];
+		float amax = 0.0f, t;
+
+#pragma omp parallel for schedule(static) reduction(max:amax)
+		for (int64_t r = row0; r < r1; r++) {
+			float m = absmax(w + r * k, k);
+			amax = m > amax ? m : amax;
+		}
+		t = fxq_nvfp4_tscale(amax);
+#pragma omp parallel for schedule(static)
+		for (int64_t r = row0; r < r1; r++) {
+			rscale[r] = t;
+			for (int64_t g = 0; g < ng; g++) {
+				const float *wg = w + r * k + g * G;
+				float gmax = absmax(wg, G);
+				uint8_t c[16], sf = 0x38;
+				uint8_t *dst = codes + r * (k / 2) + g * (G / 2);
+
+				if (!(gmax > 0.0f)) {
+					memset(c, 0, sizeof(c));
+				} else if (!h) {
+					sf = fp4_scale(gmax, sh[0], t);
+					fp4_codes(wg, t, fx_e4m3_to_f32(sf), c);
+				} else {
+					double best = INFINITY;
+					for (int ci = 0; ci < nsh; ci++) {
+						uint8_t tc[16], tsf = fp4_scale(gmax, sh[ci], t);
+						float s = fx_e4m3_to_f32(tsf), deq[16];
+						double e;
+						fp4_codes(wg, t, s, tc);
+						for (int i = 0; i < 16; i++)
+							deq[i] = (e2m1_vals[tc[i]] * s) * t;
+						e = fxq_group_err(h + g * G * G, wg, deq, G);
+						if (ci == 0 || e < best) {
+							best = e;
+							sf = tsf;
+							memcpy(c, tc, sizeof(c));
+						}
+					}
+				}
+				scales[r * ng + g] = sf;
+				for (int i = 0; i < 16; i += 2)
+					dst[i / 2] = (uint8_t)(c[i] | (c[i + 1] << 4));
+			}
+		}
+		row0 = r1;
+	}
+	free(h);
+	return 0;
+}
+
+/* ---- dequantizers ---------------------------------------------------- */
+
+int fx_dequant_int4_cpu(float *w, const uint8_t *codes, const uint16_t *scales,
+			int64_t n, int64_t k, struct fx_err *err)
+{
+	const int64_t ng = k / FX_QUANT_INT4_GROUP;
+	int ret = fxq_check("int4 dequant", n, k, FX_QUANT_INT4_GROUP, NULL, err);
+	if (ret < 0)
+		return ret;
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		const uint8_t *cr = codes + r * (k / 2);
+		float *wr = w + r * k;
+		for (int64_t g = 0; g < ng; g++) {
+			float s = fx_bf16_to_f32(scales[r * ng + g]);
+			for (int64_t i = g * 64; i < g * 64 + 64; i += 2) {
+				int b = cr[i / 2];
+				/* sign-extend each nibble */
+				wr[i] = (float)(((b & 15) ^ 8) - 8) * s;
+				wr[i + 1] = (float)(((b >> 4) ^ 8) - 8) * s;
+			}
+		}
+	}
+	return 0;
+}
+
+int fx_dequant_nvfp4_cpu(float *w, const uint8_t *codes, const uint8_t *scales,
+			 const float *rscale, int64_t n, int64_t k, struct fx_err *err)
+{
+	const int64_t ng = k / FX_QUANT_FP4_GROUP;
+	int ret = fxq_check("nvfp4 dequant", n, k, FX_QUANT_FP4_GROUP, NULL, err);
+	if (ret < 0)
+		return ret;
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		const uint8_t *cr = codes + r * (k / 2);
+		float *wr = w + r * k, t = rscale ? rscale[r] : 1.0f;
+		for (int64_t g = 0; g < ng; g++) {
+			float s = fx_e4m3_to_f32(scales[r * ng + g]);
+			for (int64_t i = g * 16; i < g * 16 + 16; i += 2) {
+				int b = cr[i / 2];
+				wr[i] = (e2m1_vals[b & 15] * s) * t;
+				wr[i + 1] = (e2m1_vals[b >> 4] * s) * t;
+			}
+		}
+	}
+	return 0;
+}
+
+int fx_dequant_w4a16_cpu(float *w, const uint8_t *codes, const uint16_t *scales,
+			 const uint16_t *zeros, int64_t n, int64_t k, struct fx_err *err)
+{
+	const int64_t ng = k / FX_QUANT_W4A16_GROUP;
+	int ret = fxq_check("w4a16 dequant", n, k, FX_QUANT_W4A16_GROUP, NULL, err);
+	if (ret < 0)
+		return ret;
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		const uint8_t *cr = codes + r * (k / 2);
+		float *wr = w + r * k;
+		for (int64_t g = 0; g < ng; g++) {
+			float s = fx_bf16_to_f32(scales[r * ng + g]), z = fx_bf16_to_f32(zeros[r * ng + g]);
+			for (int64_t i = g * 64; i < g * 64 + 64; i += 2) {
+				int b = cr[i / 2];
+				wr[i] = (float)(b & 15) * s + z;
+				wr[i + 1] = (float)(b >> 4) * s + z;
+			}
+		}
+	}
+	return 0;
+}

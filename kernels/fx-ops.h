@@ -1,0 +1,62 @@
+/* f32 CPU primitives of the FLUX transformer forward (OpenBLAS sgemm,
+ * OpenMP). Plain row-major arrays; no file formats here. Strides (ld) are
+ * in floats. Definitions: shared/spec/flux-transformer.md §3. */
+#ifndef FX_OPS_H
+#define FX_OPS_H
+
+#include "../common/fx-err.h"
+
+/* y (m,n) = x (m,k) · wᵀ + b, w (n,k) row-major, b (n) or NULL. y must not
+ * alias x. */
+void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
+		   int64_t m, int64_t n, int64_t k);
+
+/* Per row of d: y = (x − mean) / sqrt(var + eps), biased variance, no
+ * affine. y may equal x. */
+void fx_ops_layernorm(float *y, const float *x, int64_t m, int64_t d, float eps);
+
+/* adaLN modulation: y = LN(x) · (1 + scale) + shift, scale/shift (d)
+ * broadcast over the m rows. y may equal x. */
+void fx_ops_layernorm_mod(float *y, const float *x, int64_t m, int64_t d,
+			  const float *shift, const float *scale, float eps);
+
+/* In place over m rows of stride ld: each head vector v = x[r·ld + h·hd ..]
+ * (h < heads) becomes v / sqrt(mean(v²) + eps) · g, g (hd). */
+void fx_ops_rmsnorm_heads(float *x, int64_t ld, int64_t m, int heads, int hd,
+			  const float *g, float eps);
+
+/* RoPE tables cs, sn (n, hd/2) for ids (n,3) with axes dims axes[0..2]
+ * (even, summing to hd): pair k of axis a, index j, has angle
+ * ids[a]·theta^(−2j/axes[a]), in f64, stored f32 (spec §3.4). */
+void fx_ops_rope_table(float *cs, float *sn, const float *ids, int64_t n,
+		       const int axes[3], double theta);
+
+/* In place on n rows of stride ld, every head: the interleaved pair
+ * (x[2k], x[2k+1]) is rotated by the angle of pair k. */
+void fx_ops_rope_apply(float *x, int64_t ld, int64_t n, int heads, int hd,
+		       const float *cs, const float *sn);
+
+/* Joint attention without mask: per head h, O_h = softmax(Q_h K_hᵀ/√hd) V_h.
+ * q, k, v: n rows of stride ld, head h at columns [h·hd, h·hd+hd); o: n rows
+ * of stride ldo, same head layout. Blocked over queries (each block's scores
+ * are one sgemm; never n×n for all heads at once). FX_E_NOMEM possible. */
+int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
+		     const float *v, int64_t ld, int64_t n, int heads, int hd,
+		     struct fx_err *err);
+
+/* In place: x ← 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+void fx_ops_gelu_tanh(float *x, size_t n);
+/* y = x·σ(x); y may equal x. */
+void fx_ops_silu(float *y, const float *x, size_t n);
+
+/* Sinusoidal embedding of a scalar, width dim (even): f_i =
+ * exp(−ln(10000)·i/(dim/2)), out = [cos(t·f_i) …, sin(t·f_i) …] (cosine half
+ * first), computed in f32 as diffusers does. */
+void fx_ops_timestep_embed(float *out, float t, int dim);
+
+/* Gated residual: x[r,:] += gate ⊙ y[r,:] over m rows of d. */
+void fx_ops_gated_add(float *x, const float *y, const float *gate, int64_t m, int64_t d);
+/* Elementwise a += b over n values. */
+void fx_ops_add(float *a, const float *b, size_t n);
+
+#endif

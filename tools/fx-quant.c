@@ -1,0 +1,88 @@
+/* fx-quant: quantize the residual of every fused layer (fx.quant). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fx-cli.h"
+#include "fx-io.h"
+#include "fx-log.h"
+#include "fx-quantize.h"
+#include "fx-stage.h"
+
+enum { OPT_MODEL = 256, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_BLOCKS };
+
+static const struct fx_opt opts[] = {
+	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
+	{ "branch", 0, FX_OPT_REQ, "B", "fx.branch file (smoothing + low-rank); without it: plain RTN", OPT_BRANCH },
+	{ "calib", 0, FX_OPT_REQ, "C", "fx.calib file, used by --search", OPT_CALIB },
+	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "NVFP4 (group 16) or INT4 (group 64)", OPT_PRECISION },
+	{ "search", 0, FX_OPT_NONE, NULL, "clip search of group scales on the calibration samples", OPT_SEARCH },
+	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
+	{ 0 }
+};
+
+int main(int argc, char **argv)
+{
+	struct fx_cli cli = {
+		.synopsis = "fx-quant --model M [--branch B] [--calib C] --precision fp4|int4 [--search] [--blocks A-B] -o quant.safetensors",
+		.summary = "Quantize the residual of every fused layer into an fx.quant file.",
+		.opts = opts,
+		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
+	};
+	struct fx_quantize_opts o = { .first_block = -1, .last_block = -1 };
+	struct fx_err err = {0};
+	struct fx_stage *s = NULL;
+	const char *arg;
+	bool utd;
+	int id, ret;
+
+	fx_cli_init(&cli, argc, argv);
+	fx_io_install_signal_cleanup();
+	while ((id = fx_cli_next(&cli, &arg)) > 0) {
+		switch (id) {
+		case OPT_MODEL: o.model = arg; break;
+		case OPT_BRANCH: o.branch = arg; break;
+		case OPT_CALIB: o.calib = arg; break;
+		case OPT_PRECISION: o.precision = arg; break;
+		case OPT_SEARCH: o.search = true; break;
+		case OPT_BLOCKS:
+			if (!fx_parse_range(arg, &o.first_block, &o.last_block))
+				return fx_cli_usage_error(&cli, "--blocks wants A-B or A, not '%s'", arg);
+			break;
+		}
+	}
+	if (id < 0)
+		return FX_EXIT_USAGE;
+	if (cli.optind < argc)
+		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
+	if (!o.model)
+		return fx_cli_usage_error(&cli, "--model is required");
+	if (!cli.c.output)
+		return fx_cli_usage_error(&cli, "-o/--output is required");
+	if (!o.precision || (strcmp(o.precision, "fp4") && strcmp(o.precision, "int4")))
+		return fx_cli_usage_error(&cli, "--precision fp4 or int4 is required");
+	if (o.search && !o.calib)
+		return fx_cli_usage_error(&cli, "--search needs --calib");
+	o.output = cli.c.output;
+	o.force = cli.c.force;
+
+	ret = fx_quantize_run(&o, &utd, &s, &err);
+	if (ret < 0) {
+		fx_log_error("%s", err.msg);
+		return fx_status_exit(ret);
+	}
+	if (utd)
+		fx_log_info("%s: up to date", o.output);
+	else
+		fx_log_info("%s: %zu layers quantized, %zu reused", o.output, fx_stage_ncomputed(s),
+			    fx_stage_nreused(s));
+	if (cli.c.json) {
+		char *js = fx_stage_report_json(s, utd);
+
+		if (js)
+			puts(js);
+		free(js);
+	}
+	fx_stage_free(s);
+	return FX_EXIT_OK;
+}
