@@ -56,6 +56,13 @@ static void err_append(struct fx_err *err, const char *what, const char *arg)
 		snprintf(err->msg + n, sizeof(err->msg) - n, " (%s '%s')", what, arg);
 }
 
+/* qsort that accepts an empty (NULL) array. */
+static void sort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+	if (n > 1)
+		qsort(base, n, size, cmp);
+}
+
 static bool ends_with(const char *s, const char *suffix)
 {
 	size_t a = strlen(s), b = strlen(suffix);
@@ -155,7 +162,7 @@ static int parse_meta(struct fx_st *st, json_t *m, struct fx_err *err)
 		if (!e->key || !e->val)
 			return nomem(err);
 	}
-	qsort(st->meta, st->nmeta, sizeof(*st->meta), cmp_kv);
+	sort(st->meta, st->nmeta, sizeof(*st->meta), cmp_kv);
 	return 0;
 }
 
@@ -340,7 +347,7 @@ static int parse(struct fx_st *st, struct fx_err *err)
 		if (ret < 0)
 			goto out;
 	}
-	qsort(st->ents, st->n, sizeof(*st->ents), cmp_offset);
+	sort(st->ents, st->n, sizeof(*st->ents), cmp_offset);
 	ret = check_layout(st, data_len, err);
 	if (ret < 0)
 		goto out;
@@ -353,7 +360,7 @@ static int parse(struct fx_st *st, struct fx_err *err)
 		st->ents[i].t.data = hdr + st->hdr_len + st->ents[i].begin;
 		st->byname[i] = &st->ents[i];
 	}
-	qsort(st->byname, st->n, sizeof(*st->byname), cmp_entp_name);
+	sort(st->byname, st->n, sizeof(*st->byname), cmp_entp_name);
 out:
 	json_decref(root);
 	return ret;
@@ -691,7 +698,7 @@ static int set_index(struct fx_stset *set, struct fx_err *err)
 			set->all[set->n].t = fx_st_at(set->files[i], j);
 			set->all[set->n++].file = i;
 		}
-	qsort(set->all, set->n, sizeof(*set->all), cmp_sref);
+	sort(set->all, set->n, sizeof(*set->all), cmp_sref);
 	for (i = 1; i < set->n; i++)
 		if (!strcmp(set->all[i].t->name, set->all[i - 1].t->name))
 			return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is in two shards: '%s' and '%s'",
@@ -747,7 +754,7 @@ static int open_index(struct fx_stset *set, const char *path, struct fx_err *err
 		}
 		shards[nsh++] = json_string_value(v);
 	}
-	qsort(shards, nsh, sizeof(*shards), cmp_strp);
+	sort(shards, nsh, sizeof(*shards), cmp_strp);
 	for (i = 0, u = 0; i < nsh; i++)
 		if (!u || strcmp(shards[u - 1], shards[i]))
 			shards[u++] = shards[i];
@@ -857,8 +864,8 @@ static int open_dir(struct fx_stset *set, const char *path, struct fx_err *err)
 		}
 		(*n)++;
 	}
-	qsort(idx, nidx, sizeof(*idx), cmp_strp);
-	qsort(st, nst, sizeof(*st), cmp_strp);
+	sort(idx, nidx, sizeof(*idx), cmp_strp);
+	sort(st, nst, sizeof(*st), cmp_strp);
 	if (nidx > 1 || (!nidx && nst > 1)) {
 		char **arr = nidx > 1 ? idx : st;
 		size_t n = nidx > 1 ? nidx : nst;
@@ -1214,7 +1221,7 @@ int fx_stw_begin(struct fx_stw *w, int fd, struct fx_err *err)
 	else
 		snprintf(w->path, sizeof(w->path), "fd %d", fd);
 	w->fd = fd;
-	qsort(w->t, w->n, sizeof(*w->t), cmp_wt_layout);
+	sort(w->t, w->n, sizeof(*w->t), cmp_wt_layout);
 	w->byname = malloc((w->n + 1) * sizeof(*w->byname));
 	if (!w->byname) {
 		ret = nomem(err);
@@ -1226,7 +1233,7 @@ int fx_stw_begin(struct fx_stw *w, int fd, struct fx_err *err)
 		w->byname[i] = &w->t[i];
 	}
 	w->total = at;
-	qsort(w->byname, w->n, sizeof(*w->byname), cmp_wtp_name);
+	sort(w->byname, w->n, sizeof(*w->byname), cmp_wtp_name);
 	for (i = 1; i < w->n; i++)
 		if (!strcmp(w->byname[i]->name, w->byname[i - 1]->name)) {
 			ret = fx_error(err, FX_E_ARG, "'%s': tensor '%s' added twice", w->path,

@@ -1,0 +1,84 @@
+/* fx-pack: write the Nunchaku checkpoint from fx.quant (+ fx.branch) + model. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fx-cli.h"
+#include "fx-io.h"
+#include "fx-log.h"
+#include "fx-packfile.h"
+#include "fx-stage.h"
+
+enum { OPT_MODEL = 256, OPT_QUANT, OPT_BRANCH, OPT_LEGACY };
+
+static const struct fx_opt opts[] = {
+	{ "model", 0, FX_OPT_REQ, "M", "FLUX model the quant file was made from", OPT_MODEL },
+	{ "quant", 0, FX_OPT_REQ, "Q", "fx.quant file; repeat for block shards", OPT_QUANT },
+	{ "branch", 0, FX_OPT_REQ, "B", "fx.branch file; repeat for block shards", OPT_BRANCH },
+	{ "legacy", 0, FX_OPT_REQ, "DIR", "also write the two-file folder form into DIR", OPT_LEGACY },
+	{ 0 }
+};
+
+int main(int argc, char **argv)
+{
+	struct fx_cli cli = {
+		.synopsis = "fx-pack --model M --quant Q [--branch B] -o out.safetensors [--legacy DIR]",
+		.summary = "Write the Nunchaku SVDQuant checkpoint (single file; optionally the legacy folder).",
+		.opts = opts,
+		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS,
+	};
+	struct fx_packfile_opts o = {0};
+	struct fx_err err = {0};
+	struct fx_stage *s = NULL;
+	const char *arg;
+	bool utd;
+	int id, ret;
+
+	fx_cli_init(&cli, argc, argv);
+	fx_io_install_signal_cleanup();
+	while ((id = fx_cli_next(&cli, &arg)) > 0) {
+		switch (id) {
+		case OPT_MODEL: o.model = arg; break;
+		case OPT_QUANT:
+			if (o.nquant == FX_PACK_MAX_SHARDS)
+				return fx_cli_usage_error(&cli, "at most %d --quant files", FX_PACK_MAX_SHARDS);
+			o.quant[o.nquant++] = arg;
+			break;
+		case OPT_BRANCH:
+			if (o.nbranch == FX_PACK_MAX_SHARDS)
+				return fx_cli_usage_error(&cli, "at most %d --branch files", FX_PACK_MAX_SHARDS);
+			o.branch[o.nbranch++] = arg;
+			break;
+		case OPT_LEGACY: o.legacy_dir = arg; break;
+		}
+	}
+	if (id < 0)
+		return FX_EXIT_USAGE;
+	if (cli.optind < argc)
+		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
+	if (!o.model || !o.nquant)
+		return fx_cli_usage_error(&cli, "--model and --quant are required");
+	if (!cli.c.output)
+		return fx_cli_usage_error(&cli, "-o/--output is required");
+	o.output = cli.c.output;
+	o.force = cli.c.force;
+
+	ret = fx_packfile_run(&o, &utd, &s, &err);
+	if (ret < 0) {
+		fx_log_error("%s", err.msg);
+		return fx_status_exit(ret);
+	}
+	if (utd)
+		fx_log_info("%s: up to date", o.output);
+	else
+		fx_log_info("%s: %zu layers packed", o.output, fx_stage_ncomputed(s));
+	if (cli.c.json) {
+		char *js = fx_stage_report_json(s, utd);
+
+		if (js)
+			puts(js);
+		free(js);
+	}
+	fx_stage_free(s);
+	return FX_EXIT_OK;
+}
