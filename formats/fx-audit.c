@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fx-audit-packed.h"
 #include "fx-file.h"
 #include "fx-model.h"
 #include "fx-st.h"
@@ -238,6 +239,11 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	if (fx_st_meta(st, "fx.format")) {
 		snprintf(a->kind, sizeof(a->kind), "%s", fx_st_meta(st, "fx.format"));
 		audit_fx_header(a, st);
+		if (fx_audit_is_packed(st))
+			fx_audit_packed(a, st);
+	} else if (fx_audit_is_packed(st)) {
+		snprintf(a->kind, sizeof(a->kind), "nunchaku");
+		fx_audit_packed(a, st);
 	} else if (looks_like_model(st)) {
 		fx_st_close(st);
 		return audit_model(a, path, err);

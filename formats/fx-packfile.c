@@ -634,7 +634,6 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 		x.rank = 0;
 	if ((ret = pack_plain_renamed(&x, true, err)) < 0)
 		goto out;
-	fx_stage_param_int(x.s, "rank", x.rank);
 	if (asprintf(&modeljs, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
 		     x.c->num_double, x.c->num_single, x.c->hidden, x.c->mlp_hidden) < 0) {
 		modeljs = NULL;

@@ -1,0 +1,13 @@
+/* Audit of a Nunchaku checkpoint (fx.packed or written by another tool):
+ * completeness per block and module, dtypes, shapes, values, metadata. */
+#ifndef FX_AUDIT_PACKED_H
+#define FX_AUDIT_PACKED_H
+
+#include "fx-audit.h"
+#include "fx-st.h"
+
+/* True when the file looks like a Nunchaku checkpoint (block qweights). */
+bool fx_audit_is_packed(const struct fx_st *st);
+void fx_audit_packed(struct fx_audit *a, const struct fx_st *st);
+
+#endif
