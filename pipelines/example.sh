@@ -9,10 +9,8 @@ have() { [ -x "$bin/$1" ]; }
 run() { echo "+ $*" | sed "s|$bin/||"; "$@"; }
 
 echo "example: a tiny synthetic FLUX.1-dev in $work"
-[ -e "$work/model/config.json" ] || run "$bin/fx-synth" -q -o "$work/model" --force
-[ -e "$work/cond.safetensors" ] || run "$bin/fx-synth" -q -o "$work/.model-for-cond" --force \
-	--cond "$work/cond.safetensors" --prompts 2
-rm -rf "$work/.model-for-cond"
+[ -e "$work/model/config.json" ] && [ -e "$work/cond.safetensors" ] ||
+	run "$bin/fx-synth" -q --force -o "$work/model" --cond "$work/cond.safetensors" --prompts 2
 branch=()
 if have fx-calib && have fx-lowrank; then
 	run "$bin/fx-calib" --model "$work/model" --cond "$work/cond.safetensors" --prompts 2 \

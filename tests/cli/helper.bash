@@ -1,4 +1,5 @@
 # Shared by the bats tests: assertion libraries and small helpers.
+bats_require_minimum_version 1.5.0
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
 
