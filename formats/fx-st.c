@@ -1229,8 +1229,12 @@ int fx_stw_begin(struct fx_stw *w, int fd, struct fx_err *err)
 	}
 	for (i = 0; i < w->n; i++) {
 		w->t[i].off = at;
-		at += w->t[i].nbytes;   /* each < 2^63; a sum past that is absurd */
 		w->byname[i] = &w->t[i];
+		if (w->t[i].nbytes > (uint64_t)INT64_MAX - at) {
+			ret = fx_error(err, FX_E_ARG, "'%s': total tensor size overflows 63 bits", w->path);
+			goto out;
+		}
+		at += w->t[i].nbytes;
 	}
 	w->total = at;
 	sort(w->byname, w->n, sizeof(*w->byname), cmp_wtp_name);

@@ -113,6 +113,7 @@ static void fill_linear(uint16_t *dst, int64_t n, int64_t k, struct rng *r, doub
 	double *rows = work, *cols = rows + n, *u = cols + k, *v = u + n * rk;
 	double inv = 1.0 / sqrt((double)k);
 	int64_t i, j, nout = 2 + k / 512;
+	uint64_t base;
 	int t;
 
 	for (i = 0; i < n; i++)
@@ -127,9 +128,18 @@ static void fill_linear(uint16_t *dst, int64_t n, int64_t k, struct rng *r, doub
 		nout = k;
 	for (i = 0; i < nout; i++)
 		cols[rng_next(r) % (uint64_t)k] = 10.0 + 20.0 * rng_uniform(r);
+	/* each row has its own stream, so rows can be made in parallel */
+	base = rng_next(r);
+#pragma omp parallel for schedule(static) private(j, t) if (n * k > 65536)
 	for (i = 0; i < n; i++) {
+		struct rng rr;
+		uint64_t x0 = base ^ (uint64_t)i;
+		int q;
+
+		for (q = 0; q < 4; q++)
+			rr.s[q] = splitmix64(&x0);
 		for (j = 0; j < k; j++) {
-			double x = rng_normal(r) * rows[i];
+			double x = rng_normal(&rr) * rows[i];
 
 			for (t = 0; t < rk; t++)
 				x += u[i * rk + t] * v[j * rk + t];

@@ -1,7 +1,9 @@
 /* Deterministic synthetic FLUX transformers and conditioning (tests, demos).
  *
  * Generator: every tensor has its own stream, xoshiro256** seeded through
- * splitmix64 from (seed, FNV-1a 64 of its diffusers name). A normal deviate
+ * splitmix64 from (seed, FNV-1a 64 of its diffusers name); the elements of
+ * row i of a linear weight come from a stream seeded by splitmix64 from
+ * (a draw of the tensor's stream) ^ i. A normal deviate
  * is the Irwin-Hall sum of 12 uniforms minus 6 (mean 0, variance 1); the
  * log-normal scales use a local exp(). Only IEEE +,-,*,/ and sqrt are used,
  * so the output is bit-identical on every platform.

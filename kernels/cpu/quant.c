@@ -34,9 +34,11 @@ static inline float rne_clamp(float v, float lo, float hi)
 	return (v + RNE_MAGIC) - RNE_MAGIC;
 }
 
-static inline float absmax(const float *v, int64_t count)
+/* Max of |v| over count (a multiple of 16) elements; max is exact in any order. */
+static inline float absmax(const float *restrict v, int64_t count)
 {
 	float m = 0.0f;
+#pragma omp simd reduction(max:m)
 	for (int64_t i = 0; i < count; i++) {
 		float a = fabsf(v[i]);
 		m = a > m ? a : m;
@@ -44,25 +46,36 @@ static inline float absmax(const float *v, int64_t count)
 	return m;
 }
 
+typedef uint32_t fx_u32_alias __attribute__((may_alias));
+
+/* Any NaN/Inf in w: the exponent field is all ones. */
+static bool row_finite(const float *w, int64_t k)
+{
+	const fx_u32_alias *u = (const fx_u32_alias *)w;
+	uint32_t bad = 0;
+#pragma omp simd reduction(|:bad)
+	for (int64_t i = 0; i < k; i++)
+		bad |= (u[i] & 0x7f800000u) + 0x00800000u;
+	return !(bad & 0x80000000u);
+}
+
 static int check_finite(const char *what, const float *w, int64_t n, int64_t k, struct fx_err *err)
 {
-	int64_t bad = -1;
+	int64_t bad_row = -1;
 
 #pragma omp parallel for schedule(static)
 	for (int64_t r = 0; r < n; r++) {
-		const float *wr = w + r * k;
-		int ok = 1;
-		for (int64_t i = 0; i < k; i++)
-			ok &= (wr[i] - wr[i] == 0.0f);
-		if (!ok) {
+		if (!row_finite(w + r * k, k)) {
 #pragma omp critical(fxq_bad)
-			if (bad < 0 || r < bad / k)
-				bad = r * k + fxq_find_nonfinite(wr, (size_t)k);
+			if (bad_row < 0 || r < bad_row)
+				bad_row = r;
 		}
 	}
-	if (bad >= 0)
+	if (bad_row >= 0) {
+		int64_t c = fxq_find_nonfinite(w + bad_row * k, (size_t)k);
 		return fx_error(err, FX_E_VALUE, "%s: non-finite weight at [%lld,%lld]", what,
-				(long long)(bad / k), (long long)(bad % k));
+				(long long)bad_row, (long long)c);
+	}
 	return 0;
 }
 
@@ -80,8 +93,10 @@ static double *build_gram(const struct fx_qsearch *s, int64_t k, int64_t group)
 /* ---- INT4 / W4A16 integer groups ------------------------------------ */
 
 /* q values of one group for scale bits sb (bf16 > 0). */
-static inline void int_codes(const float *w, float s, float lo, float hi, float *q)
+static inline void int_codes(const float *restrict w, float s, float lo, float hi,
+			     float *restrict q)
 {
+#pragma omp simd
 	for (int i = 0; i < 64; i++)
 		q[i] = rne_clamp(w[i] / s, lo, hi);
 }
@@ -92,8 +107,10 @@ static inline uint16_t int_scale(float amax, float a, float qmax)
 	return fx_bf16_to_f32(sb) > 0.0f ? sb : 0x3f80;
 }
 
-static inline void store_nibbles(uint8_t *dst, const float *q, int count, int bias, unsigned mask)
+static inline void store_nibbles(uint8_t *restrict dst, const float *restrict q, int count,
+				 int bias, unsigned mask)
 {
+#pragma omp simd
 	for (int i = 0; i < count; i += 2) {
 		unsigned lo = (unsigned)((int)q[i] + bias) & mask;
 		unsigned hi = (unsigned)((int)q[i + 1] + bias) & mask;
@@ -214,8 +231,9 @@ static inline uint8_t fp4_scale(float gmax, float a, float t)
 	return sf ? sf : 0x01;
 }
 
-static inline void fp4_codes(const float *w, float t, float s, uint8_t *c)
+static inline void fp4_codes(const float *restrict w, float t, float s, uint8_t *restrict c)
 {
+#pragma omp simd
 	for (int i = 0; i < 16; i++)
 		c[i] = (uint8_t)e2m1_lowtie((w[i] / t) / s);
 }

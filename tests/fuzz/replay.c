@@ -234,8 +234,8 @@ static void mutation_test(long count)
 		"\"f\":{\"dtype\":\"F16\",\"shape\":[2,1,1],\"data_offsets\":[16,20]},"
 		"\"g\":{\"dtype\":\"F8_E4M3\",\"shape\":[3],\"data_offsets\":[20,23]},"
 		"\"h\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[23,24]}}",
-		"{\"__metadata__\":{\"fx.crc32\":\"{\\\"x\\\":\\\"00000000\\\"}\"},"
-		"\"x\":{\"dtype\":\"I32\",\"shape\":[1,1,1,1,1,1,1,2],\"data_offsets\":[0,8]}}",
+		("{\"__metadata__\":{\"fx.crc32\":\"{\\\"x\\\":\\\"00000000\\\"}\"},"
+		 "\"x\":{\"dtype\":\"I32\",\"shape\":[1,1,1,1,1,1,1,2],\"data_offsets\":[0,8]}}"),
 	};
 	static const size_t data[] = { 22, 0, 24, 8 };
 	long i;

@@ -1,0 +1,377 @@
+#include "fx-calibrate.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/fx-log.h"
+#include "../common/fx-tensor.h"
+#include "fx-blocks.h"
+#include "fx-file.h"
+#include "fx-flux.h"
+#include "fx-model.h"
+#include "fx-sampler.h"
+#include "fx-stage.h"
+#include "fx-st.h"
+
+/* Running statistics of one fused group's input. */
+struct gstat {
+	const struct fx_group *g;
+	int64_t k;
+	float *absmax;          /* (k) */
+	uint16_t *rows;         /* (cap, k) BF16 reservoir */
+	int64_t kept;           /* rows in the reservoir */
+	uint64_t seen;          /* rows offered */
+	double *xtx;            /* (k, k) with --hessian */
+	struct fx_rng rng;
+};
+
+struct cal {
+	const struct fx_model *m;
+	struct gstat *st;       /* indexed like the model's groups; g NULL when out of range */
+	size_t n;
+	int64_t cap;
+	bool hessian;
+	int step, prompt;
+	float sigma;
+};
+
+static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t m, struct fx_err *err)
+{
+	struct cal *c = ctx;
+	struct gstat *s = NULL;
+	size_t i;
+	int64_t r, k;
+
+	for (i = 0; i < c->n; i++)
+		if (c->st[i].g == g) {
+			s = &c->st[i];
+			break;
+		}
+	if (!s)
+		return 0;
+	k = s->k;
+	for (r = 0; r < m * k; r++)
+		if (!isfinite(x[r]))
+			return fx_error(err, FX_E_VALUE,
+					"non-finite activation %g entering %s (%sblock %d) at step %d of prompt %d, token %lld, channel %lld",
+					x[r], g->fused, g->single ? "single " : "", g->block, c->step, c->prompt,
+					(long long)(r / k), (long long)(r % k));
+#pragma omp parallel for
+	for (int64_t j = 0; j < k; j++) {
+		float mx = s->absmax[j];
+
+		for (int64_t t = 0; t < m; t++) {
+			float v = fabsf(x[t * k + j]);
+
+			if (v > mx)
+				mx = v;
+		}
+		s->absmax[j] = mx;
+	}
+	/* reservoir: every row seen so far is kept with probability cap/seen */
+	for (r = 0; r < m; r++) {
+		int64_t slot = -1;
+
+		if (s->kept < c->cap) {
+			slot = s->kept++;
+		} else {
+			uint64_t j = fx_rng_u64(&s->rng) % (s->seen + 1);
+
+			if (j < (uint64_t)c->cap)
+				slot = (int64_t)j;
+		}
+		s->seen++;
+		if (slot >= 0)
+			for (int64_t j = 0; j < k; j++)
+				s->rows[slot * k + j] = fx_f32_to_bf16(x[r * k + j]);
+	}
+	if (s->xtx) {
+		double *xd = malloc((size_t)m * k * sizeof(double));
+
+		if (!xd)
+			return fx_error(err, FX_E_NOMEM, "out of memory for the Hessian of '%s'", g->name);
+		for (r = 0; r < m * k; r++)
+			xd[r] = x[r];
+		/* upper triangle only; mirrored when written */
+		cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)k, (int)m, 1.0, xd, (int)k,
+			    1.0, s->xtx, (int)k);
+		free(xd);
+	}
+	return 0;
+}
+
+static int step_begin(void *ctx, int step, float sigma, struct fx_err *err)
+{
+	struct cal *c = ctx;
+
+	(void)err;
+	c->step = step;
+	c->sigma = sigma;
+	return 0;
+}
+
+static uint64_t name_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+	return h;
+}
+
+static int cond_tensor(const struct fx_st *cs, const char *name, int ndim, const struct fx_tensor **t,
+		       struct fx_err *err)
+{
+	*t = fx_st_find(cs, name);
+	if (!*t)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' missing (a conditioning file holds "
+				"prompt_embeds (P,L,D) and pooled_prompt_embeds (P,768))", fx_st_path(cs), name);
+	if ((*t)->ndim != ndim)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' has %d dims, expected %d",
+				fx_st_path(cs), name, (*t)->ndim, ndim);
+	return 0;
+}
+
+int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
+		     struct fx_stage **stage_out, struct fx_err *err)
+{
+	struct fx_model *m = NULL;
+	struct fx_st *cs = NULL;
+	struct fx_flux *f = NULL;
+	struct fx_stage *s = NULL;
+	const struct fx_model_config *c;
+	const struct fx_tensor *pe, *pp;
+	struct fx_sample_params sp;
+	struct fx_flux_hooks hooks = {0};
+	struct cal cal = {0};
+	struct fx_progress prog;
+	char id[65], blocks[32], res[32], *modeljs = NULL;
+	float *txt = NULL, *pooled = NULL, *lat = NULL;
+	int64_t ni, nt, P, i;
+	int first, last, ret;
+	size_t gi;
+
+	*up_to_date = false;
+	if (stage_out)
+		*stage_out = NULL;
+	if ((ret = fx_model_open(&m, o->model, err)) < 0 || (ret = fx_st_open(&cs, o->cond, err)) < 0)
+		goto out;
+	c = fx_model_config(m);
+	if ((ret = cond_tensor(cs, "prompt_embeds", 3, &pe, err)) < 0 ||
+	    (ret = cond_tensor(cs, "pooled_prompt_embeds", 2, &pp, err)) < 0)
+		goto out;
+	if (pe->shape[2] != c->joint_dim || pp->shape[1] != c->pooled_dim || pe->shape[0] != pp->shape[0]) {
+		char a[64], b[64];
+
+		ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning does not fit the model: prompt_embeds %s "
+			       "and pooled_prompt_embeds %s, the model takes [P,L,%d] and [P,%d]",
+			       o->cond, fx_shape_str(a, sizeof(a), 3, pe->shape),
+			       fx_shape_str(b, sizeof(b), 2, pp->shape), c->joint_dim, c->pooled_dim);
+		goto out;
+	}
+	P = o->prompts > 0 ? o->prompts : pe->shape[0];
+	if (P > pe->shape[0]) {
+		ret = fx_error(err, FX_E_ARG, "--prompts %lld but '%s' holds %lld", (long long)P, o->cond,
+			       (long long)pe->shape[0]);
+		goto out;
+	}
+	nt = pe->shape[1];
+	first = o->first_block < 0 ? 0 : o->first_block;
+	last = o->last_block < 0 ? fx_num_blocks(c) - 1 : o->last_block;
+	if (first > last || last >= fx_num_blocks(c)) {
+		ret = fx_error(err, FX_E_ARG, "--blocks %d-%d outside the model's 0-%d", first, last,
+			       fx_num_blocks(c) - 1);
+		goto out;
+	}
+	fx_sample_params_init(&sp, c);
+	if (o->steps > 0)
+		sp.steps = o->steps;
+	if (o->width > 0) {
+		sp.width = o->width;
+		sp.height = o->height;
+	}
+	if (o->guidance >= 0)
+		sp.guidance = o->guidance;
+	if ((ret = fx_sampler_tokens(sp.width, sp.height, &ni, err)) < 0)
+		goto out;
+
+	if ((ret = fx_stage_new(&s, "fx-calib", FX_FMT_CALIB, o->output, err)) < 0 ||
+	    (ret = fx_input_id(id, o->model, err)) < 0)
+		goto out;
+	fx_stage_input_id(s, "model", id);
+	if ((ret = fx_stage_input(s, "cond", o->cond, err)) < 0)
+		goto out;
+	snprintf(blocks, sizeof(blocks), "%d-%d", first, last);
+	snprintf(res, sizeof(res), "%dx%d", sp.width, sp.height);
+	fx_stage_param_int(s, "prompts", P);
+	fx_stage_param_int(s, "steps", sp.steps);
+	fx_stage_param_str(s, "res", res);
+	fx_stage_param_real(s, "guidance", c->guidance ? sp.guidance : 0);
+	fx_stage_param_int(s, "seed", (long long)o->seed);
+	fx_stage_param_int(s, "samples", o->samples);
+	fx_stage_param_int(s, "hessian", o->hessian);
+	fx_stage_param_str(s, "blocks", blocks);
+	ret = fx_stage_check(s, o->force, err);
+	if (ret < 0)
+		goto out;
+	if (ret == 1) {
+		*up_to_date = true;
+		ret = 0;
+		goto out;
+	}
+
+	/* statistics for the groups in range */
+	cal.m = m;
+	cal.n = fx_model_ngroups(m);
+	cal.cap = o->samples;
+	cal.hessian = o->hessian;
+	cal.st = calloc(cal.n, sizeof(*cal.st));
+	if (!cal.st) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	for (gi = 0; gi < cal.n; gi++) {
+		const struct fx_group *g = fx_model_group(m, gi);
+		struct gstat *st = &cal.st[gi];
+
+		if (!fx_group_in_range(c, g, first, last))
+			continue;
+		st->g = g;
+		st->k = g->k;
+		st->absmax = calloc(g->k, sizeof(float));
+		st->rows = malloc((size_t)cal.cap * g->k * 2);
+		if (o->hessian)
+			st->xtx = calloc((size_t)g->k * g->k, sizeof(double));
+		fx_rng_init(&st->rng, o->seed ^ name_hash(g->name));
+		if (!st->absmax || !st->rows || (o->hessian && !st->xtx)) {
+			ret = fx_error(err, FX_E_NOMEM, "out of memory for the statistics of '%s'", g->name);
+			goto out;
+		}
+	}
+	if ((ret = fx_flux_new(&f, m, err)) < 0)
+		goto out;
+	hooks.ctx = &cal;
+	hooks.capture = capture;
+	fx_flux_set_hooks(f, &hooks);
+	sp.step_begin = step_begin;
+	sp.step_ctx = &cal;
+	txt = malloc((size_t)nt * c->joint_dim * sizeof(float));
+	pooled = malloc((size_t)c->pooled_dim * sizeof(float));
+	lat = malloc((size_t)ni * c->in_channels * sizeof(float));
+	if (!txt || !pooled || !lat) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	fx_progress_start(&prog, "fx-calib", (uint64_t)P, 0);
+	for (i = 0; i < P; i++) {
+		size_t tsz = fx_dtype_size(pe->dtype), psz = fx_dtype_size(pp->dtype);
+
+		if (fx_to_f32(txt, (const char *)pe->data + (size_t)i * nt * c->joint_dim * tsz, pe->dtype,
+			      (size_t)nt * c->joint_dim) < 0 ||
+		    fx_to_f32(pooled, (const char *)pp->data + (size_t)i * c->pooled_dim * psz, pp->dtype,
+			      (size_t)c->pooled_dim) < 0) {
+			ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning tensors must be float", o->cond);
+			goto out;
+		}
+		cal.prompt = (int)i;
+		sp.seed = o->seed + (uint64_t)i;
+		if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, lat, err)) < 0)
+			goto out;
+		fx_progress_step(&prog, 1, 0);
+	}
+	fx_progress_end(&prog);
+
+	/* the output */
+	for (gi = 0; gi < cal.n; gi++) {
+		struct gstat *st = &cal.st[gi];
+		char name[160];
+		int64_t shp[2];
+
+		if (!st->g)
+			continue;
+		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
+		shp[0] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_F32, 1, shp, err)) < 0)
+			goto out;
+		snprintf(name, sizeof(name), "%s.samples", st->g->name);
+		shp[0] = st->kept;
+		shp[1] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_BF16, 2, shp, err)) < 0)
+			goto out;
+		if (st->xtx) {
+			snprintf(name, sizeof(name), "%s.xtx", st->g->name);
+			shp[0] = shp[1] = st->k;
+			if ((ret = fx_stage_add(s, name, FX_F32, 2, shp, err)) < 0)
+				goto out;
+		}
+	}
+	if (asprintf(&modeljs, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
+		     c->num_double, c->num_single, c->hidden, c->mlp_hidden) < 0) {
+		modeljs = NULL;
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	fx_stage_meta(s, "fx.model", modeljs);
+	if ((ret = fx_stage_begin(s, err)) < 0)
+		goto out;
+	for (gi = 0; gi < cal.n; gi++) {
+		struct gstat *st = &cal.st[gi];
+		struct fx_layer_hash *h;
+		char name[160], lr[65];
+
+		if (!st->g)
+			continue;
+		h = fx_layer_hash_new();
+		fx_layer_hash_update(h, st->absmax, st->k * 4);
+		fx_layer_hash_update(h, st->rows, (size_t)st->kept * st->k * 2);
+		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
+		if ((ret = fx_stage_write(s, name, st->absmax, st->k * 4, err)) < 0)
+			goto out_h;
+		snprintf(name, sizeof(name), "%s.samples", st->g->name);
+		if ((ret = fx_stage_write(s, name, st->rows, (size_t)st->kept * st->k * 2, err)) < 0)
+			goto out_h;
+		if (st->xtx) {
+			float *row = malloc(st->k * sizeof(float));
+
+			snprintf(name, sizeof(name), "%s.xtx", st->g->name);
+			for (int64_t a = 0; a < st->k && ret == 0; a++) {
+				for (int64_t b = 0; b < st->k; b++)
+					row[b] = (float)(b >= a ? st->xtx[a * st->k + b] : st->xtx[b * st->k + a]);
+				fx_layer_hash_update(h, row, st->k * 4);
+				ret = fx_stage_write(s, name, row, st->k * 4, err);
+			}
+			free(row);
+			if (ret < 0)
+				goto out_h;
+		}
+		fx_layer_hash_final(h, lr);
+		fx_stage_layer(s, st->g->name, lr, false);
+		continue;
+out_h:
+		fx_layer_hash_final(h, lr);
+		goto out;
+	}
+	ret = fx_stage_commit(s, err);
+out:
+	for (gi = 0; cal.st && gi < cal.n; gi++) {
+		free(cal.st[gi].absmax);
+		free(cal.st[gi].rows);
+		free(cal.st[gi].xtx);
+	}
+	free(cal.st);
+	free(modeljs);
+	free(txt);
+	free(pooled);
+	free(lat);
+	fx_flux_free(f);
+	fx_st_close(cs);
+	fx_model_close(m);
+	if (stage_out && ret >= 0)
+		*stage_out = s;
+	else
+		fx_stage_free(s);
+	return ret;
+}

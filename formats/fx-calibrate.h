@@ -1,0 +1,29 @@
+/* The fx-calib stage: run the sampler over the conditioning and record, for
+ * the input of every fused group, per-channel absmax, a reservoir sample of
+ * rows and optionally XᵀX (fx.calib, design.md §2). */
+#ifndef FX_CALIBRATE_H
+#define FX_CALIBRATE_H
+
+#include "../common/fx-err.h"
+
+struct fx_calibrate_opts {
+	const char *model;
+	const char *cond;
+	const char *output;
+	int prompts;            /* 0: every entry of the conditioning file */
+	int steps;              /* 0: model default (dev 50, schnell 4) */
+	int width, height;      /* 0: 1024x1024 */
+	float guidance;         /* < 0: 3.5 */
+	uint64_t seed;          /* noise of prompt p uses seed + p; reservoir uses seed */
+	int samples;            /* rows kept per group, default 512 */
+	bool hessian;
+	int first_block, last_block;   /* global numbering; -1: all */
+	bool force;
+};
+
+struct fx_stage;
+
+int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
+		     struct fx_stage **stage_out, struct fx_err *err);
+
+#endif

@@ -1,0 +1,120 @@
+/* fx-calib: per-layer activation statistics from sampling runs (fx.calib). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fx-calibrate.h"
+#include "fx-cli.h"
+#include "fx-io.h"
+#include "fx-log.h"
+#include "fx-stage.h"
+
+enum { OPT_MODEL = 256, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED,
+       OPT_SAMPLES, OPT_HESSIAN, OPT_BLOCKS };
+
+static const struct fx_opt opts[] = {
+	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
+	{ "cond", 0, FX_OPT_REQ, "C", "conditioning: prompt_embeds (P,L,D) + pooled_prompt_embeds (P,768)", OPT_COND },
+	{ "prompts", 0, FX_OPT_REQ, "P", "use the first P prompts (default: all)", OPT_PROMPTS },
+	{ "steps", 0, FX_OPT_REQ, "S", "sampling steps (default: dev 50, schnell 4)", OPT_STEPS },
+	{ "res", 0, FX_OPT_REQ, "WxH", "image size in pixels, multiples of 16 (default 1024x1024)", OPT_RES },
+	{ "guidance", 0, FX_OPT_REQ, "G", "guidance scale for dev models (default 3.5)", OPT_GUIDANCE },
+	{ "seed", 0, FX_OPT_REQ, "N", "noise seed of prompt p is N+p; also seeds the row sampling (default 0)", OPT_SEED },
+	{ "samples", 0, FX_OPT_REQ, "M", "activation rows kept per layer (default 512)", OPT_SAMPLES },
+	{ "hessian", 0, FX_OPT_NONE, NULL, "also record XᵀX per layer", OPT_HESSIAN },
+	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
+	{ 0 }
+};
+
+int main(int argc, char **argv)
+{
+	struct fx_cli cli = {
+		.synopsis = "fx-calib --model M --cond C [--prompts P] [--steps S] [--res WxH] [--guidance G] [--seed N] [--samples M] [--hessian] [--blocks A-B] -o calib.safetensors",
+		.summary = "Record per-layer activation statistics of sampling runs (fx.calib).",
+		.opts = opts,
+		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
+	};
+	struct fx_calibrate_opts o = { .guidance = -1, .samples = 512, .first_block = -1, .last_block = -1 };
+	struct fx_err err = {0};
+	struct fx_stage *s = NULL;
+	const char *arg;
+	bool utd;
+	long v;
+	int id, ret;
+
+	fx_cli_init(&cli, argc, argv);
+	fx_io_install_signal_cleanup();
+	while ((id = fx_cli_next(&cli, &arg)) > 0) {
+		switch (id) {
+		case OPT_MODEL: o.model = arg; break;
+		case OPT_COND: o.cond = arg; break;
+		case OPT_PROMPTS:
+			if (!fx_parse_int(arg, 1, 1000000, &v))
+				return fx_cli_usage_error(&cli, "--prompts wants a positive count, not '%s'", arg);
+			o.prompts = (int)v;
+			break;
+		case OPT_STEPS:
+			if (!fx_parse_int(arg, 1, 1000, &v))
+				return fx_cli_usage_error(&cli, "--steps wants 1..1000, not '%s'", arg);
+			o.steps = (int)v;
+			break;
+		case OPT_RES:
+			if (sscanf(arg, "%dx%d", &o.width, &o.height) != 2 || o.width <= 0 || o.height <= 0 ||
+			    o.width % 16 || o.height % 16)
+				return fx_cli_usage_error(&cli, "--res wants WxH in multiples of 16, not '%s'", arg);
+			break;
+		case OPT_GUIDANCE: {
+			char *end;
+
+			o.guidance = strtof(arg, &end);
+			if (*end || end == arg || !(o.guidance >= 0 && o.guidance < 100))
+				return fx_cli_usage_error(&cli, "--guidance wants a number in [0,100), not '%s'", arg);
+			break;
+		}
+		case OPT_SEED:
+			if (!fx_parse_int(arg, 0, 0x7fffffffL, &v))
+				return fx_cli_usage_error(&cli, "--seed wants a non-negative integer, not '%s'", arg);
+			o.seed = (uint64_t)v;
+			break;
+		case OPT_SAMPLES:
+			if (!fx_parse_int(arg, 1, 1 << 20, &v))
+				return fx_cli_usage_error(&cli, "--samples wants a positive count, not '%s'", arg);
+			o.samples = (int)v;
+			break;
+		case OPT_HESSIAN: o.hessian = true; break;
+		case OPT_BLOCKS:
+			if (!fx_parse_range(arg, &o.first_block, &o.last_block))
+				return fx_cli_usage_error(&cli, "--blocks wants A-B or A, not '%s'", arg);
+			break;
+		}
+	}
+	if (id < 0)
+		return FX_EXIT_USAGE;
+	if (cli.optind < argc)
+		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
+	if (!o.model || !o.cond)
+		return fx_cli_usage_error(&cli, "--model and --cond are required");
+	if (!cli.c.output)
+		return fx_cli_usage_error(&cli, "-o/--output is required");
+	o.output = cli.c.output;
+	o.force = cli.c.force;
+
+	ret = fx_calibrate_run(&o, &utd, &s, &err);
+	if (ret < 0) {
+		fx_log_error("%s", err.msg);
+		return fx_status_exit(ret);
+	}
+	if (utd)
+		fx_log_info("%s: up to date", o.output);
+	else
+		fx_log_info("%s: %zu layers recorded", o.output, fx_stage_ncomputed(s));
+	if (cli.c.json) {
+		char *js = fx_stage_report_json(s, utd);
+
+		if (js)
+			puts(js);
+		free(js);
+	}
+	fx_stage_free(s);
+	return FX_EXIT_OK;
+}
