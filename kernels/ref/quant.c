@@ -30,6 +30,8 @@ uint8_t fx_e2m1_code_lowtie(float v)
 			code = c;
 		}
 	}
+	if (isinf(a))
+		code = 7;
 	if (v < 0.0f && code != 0)
 		code |= 8u;
 	return (uint8_t)code;
@@ -49,6 +51,8 @@ float fx_e2m1_round_even(float v)
 			code = c;
 		}
 	}
+	if (isinf(a))
+		code = 7;           /* satfinite */
 	return v < 0.0f ? -e2m1_table[code] : e2m1_table[code];
 }
 

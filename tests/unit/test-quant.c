@@ -289,6 +289,9 @@ static void test_e2m1_rounding(void **state)
 	assert_int_equal(fx_e2m1_code_lowtie(-7.0f), 15);
 	assert_int_equal(fx_e2m1_code_lowtie(-0.1f), 0);
 	assert_int_equal(fx_e2m1_code_lowtie(-0.26f), 9);
+	assert_int_equal(fx_e2m1_code_lowtie(INFINITY), 7);
+	assert_int_equal(fx_e2m1_code_lowtie(-INFINITY), 15);
+	assert_true(fx_e2m1_round_even(-INFINITY) == -6.0f);
 	/* activations: ties to the even code */
 	assert_true(fx_e2m1_round_even(0.25f) == 0.0f);
 	assert_true(fx_e2m1_round_even(0.75f) == 1.0f);

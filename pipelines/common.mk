@@ -1,0 +1,20 @@
+# Shared by the pipelines: tool location and naming. Every stage target is
+# phony: the tools decide from content hashes whether there is work to do,
+# so reruns stay cheap whatever make's timestamps say.
+.DEFAULT_GOAL := all
+PIPELINES_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
+FX      ?= $(abspath $(PIPELINES_DIR)../build/bin)
+OUT     ?= out
+PRECISION ?= fp4
+FXFLAGS ?=
+BLOCKS  ?=
+
+BLOCKS_OPT = $(if $(BLOCKS),--blocks $(BLOCKS))
+lc = $(shell printf '%s' '$(1)' | tr 'A-Z' 'a-z')
+
+ifeq ($(filter fp4 int4,$(PRECISION)),)
+$(error PRECISION must be fp4 or int4, not '$(PRECISION)')
+endif
+
+$(OUT):
+	@mkdir -p $@

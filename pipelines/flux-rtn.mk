@@ -1,0 +1,27 @@
+# FLUX.1 -> plain round-to-nearest 4-bit Nunchaku checkpoint (no calibration,
+# no smoothing, rank 0): the baseline SVDQuant is measured against.
+#
+#   make -f pipelines/flux-rtn.mk MODEL=~/FLUX.1-dev [OUT=out] [PRECISION=fp4|int4]
+include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
+
+MODEL ?= $(error MODEL=<FLUX model folder or file> is required)
+NAME  ?= $(call lc,$(notdir $(patsubst %/,%,$(basename $(MODEL)))))
+
+QUANT := $(OUT)/quant-rtn-$(PRECISION).safetensors
+FINAL := $(OUT)/rtn-$(PRECISION)-$(NAME).safetensors
+AUDIT := $(FINAL:.safetensors=.audit.txt)
+
+.PHONY: all quant pack meta verify
+all: verify
+
+quant: | $(OUT)
+	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) --precision $(PRECISION) -o $(QUANT)
+
+pack: quant
+	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) --quant $(QUANT) -o $(FINAL)
+
+meta: pack
+	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(FINAL)
+
+verify: meta
+	$(FX)/fx-verify $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st

@@ -1,0 +1,55 @@
+# FLUX.1 -> Nunchaku SVDQuant: fx-calib -> fx-lowrank -> fx-quant -> fx-pack
+# -> fx-meta -> fx-verify.
+#
+#   make -f pipelines/flux-svdq.mk MODEL=~/FLUX.1-dev COND=cond.safetensors \
+#        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
+#        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev]
+#
+# Writes OUT/calib.safetensors, OUT/branch-r<rank>-<precision>.safetensors,
+# OUT/quant-r<rank>-<precision>.safetensors, the checkpoint
+# OUT/svdq-<precision>_r<rank>-<name>.safetensors and its audit
+# OUT/svdq-<precision>_r<rank>-<name>.audit.txt. Rerun after any change:
+# stages whose inputs did not change print "up to date".
+include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
+
+MODEL ?= $(error MODEL=<FLUX model folder or file> is required)
+COND  ?= $(error COND=<conditioning .safetensors> is required)
+RANK  ?= 32
+NAME  ?= $(call lc,$(notdir $(patsubst %/,%,$(basename $(MODEL)))))
+PROMPTS ?=
+STEPS ?=
+RES   ?=
+SAMPLES ?=
+GRID  ?=
+
+CALIB  := $(OUT)/calib.safetensors
+BRANCH := $(OUT)/branch-r$(RANK)-$(PRECISION).safetensors
+QUANT  := $(OUT)/quant-r$(RANK)-$(PRECISION).safetensors
+FINAL  := $(OUT)/svdq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
+AUDIT  := $(FINAL:.safetensors=.audit.txt)
+
+CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
+	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES))
+
+.PHONY: all calib lowrank quant pack meta verify
+all: verify
+
+calib: | $(OUT)
+	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
+
+lowrank: calib
+	$(FX)/fx-lowrank $(FXFLAGS) --model $(MODEL) --calib $(CALIB) --rank $(RANK) \
+		--precision $(PRECISION) $(if $(GRID),--alpha-grid $(GRID)) $(BLOCKS_OPT) -o $(BRANCH)
+
+quant: lowrank
+	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) --branch $(BRANCH) --precision $(PRECISION) \
+		$(BLOCKS_OPT) -o $(QUANT)
+
+pack: quant
+	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
+
+meta: pack
+	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(FINAL)
+
+verify: meta
+	$(FX)/fx-verify $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
