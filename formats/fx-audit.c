@@ -233,6 +233,10 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	ret = fx_st_open(&st, path, err);
 	if (ret < 0)
 		return ret;
+	if (!fx_st_meta(st, "fx.format") && looks_like_model(st)) {
+		fx_st_close(st);
+		return audit_model(a, path, err);
+	}
 	a->nfiles = 1;
 	for (i = 0; i < fx_st_count(st); i++)
 		count_tensor(a, fx_st_at(st, i));
@@ -244,9 +248,6 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	} else if (fx_audit_is_packed(st)) {
 		snprintf(a->kind, sizeof(a->kind), "nunchaku");
 		fx_audit_packed(a, st);
-	} else if (looks_like_model(st)) {
-		fx_st_close(st);
-		return audit_model(a, path, err);
 	} else {
 		snprintf(a->kind, sizeof(a->kind), "safetensors");
 	}

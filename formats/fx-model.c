@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <jansson.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,12 +138,10 @@ static int resolve(const char *path, char **src, char **cfg, struct fx_err *err)
 {
 	struct stat sb;
 	char *d = NULL, *c = NULL;
-	int ret = 0;
 
 	*src = *cfg = NULL;
 	if (stat(path, &sb) < 0)
-		return fx_error(err, errno == ENOENT ? FX_E_ARG : FX_E_IO, "cannot open '%s': %s",
-				path, strerror(errno));
+		return fx_error(err, FX_E_IO, "cannot open '%s': %s", path, strerror(errno));
 	if (S_ISDIR(sb.st_mode)) {
 		if (asprintf(&c, "%s/config.json", path) < 0)
 			goto nomem;
@@ -191,8 +188,7 @@ static int resolve(const char *path, char **src, char **cfg, struct fx_err *err)
 nomem:
 	free(d);
 	free(c);
-	ret = fx_error(err, FX_E_NOMEM, "out of memory");
-	return ret;
+	return fx_error(err, FX_E_NOMEM, "out of memory");
 }
 
 static int cfg_int(json_t *o, const char *key, int def, int lo, int hi, int *v,
