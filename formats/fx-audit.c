@@ -233,7 +233,7 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	ret = fx_st_open(&st, path, err);
 	if (ret < 0)
 		return ret;
-	if (!fx_st_meta(st, "fx.format") && looks_like_model(st)) {
+	if (!fx_st_meta(st, "fx.format") && !fx_audit_is_packed(st) && looks_like_model(st)) {
 		fx_st_close(st);
 		return audit_model(a, path, err);
 	}
