@@ -262,3 +262,60 @@ out:
 	fx_stset_close(set);
 	return ret;
 }
+
+static int merge_map(json_t *dst, const struct fx_st *st, const char *key, bool unique,
+		     struct fx_err *err)
+{
+	const char *txt = fx_st_meta(st, key), *k;
+	json_t *m, *v;
+
+	if (!txt)
+		return fx_error(err, FX_E_FORMAT, "'%s': %s missing", fx_st_path(st), key);
+	m = json_loads(txt, 0, NULL);
+	if (!m || !json_is_object(m)) {
+		json_decref(m);
+		return fx_error(err, FX_E_FORMAT, "'%s': %s is not a JSON object", fx_st_path(st), key);
+	}
+	json_object_foreach(m, k, v) {
+		if (unique && json_object_get(dst, k)) {
+			json_decref(m);
+			return fx_error(err, FX_E_FORMAT, "'%s': layer '%s' is also in another shard",
+					fx_st_path(st), k);
+		}
+		json_object_set(dst, k, v);
+	}
+	json_decref(m);
+	return 0;
+}
+
+int fx_shards_id(char out[65], const struct fx_st *const *files, int n, struct fx_err *err)
+{
+	json_t *layers = json_object(), *crcs = json_object();
+	char *a = NULL, *b = NULL;
+	struct fx_sha256 *h;
+	int i, ret = 0;
+
+	for (i = 0; i < n && ret == 0; i++) {
+		ret = merge_map(layers, files[i], "fx.layers", true, err);
+		if (ret == 0)
+			ret = merge_map(crcs, files[i], "fx.crc32", false, err);
+	}
+	if (ret == 0) {
+		a = json_dumps(layers, JSON_SORT_KEYS | JSON_COMPACT);
+		b = json_dumps(crcs, JSON_SORT_KEYS | JSON_COMPACT);
+		if (!a || !b) {
+			ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		} else {
+			h = fx_sha256_new();
+			fx_sha256_update(h, a, strlen(a));
+			fx_sha256_update(h, "|", 1);
+			fx_sha256_update(h, b, strlen(b));
+			fx_sha256_final(h, out);
+		}
+	}
+	free(a);
+	free(b);
+	json_decref(layers);
+	json_decref(crcs);
+	return ret;
+}

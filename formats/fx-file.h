@@ -58,4 +58,11 @@ int fx_file_up_to_date(const char *path, const char *format, const char *recipe,
  * over several shards: SHA-256 over the shards' hashes in name order. */
 int fx_input_id(char out[65], const char *path, struct fx_err *err);
 
+/* Identity of a set of fx files that together cover some layers (block
+ * shards): SHA-256 over their merged fx.layers and fx.crc32 maps, so the
+ * same content split differently has the same identity. A layer present in
+ * two files is an error naming both. */
+struct fx_st;
+int fx_shards_id(char out[65], const struct fx_st *const *files, int n, struct fx_err *err);
+
 #endif

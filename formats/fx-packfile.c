@@ -375,7 +375,7 @@ static int open_shards(struct shards *s, const char *const *paths, int n, const 
 		       const char *model_id, struct fx_stage *stage, const char *role,
 		       struct fx_err *err)
 {
-	char needle[80], rolebuf[32];
+	char needle[80], id[65];
 	int i, ret;
 
 	snprintf(needle, sizeof(needle), "\"model\":\"%s\"", model_id);
@@ -392,9 +392,14 @@ static int open_shards(struct shards *s, const char *const *paths, int n, const 
 			return fx_error(err, FX_E_HASH, "'%s' was made from another model than '%s' "
 					"(stale %s; rerun the stage that wrote it)",
 					paths[i], "the one given", fmt);
-		snprintf(rolebuf, sizeof(rolebuf), n > 1 ? "%s.%d" : "%s", role, i);
-		if ((ret = fx_stage_input(stage, rolebuf, paths[i], err)) < 0)
+		if ((ret = fx_file_check_crc(s->st[i], err)) < 0)
 			return ret;
+	}
+	/* one identity for the set, whatever the sharding */
+	if (n > 0) {
+		if ((ret = fx_shards_id(id, (const struct fx_st *const *)s->st, s->n, err)) < 0)
+			return ret;
+		fx_stage_input_id(stage, role, id);
 	}
 	return 0;
 }

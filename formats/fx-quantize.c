@@ -325,7 +325,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	const struct fx_model_config *c;
 	struct bufs b = {0};
 	struct fx_progress prog;
-	char model_id[65], blocks[32], *modeljs = NULL;
+	char model_id[65], blocks[32], lparams[96], *modeljs = NULL;
 	bool fp4 = !strcmp(o->precision, "fp4");
 	int first, last, ret;
 	size_t i, ngroups = 0;
@@ -367,6 +367,9 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "search", o->search && calib);
 	fx_stage_param_str(s, "blocks", blocks);
 	fx_stage_param_int(s, "group", fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP);
+	/* a layer's recipe leaves out --blocks, so shards and whole runs agree */
+	snprintf(lparams, sizeof(lparams), "{\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
+		 fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision, o->search && calib);
 	ret = fx_stage_check(s, o->force, err);
 	if (ret < 0)
 		goto out;
@@ -401,7 +404,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 
 		if (!fx_group_in_range(c, g, first, last))
 			continue;
-		layer_recipe(lr, g, branch, calib, fx_stage_params_json(s));
+		layer_recipe(lr, g, branch, calib, lparams);
 		reuse = fx_stage_reusable(s, g->name, lr);
 		ret = reuse ? copy_group(s, g, fp4, err) : quantize_group(s, m, g, branch, calib, fp4, &b, err);
 		if (ret < 0)

@@ -1,0 +1,885 @@
+/* fx-lowrank on the CPU: OpenBLAS sgemm for every product, LAPACK for QR
+ * and SVD, OpenMP row loops for the quantizers and the error. The row
+ * kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
+ * load time (target_clones), so the default -O2 build still vectorises them.
+ * Definitions: kernels/fx-lowrank.h. */
+#include "fx-lowrank.h"
+#include "../../common/fx-tensor.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define ROWK __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ROWK
+#endif
+
+#define RNE_MAGIC 12582912.0f   /* 1.5·2^23: (v + M) − M rounds |v| < 2^22 to nearest even */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void fx_lowrank_opts_init(struct fx_lowrank_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->rank = 32;
+	o->grid = 20;
+	o->iters = 2;
+	o->method = FX_LOWRANK_RSVD;
+	o->search_rows = 128;
+	o->oversample = 16;
+	o->power = 2;
+	o->seed = 1;
+}
+
+int fx_lowrank_candidates(float *alpha, float *beta, int cap, int grid, struct fx_err *err)
+{
+	int n = 0, i;
+
+	if (grid < 1 || grid > FX_LOWRANK_MAX_GRID)
+		return fx_error(err, FX_E_ARG, "smoothing grid %d out of range 1-%d", grid,
+				FX_LOWRANK_MAX_GRID);
+	if (cap < 2 * (grid - 1) + 1)
+		return fx_error(err, FX_E_ARG, "room for %d candidates, grid %d needs %d", cap, grid,
+				2 * (grid - 1) + 1);
+	alpha[n] = 0.0f;
+	beta[n++] = 0.0f;
+	for (i = 1; i < grid; i++) {
+		alpha[n] = (float)i / (float)grid;
+		beta[n++] = 0.0f;
+	}
+	/* walk back down so neighbours stay similar (warm-started rsvd) */
+	for (i = grid - 1; i >= 1; i--) {
+		alpha[n] = (float)i / (float)grid;
+		beta[n++] = (float)(grid - i) / (float)grid;
+	}
+	return n;
+}
+
+static inline float bf16r(float f)
+{
+	uint32_t u;
+
+	memcpy(&u, &f, 4);
+	u += 0x7fffu + ((u >> 16) & 1u);
+	u &= 0xffff0000u;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+void fx_lowrank_smooth(float *s, const float *xmax, const float *wmax, int64_t k,
+		       float alpha, float beta)
+{
+	bool bad = false;
+
+	for (int64_t i = 0; i < k; i++) {
+		double v = 1.0;
+
+		if (alpha != 0.0f)
+			v *= pow((double)xmax[i], (double)alpha);
+		if (beta != 0.0f)
+			v /= pow((double)wmax[i], (double)beta);
+		s[i] = (float)v;
+		if (!isfinite(s[i]))
+			bad = true;
+		else if (s[i] == 0.0f)
+			s[i] = 1.0f;
+	}
+	for (int64_t i = 0; i < k; i++) {
+		float v = bad ? 1.0f : bf16r(s[i]);
+		/* bf16 overflow or underflow of a finite s */
+		s[i] = isfinite(v) && v > 0.0f ? v : 1.0f;
+	}
+}
+
+/* ---- row kernels ---------------------------------------------------- */
+
+/* Nearest E2M1 magnitude of a = |v|: ties to the even code (activations)
+ * or to the lower code (weights), by counting midpoints. */
+static inline float e2m1_even_mag(float a)
+{
+	return 0.5f * (float)(a > 0.25f) + 0.5f * (float)(a >= 0.75f) +
+	       0.5f * (float)(a > 1.25f) + 0.5f * (float)(a >= 1.75f) +
+	       (float)(a > 2.5f) + (float)(a >= 3.5f) + 2.0f * (float)(a > 5.0f);
+}
+
+static inline float e2m1_low_mag(float a)
+{
+	return 0.5f * (float)(a > 0.25f) + 0.5f * (float)(a > 0.75f) +
+	       0.5f * (float)(a > 1.25f) + 0.5f * (float)(a > 1.75f) +
+	       (float)(a > 2.5f) + (float)(a > 3.5f) + 2.0f * (float)(a > 5.0f);
+}
+
+/* One activation row: out = deq(Q_a(bf16(bf16(x + c) / s))) − cs, where
+ * cs = c/s per column (precomputed). fp4: group 16, else int4 group 64. */
+ROWK static void actq_row(float *out, const float *x, const float *s, const float *cs, float c,
+			  int64_t k, bool fp4, bool uns)
+{
+	const int G = fp4 ? 16 : 64;
+	const float qmax = fp4 ? 6.0f : (uns ? 15.0f : 7.0f), lo = uns ? 0.0f : -8.0f;
+	float xp[64];
+
+	for (int64_t g = 0; g < k; g += G) {
+		float amax = 0.0f, sc, sa, inv;
+
+		for (int i = 0; i < G; i++) {
+			float t = bf16r(x[g + i] + c);
+			xp[i] = bf16r(s ? t / s[g + i] : t);
+		}
+		for (int i = 0; i < G; i++) {
+			float a = fabsf(xp[i]);
+			amax = a > amax ? a : amax;
+		}
+		sc = amax * (1.0f / qmax);
+		if (fp4 && sc > 448.0f)
+			sc = 448.0f;
+		if (!(sc > 0.0f)) {
+			for (int i = 0; i < G; i++)
+				out[g + i] = cs ? -cs[g + i] : 0.0f;
+			continue;
+		}
+		sa = fp4 ? fx_e4m3_to_f32(fx_f32_to_e4m3(sc)) : fx_bf16_to_f32(fx_f32_to_bf16(sc));
+		inv = 1.0f / sc;
+		if (fp4) {
+			for (int i = 0; i < G; i++) {
+				float v = xp[i] * inv, q = e2m1_even_mag(fabsf(v));
+				out[g + i] = (v < 0.0f ? -q : q) * sa;
+			}
+		} else {
+			for (int i = 0; i < G; i++) {
+				float v = xp[i] * inv;
+				v = v < lo ? lo : v;
+				v = v > qmax ? qmax : v;
+				out[g + i] = ((v + RNE_MAGIC) - RNE_MAGIC) * sa;
+			}
+		}
+		if (cs)
+			for (int i = 0; i < G; i++)
+				out[g + i] -= cs[g + i];
+	}
+}
+
+/* One residual row, NVFP4 round to nearest with tensor scale t. */
+ROWK static void resq_row_fp4(float *w, int64_t k, float t)
+{
+	for (int64_t g = 0; g < k; g += 16) {
+		float *wg = w + g, gmax = 0.0f, s;
+		uint8_t sf;
+
+		for (int i = 0; i < 16; i++) {
+			float a = fabsf(wg[i]);
+			gmax = a > gmax ? a : gmax;
+		}
+		if (!(gmax > 0.0f)) {
+			for (int i = 0; i < 16; i++)
+				wg[i] = 0.0f;
+			continue;
+		}
+		sf = fx_f32_to_e4m3(fx_bf16_to_f32(fx_f32_to_bf16((gmax / 6.0f) / t)));
+		s = fx_e4m3_to_f32(sf ? sf : 0x01);
+		for (int i = 0; i < 16; i++) {
+			float v = (wg[i] / t) / s, q = e2m1_low_mag(fabsf(v));
+			wg[i] = ((v < 0.0f ? -q : q) * s) * t;
+		}
+	}
+}
+
+/* One residual row, INT4 round to nearest (group 64). */
+ROWK static void resq_row_int4(float *w, int64_t k)
+{
+	for (int64_t g = 0; g < k; g += 64) {
+		float *wg = w + g, amax = 0.0f, s;
+		uint16_t sb;
+
+		for (int i = 0; i < 64; i++) {
+			float a = fabsf(wg[i]);
+			amax = a > amax ? a : amax;
+		}
+		if (!(amax > 0.0f)) {
+			for (int i = 0; i < 64; i++)
+				wg[i] = 0.0f;
+			continue;
+		}
+		sb = fx_f32_to_bf16(amax / 7.0f);
+		s = fx_bf16_to_f32(sb);
+		if (!(s > 0.0f))
+			s = 1.0f;
+		for (int i = 0; i < 64; i++) {
+			float v = wg[i] / s;
+			v = v < -8.0f ? -8.0f : v;
+			v = v > 7.0f ? 7.0f : v;
+			wg[i] = ((v + RNE_MAGIC) - RNE_MAGIC) * s;
+		}
+	}
+}
+
+/* out = w·diag(s) − out over one row (out holds up·down on entry); returns
+ * the row's absmax. */
+ROWK static float resid_row(float *out, const float *w, const float *s, int64_t k)
+{
+	float amax = 0.0f;
+
+	for (int64_t i = 0; i < k; i++) {
+		float v = w[i] * (s ? s[i] : 1.0f) - out[i], a = fabsf(v);
+		out[i] = v;
+		amax = a > amax ? a : amax;
+	}
+	return amax;
+}
+
+ROWK static double sumsq_row(const float *v, int64_t n)
+{
+	double acc[8] = {0};
+	int64_t i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			acc[j] += (double)v[i + j] * (double)v[i + j];
+	for (; i < n; i++)
+		acc[0] += (double)v[i] * (double)v[i];
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* ---- public row-kernel wrappers -------------------------------------- */
+
+static int check_prec(enum fx_qprec p, int64_t k, struct fx_err *err)
+{
+	if (p != FX_QPREC_NVFP4 && p != FX_QPREC_INT4)
+		return fx_error(err, FX_E_ARG, "low-rank search supports nvfp4 and int4 only");
+	if (k <= 0 || k % 64)
+		return fx_error(err, FX_E_ARG, "k %lld is not a positive multiple of 64", (long long)k);
+	return 0;
+}
+
+int fx_lowrank_actq_cpu(float *xq, const float *x, const float *s, int64_t m, int64_t k,
+			enum fx_qprec p, bool shift, struct fx_err *err)
+{
+	const float c = shift ? FX_LOWRANK_SHIFT : 0.0f;
+	float *cs = NULL;
+	int ret = check_prec(p, k, err);
+
+	if (ret < 0)
+		return ret;
+	if (shift && p != FX_QPREC_INT4)
+		return fx_error(err, FX_E_ARG, "the activation shift exists for int4 only");
+	if (shift) {
+		if (!(cs = malloc((size_t)k * sizeof(float))))
+			return fx_error(err, FX_E_NOMEM, "out of memory");
+		for (int64_t i = 0; i < k; i++)
+			cs[i] = s ? c / s[i] : c;
+	}
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < m; r++)
+		actq_row(xq + r * k, x + r * k, s, cs, c, k, p == FX_QPREC_NVFP4, shift);
+	free(cs);
+	return 0;
+}
+
+/* T = smallest bf16 >= (amax/6)/448, 1 for zero (as fx-quant chooses it). */
+static float nvfp4_tscale(float amax)
+{
+	float t;
+	uint16_t b;
+
+	if (!(amax > 0.0f))
+		return 1.0f;
+	t = (amax / 6.0f) / 448.0f;
+	b = fx_f32_to_bf16(t);
+	if (fx_bf16_to_f32(b) < t)
+		b++;
+	if (b == 0)
+		b = 1;
+	return fx_bf16_to_f32(b);
+}
+
+static int check_members(const int64_t *rows, int nmember, int64_t n, struct fx_err *err)
+{
+	int64_t sum = 0;
+
+	if (nmember <= 1 || !rows)
+		return 0;
+	if (nmember > FX_LOWRANK_MAX_MEMBERS)
+		return fx_error(err, FX_E_ARG, "%d members, at most %d", nmember, FX_LOWRANK_MAX_MEMBERS);
+	for (int i = 0; i < nmember; i++) {
+		if (rows[i] <= 0)
+			return fx_error(err, FX_E_ARG, "member %d has %lld rows", i, (long long)rows[i]);
+		sum += rows[i];
+	}
+	if (sum != n)
+		return fx_error(err, FX_E_ARG, "member rows sum to %lld, expected %lld",
+				(long long)sum, (long long)n);
+	return 0;
+}
+
+/* In place quant-dequant; rowmax (n) the row absmax when known (NULL: computed). */
+static void resq(float *r, const float *rowmax, int64_t n, int64_t k, enum fx_qprec p,
+		 const int64_t *member_rows, int nmember)
+{
+	int64_t one = n, row0 = 0;
+
+	if (p == FX_QPREC_INT4) {
+#pragma omp parallel for schedule(static)
+		for (int64_t i = 0; i < n; i++)
+			resq_row_int4(r + i * k, k);
+		return;
+	}
+	if (!member_rows || nmember <= 1) {
+		member_rows = &one;
+		nmember = 1;
+	}
+	for (int mi = 0; mi < nmember; mi++) {
+		int64_t r1 = row0 + member_rows[mi];
+		float amax = 0.0f, t;
+
+#pragma omp parallel for schedule(static) reduction(max:amax)
+		for (int64_t i = row0; i < r1; i++) {
+			float a = 0.0f;
+			if (rowmax) {
+				a = rowmax[i];
+			} else {
+				for (int64_t j = 0; j < k; j++)
+					a = fabsf(r[i * k + j]) > a ? fabsf(r[i * k + j]) : a;
+			}
+			amax = a > amax ? a : amax;
+		}
+		t = nvfp4_tscale(amax);
+#pragma omp parallel for schedule(static)
+		for (int64_t i = row0; i < r1; i++)
+			resq_row_fp4(r + i * k, k, t);
+		row0 = r1;
+	}
+}
+
+int fx_lowrank_resq_cpu(float *r, int64_t n, int64_t k, enum fx_qprec p,
+			const int64_t *member_rows, int nmember, struct fx_err *err)
+{
+	int ret;
+
+	if ((ret = check_prec(p, k, err)) < 0 || (ret = check_members(member_rows, nmember, n, err)) < 0)
+		return ret;
+	resq(r, NULL, n, k, p, member_rows, nmember);
+	return 0;
+}
+
+/* ---- SVD ------------------------------------------------------------- */
+
+static int lapack_fail(struct fx_err *err, const char *what, lapack_int info)
+{
+	if (info == LAPACK_WORK_MEMORY_ERROR || info == LAPACK_TRANSPOSE_MEMORY_ERROR)
+		return fx_error(err, FX_E_NOMEM, "%s: out of memory", what);
+	if (info > 0)
+		return fx_error(err, FX_E_VALUE, "%s did not converge (info %d)", what, (int)info);
+	return fx_error(err, FX_E_ARG, "%s: bad argument %d", what, (int)-info);
+}
+
+int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
+		       int64_t n, int64_t k, int r, struct fx_err *err)
+{
+	int64_t mn = min64(n, k);
+	float *ac = NULL, *uc = NULL, *vc = NULL, *sv = NULL;
+	lapack_int info;
+	int ret = 0;
+
+	if (r < 1 || r > mn)
+		return fx_error(err, FX_E_ARG, "rank %d out of range 1-%lld", r, (long long)mn);
+	ac = malloc((size_t)n * k * sizeof(float));
+	uc = malloc((size_t)k * mn * sizeof(float));
+	vc = malloc((size_t)mn * n * sizeof(float));
+	sv = malloc((size_t)mn * sizeof(float));
+	if (!ac || !uc || !vc || !sv) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld SVD", (long long)n,
+			       (long long)k);
+		goto out;
+	}
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t j = 0; j < k; j++)
+			ac[i * k + j] = a[i * k + j] * (s ? s[j] : 1.0f);
+	/* row-major A (n,k) is column-major Aᵀ (k,n) = V Σ Uᵀ: no transposes */
+	info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)k, (lapack_int)n, ac,
+			      (lapack_int)k, sv, uc, (lapack_int)k, vc, (lapack_int)mn);
+	if (info) {
+		ret = lapack_fail(err, "sgesdd", info);
+		goto out;
+	}
+	/* uc column j = v_j = row j of down; vc column i = row i of U */
+	memcpy(down, uc, (size_t)r * k * sizeof(float));
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < n; i++)
+		for (int j = 0; j < r; j++)
+			up[i * r + j] = vc[i * mn + j] * sv[j];
+out:
+	free(ac);
+	free(uc);
+	free(vc);
+	free(sv);
+	return ret;
+}
+
+struct rsvd_ws {
+	int64_t n, k;
+	int l;
+	float *om, *y, *z, *rz, *u, *vt, *sv, *tau, *ur;
+};
+
+static void rsvd_ws_free(struct rsvd_ws *w)
+{
+	free(w->om); free(w->y); free(w->z); free(w->rz); free(w->u);
+	free(w->vt); free(w->sv); free(w->tau); free(w->ur);
+	memset(w, 0, sizeof(*w));
+}
+
+static int rsvd_ws_init(struct rsvd_ws *w, int64_t n, int64_t k, int l, struct fx_err *err)
+{
+	size_t ll = (size_t)l * l;
+
+	memset(w, 0, sizeof(*w));
+	w->n = n;
+	w->k = k;
+	w->l = l;
+	w->om = malloc((size_t)k * l * sizeof(float));
+	w->y = malloc((size_t)n * l * sizeof(float));
+	w->z = malloc((size_t)k * l * sizeof(float));
+	w->rz = malloc(ll * sizeof(float));
+	w->u = malloc(ll * sizeof(float));
+	w->vt = malloc(ll * sizeof(float));
+	w->ur = malloc(ll * sizeof(float));
+	w->sv = malloc((size_t)l * sizeof(float));
+	w->tau = malloc((size_t)l * sizeof(float));
+	if (!w->om || !w->y || !w->z || !w->rz || !w->u || !w->vt || !w->ur || !w->sv || !w->tau) {
+		rsvd_ws_free(w);
+		return fx_error(err, FX_E_NOMEM, "out of memory for the randomized SVD");
+	}
+	return 0;
+}
+
+static int orth(float *a, int64_t rows, int l, float *tau, float *rtop, struct fx_err *err)
+{
+	lapack_int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)rows, l, a, l, tau);
+
+	if (info)
+		return lapack_fail(err, "sgeqrf", info);
+	if (rtop)
+		for (int i = 0; i < l; i++)
+			for (int j = 0; j < l; j++)
+				rtop[i * l + j] = j >= i ? a[i * l + j] : 0.0f;
+	info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, (lapack_int)rows, l, l, a, l, tau);
+	return info ? lapack_fail(err, "sorgqr", info) : 0;
+}
+
+static void scale_rows(float *a, const float *s, int64_t rows, int l)
+{
+	if (!s)
+		return;
+	for (int64_t i = 0; i < rows; i++)
+		for (int j = 0; j < l; j++)
+			a[i * l + j] *= s[i];
+}
+
+/* Start vectors: uniform in [-1, 1) from a splitmix64 stream (integer
+ * arithmetic only, so the bits are the same everywhere). */
+static void fill_random(float *v, size_t count, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
+
+	for (size_t i = 0; i < count; i++) {
+		uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		z ^= z >> 31;
+		v[i] = (float)((int64_t)(z >> 40) - (1 << 23)) * (1.0f / (float)(1 << 23));
+	}
+}
+
+/* Randomized SVD of A·diag(s) with a prepared workspace. */
+static int rsvd(struct rsvd_ws *w, float *up, float *down, float *basis, bool warm,
+		const float *a, const float *s, int r, int power, uint64_t seed, struct fx_err *err)
+{
+	const int64_t n = w->n, k = w->k;
+	const int l = w->l;
+	lapack_int info;
+	int ret;
+
+	if (warm)
+		memcpy(w->om, basis, (size_t)k * l * sizeof(float));
+	else
+		fill_random(w->om, (size_t)k * l, seed);
+	scale_rows(w->om, s, k, l);
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, l, (int)k, 1.0f, a, (int)k,
+		    w->om, l, 0.0f, w->y, l);
+	if ((ret = orth(w->y, n, l, w->tau, NULL, err)) < 0)
+		return ret;
+	for (int it = 0; it < power; it++) {
+		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, l, (int)n, 1.0f, a,
+			    (int)k, w->y, l, 0.0f, w->z, l);
+		scale_rows(w->z, s, k, l);
+		if ((ret = orth(w->z, k, l, w->tau, NULL, err)) < 0)
+			return ret;
+		scale_rows(w->z, s, k, l);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, l, (int)k, 1.0f, a,
+			    (int)k, w->z, l, 0.0f, w->y, l);
+		if ((ret = orth(w->y, n, l, w->tau, NULL, err)) < 0)
+			return ret;
+	}
+	/* Z = diag(s)·Aᵀ·Y = Bᵀ for B = Yᵀ·A·diag(s); Z = Qz·Rz; B = Rzᵀ·Qzᵀ */
+	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, l, (int)n, 1.0f, a, (int)k,
+		    w->y, l, 0.0f, w->z, l);
+	scale_rows(w->z, s, k, l);
+	if ((ret = orth(w->z, k, l, w->tau, w->rz, err)) < 0)
+		return ret;
+	for (int i = 0; i < l; i++)          /* u <- Rzᵀ */
+		for (int j = 0; j < l; j++)
+			w->u[i * l + j] = w->rz[j * l + i];
+	info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'A', l, l, w->u, l, w->sv, w->ur, l, w->vt, l);
+	if (info)
+		return lapack_fail(err, "sgesdd", info);
+	/* up = Y·Ur_r·Σ_r; V = Qz·Vr = Z·Vtᵀ */
+	for (int i = 0; i < l; i++)
+		for (int j = 0; j < r; j++)
+			w->rz[i * r + j] = w->ur[i * l + j] * w->sv[j];
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, r, l, 1.0f, w->y, l, w->rz,
+		    r, 0.0f, up, r);
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)k, l, l, 1.0f, w->z, l, w->vt, l,
+		    0.0f, w->om, l);
+#pragma omp parallel for schedule(static)
+	for (int j = 0; j < r; j++)
+		for (int64_t i = 0; i < k; i++)
+			down[j * k + i] = w->om[i * l + j];
+	if (basis)
+		memcpy(basis, w->om, (size_t)k * l * sizeof(float));
+	return 0;
+}
+
+static int rsvd_cols(int64_t n, int64_t k, int r, int oversample)
+{
+	int64_t l = (int64_t)r + (oversample > 0 ? oversample : 0);
+
+	return (int)min64(l, min64(n, k));
+}
+
+int fx_lowrank_rsvd_cpu(float *up, float *down, float *basis, bool warm, const float *a,
+			const float *s, int64_t n, int64_t k, int r, int oversample, int power,
+			uint64_t seed, struct fx_err *err)
+{
+	struct rsvd_ws w;
+	int ret;
+
+	if (r < 1 || r > min64(n, k))
+		return fx_error(err, FX_E_ARG, "rank %d out of range 1-%lld", r, (long long)min64(n, k));
+	if (warm && !basis)
+		return fx_error(err, FX_E_ARG, "warm start without a basis");
+	if ((ret = rsvd_ws_init(&w, n, k, rsvd_cols(n, k, r, oversample), err)) < 0)
+		return ret;
+	ret = rsvd(&w, up, down, basis, warm, a, s, r, power < 0 ? 0 : power, seed, err);
+	rsvd_ws_free(&w);
+	return ret;
+}
+
+/* ---- the search ------------------------------------------------------- */
+
+struct lr {
+	const struct fx_lowrank_problem *p;
+	int64_t n, k, m, ms;
+	int r;
+	float *rbuf, *abuf;        /* (n,k) residual / refinement target */
+	float *y, *ys, *xs;        /* X·Wᵀ (m,n), its search rows (ms,n), their X (ms,k) */
+	float *xq, *e, *t, *ds;    /* (m,k), (m,n), (m,r), (r,k) */
+	float *rowmax, *cs, *wmax, *s;
+	double *rowsum;
+	double ynorm, ysnorm;
+	float *up, *down, *bup, *bdown, *basis, *bbasis;
+	struct rsvd_ws rw;
+};
+
+static void lr_free(struct lr *c)
+{
+	free(c->rbuf); free(c->abuf); free(c->y); free(c->ys); free(c->xs); free(c->xq);
+	free(c->e); free(c->t); free(c->ds); free(c->rowmax); free(c->cs); free(c->wmax);
+	free(c->s); free(c->rowsum); free(c->up); free(c->down); free(c->bup); free(c->bdown);
+	free(c->basis); free(c->bbasis);
+	rsvd_ws_free(&c->rw);
+}
+
+/* ‖Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ‖² over mm rows; Rdq in c->rbuf. */
+static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, const float *s,
+		      const float *up, const float *down, int r)
+{
+	const struct fx_lowrank_problem *p = c->p;
+	const int64_t n = c->n, k = c->k;
+	const float cc = p->shift ? FX_LOWRANK_SHIFT : 0.0f;
+	double tot = 0.0;
+
+	if (p->shift)
+		for (int64_t i = 0; i < k; i++)
+			c->cs[i] = s ? cc / s[i] : cc;
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < mm; i++)
+		actq_row(c->xq + i * k, x + i * k, s, p->shift ? c->cs : NULL, cc, k,
+			 p->prec == FX_QPREC_NVFP4, p->shift);
+	memcpy(c->e, y, (size_t)mm * n * sizeof(float));
+	if (r > 0) {
+#pragma omp parallel for schedule(static)
+		for (int j = 0; j < r; j++)
+			for (int64_t i = 0; i < k; i++)
+				c->ds[j * k + i] = s ? down[j * k + i] / s[i] : down[j * k + i];
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, r, (int)k, 1.0f, x,
+			    (int)k, c->ds, (int)k, 0.0f, c->t, r);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, (int)n, r, -1.0f, c->t,
+			    r, up, r, 1.0f, c->e, (int)n);
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, (int)n, (int)k, -1.0f, c->xq,
+		    (int)k, c->rbuf, (int)k, 1.0f, c->e, (int)n);
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < mm; i++)
+		c->rowsum[i] = sumsq_row(c->e + i * n, n);
+	for (int64_t i = 0; i < mm; i++)   /* fixed order: independent of threads */
+		tot += c->rowsum[i];
+	return tot;
+}
+
+/* rbuf = deq(Q(W·diag(s) − up·down)). */
+static void lr_residual(struct lr *c, const float *s, const float *up, const float *down, int r)
+{
+	const struct fx_lowrank_problem *p = c->p;
+	const int64_t n = c->n, k = c->k;
+
+	if (r > 0)
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, r, 1.0f, up, r,
+			    down, (int)k, 0.0f, c->rbuf, (int)k);
+	else
+		memset(c->rbuf, 0, (size_t)n * k * sizeof(float));
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < n; i++)
+		c->rowmax[i] = resid_row(c->rbuf + i * k, p->w + i * k, s, k);
+	resq(c->rbuf, c->rowmax, n, k, p->prec, p->member_rows, p->nmember);
+}
+
+static double rel(double e, double norm)
+{
+	return norm > 0.0 ? e / norm : (e > 0.0 ? INFINITY : 0.0);
+}
+
+static int lr_check(const struct fx_lowrank_problem *p, const struct fx_lowrank_opts *o,
+		    struct fx_err *err)
+{
+	int ret;
+
+	if ((ret = check_prec(p->prec, p->k, err)) < 0)
+		return ret;
+	if (p->n <= 0 || p->m <= 0 || !p->w || !p->x || !p->xmax)
+		return fx_error(err, FX_E_ARG, "empty low-rank problem");
+	if (p->shift && p->prec != FX_QPREC_INT4)
+		return fx_error(err, FX_E_ARG, "the activation shift exists for int4 only");
+	if ((ret = check_members(p->member_rows, p->nmember, p->n, err)) < 0)
+		return ret;
+	if (o->rank < 1 || o->rank > min64(p->n, p->k))
+		return fx_error(err, FX_E_ARG, "rank %d out of range 1-%lld for a %lldx%lld layer",
+				o->rank, (long long)min64(p->n, p->k), (long long)p->n, (long long)p->k);
+	if (o->grid < 1 || o->grid > FX_LOWRANK_MAX_GRID || o->iters < 0 ||
+	    o->method < 0 || o->method >= FX_LOWRANK_METHOD_COUNT || o->search_rows < 0)
+		return fx_error(err, FX_E_ARG, "bad low-rank options");
+	if ((int64_t)p->n * p->k > INT32_MAX || (int64_t)p->m * p->n > INT32_MAX)
+		return fx_error(err, FX_E_ARG, "layer too large for 32-bit BLAS indices");
+	return 0;
+}
+
+static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struct fx_lowrank_opts *o,
+		   struct fx_err *err)
+{
+	const int64_t n = p->n, k = p->k, m = p->m;
+	const int r = o->rank;
+	const int l = rsvd_cols(n, k, r, o->oversample);
+	size_t nk = (size_t)n * k;
+
+	memset(c, 0, sizeof(*c));
+	c->p = p;
+	c->n = n;
+	c->k = k;
+	c->m = m;
+	c->r = r;
+	c->ms = o->search_rows > 0 && o->search_rows < m ? o->search_rows : m;
+	c->rbuf = malloc(nk * sizeof(float));
+	c->abuf = malloc(nk * sizeof(float));
+	c->y = malloc((size_t)m * n * sizeof(float));
+	c->ys = malloc((size_t)c->ms * n * sizeof(float));
+	c->xs = malloc((size_t)c->ms * k * sizeof(float));
+	c->xq = malloc((size_t)m * k * sizeof(float));
+	c->e = malloc((size_t)m * n * sizeof(float));
+	c->t = malloc((size_t)m * r * sizeof(float));
+	c->ds = malloc((size_t)r * k * sizeof(float));
+	c->rowmax = malloc((size_t)n * sizeof(float));
+	c->cs = malloc((size_t)k * sizeof(float));
+	c->wmax = calloc((size_t)k, sizeof(float));
+	c->s = malloc((size_t)k * sizeof(float));
+	c->rowsum = malloc((size_t)m * sizeof(double));
+	c->up = malloc((size_t)n * r * sizeof(float));
+	c->down = malloc((size_t)r * k * sizeof(float));
+	c->bup = malloc((size_t)n * r * sizeof(float));
+	c->bdown = malloc((size_t)r * k * sizeof(float));
+	c->basis = malloc((size_t)k * l * sizeof(float));
+	c->bbasis = malloc((size_t)k * l * sizeof(float));
+	if (!c->rbuf || !c->abuf || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
+	    !c->ds || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->rowsum || !c->up ||
+	    !c->down || !c->bup || !c->bdown || !c->basis || !c->bbasis)
+		return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer with %lld rows",
+				(long long)n, (long long)k, (long long)m);
+	if (rsvd_ws_init(&c->rw, n, k, l, err) < 0)
+		return FX_E_NOMEM;
+
+	/* column absmax of W; max is order-free, so threads don't matter */
+#pragma omp parallel
+	{
+		float *loc = calloc((size_t)k, sizeof(float));
+		if (loc) {
+#pragma omp for schedule(static)
+			for (int64_t i = 0; i < n; i++)
+				for (int64_t j = 0; j < k; j++) {
+					float a = fabsf(p->w[i * k + j]);
+					loc[j] = a > loc[j] ? a : loc[j];
+				}
+#pragma omp critical(fx_lowrank_wmax)
+			for (int64_t j = 0; j < k; j++)
+				c->wmax[j] = loc[j] > c->wmax[j] ? loc[j] : c->wmax[j];
+		} else {
+#pragma omp for schedule(static)
+			for (int64_t j = 0; j < k; j++)
+				for (int64_t i = 0; i < n; i++) {
+					float a = fabsf(p->w[i * k + j]);
+					if (a > c->wmax[j])
+						c->wmax[j] = a;
+				}
+		}
+		free(loc);
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f, p->x,
+		    (int)k, p->w, (int)k, 0.0f, c->y, (int)n);
+	for (int64_t i = 0; i < c->ms; i++) {
+		int64_t src = c->ms == m ? i : i * m / c->ms;
+		memcpy(c->xs + i * k, p->x + src * k, (size_t)k * sizeof(float));
+		memcpy(c->ys + i * n, c->y + src * n, (size_t)n * sizeof(float));
+	}
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < m; i++)
+		c->rowsum[i] = sumsq_row(c->y + i * n, n);
+	for (int64_t i = 0; i < m; i++)
+		c->ynorm += c->rowsum[i];
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < c->ms; i++)
+		c->rowsum[i] = sumsq_row(c->ys + i * n, n);
+	for (int64_t i = 0; i < c->ms; i++)
+		c->ysnorm += c->rowsum[i];
+	return 0;
+}
+
+/* The branch of A·diag(s) into up/down (basis updated for rsvd). */
+static int lr_branch(struct lr *c, const struct fx_lowrank_opts *o, const float *a,
+		     const float *s, bool warm, int power, struct fx_err *err)
+{
+	if (o->method == FX_LOWRANK_SVD)
+		return fx_lowrank_svd_cpu(c->up, c->down, a, s, c->n, c->k, c->r, err);
+	return rsvd(&c->rw, c->up, c->down, c->basis, warm, a, s, c->r, power, o->seed, err);
+}
+
+int fx_lowrank_error_cpu(double *out, const struct fx_lowrank_problem *p, const float *s,
+			 const float *down, const float *up, int rank, struct fx_err *err)
+{
+	struct fx_lowrank_opts o;
+	struct lr c;
+	int ret;
+
+	fx_lowrank_opts_init(&o);
+	o.rank = rank > 0 ? rank : 1;
+	o.search_rows = 0;
+	if ((ret = lr_check(p, &o, err)) < 0)
+		return ret;
+	if ((ret = lr_init(&c, p, &o, err)) < 0)
+		goto out;
+	lr_residual(&c, s, up, down, rank);
+	*out = rel(lr_eval(&c, p->x, c.y, p->m, s, up, down, rank), c.ynorm);
+out:
+	lr_free(&c);
+	return ret;
+}
+
+int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_problem *p,
+			 const struct fx_lowrank_opts *o, struct fx_err *err)
+{
+	float alpha[2 * FX_LOWRANK_MAX_GRID], beta[2 * FX_LOWRANK_MAX_GRID];
+	const int64_t n = p->n, k = p->k;
+	const int r = o->rank;
+	size_t bytes_basis;
+	double best = INFINITY, e;
+	int ret, ncand, bi = 0;
+	struct lr c;
+
+	if ((ret = lr_check(p, o, err)) < 0)
+		return ret;
+	if ((ret = fx_lowrank_candidates(alpha, beta, (int)FX_ARRAY_SIZE(alpha), o->grid, err)) < 0)
+		return ret;
+	ncand = ret;
+	if ((ret = lr_init(&c, p, o, err)) < 0)
+		goto out;
+	bytes_basis = (size_t)k * c.rw.l * sizeof(float);
+
+	/* plain round to nearest: s = 1, no branch */
+	lr_residual(&c, NULL, NULL, NULL, 0);
+	res->err_rtn = rel(lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0), c.ynorm);
+
+	for (int i = 0; i < ncand; i++) {
+		fx_lowrank_smooth(c.s, p->xmax, c.wmax, k, alpha[i], beta[i]);
+		/* later candidates start from the previous one's subspace */
+		if ((ret = lr_branch(&c, o, p->w, c.s, i > 0, i > 0 ? 0 : o->power, err)) < 0)
+			goto out;
+		lr_residual(&c, c.s, c.up, c.down, r);
+		e = rel(lr_eval(&c, c.xs, c.ys, c.ms, c.s, c.up, c.down, r), c.ysnorm);
+		if (e < best) {
+			best = e;
+			bi = i;
+			memcpy(c.bbasis, c.basis, bytes_basis);
+		}
+	}
+	res->candidates = ncand;
+	res->alpha = alpha[bi];
+	res->beta = beta[bi];
+
+	/* the chosen candidate with the full SVD effort, on all rows */
+	fx_lowrank_smooth(c.s, p->xmax, c.wmax, k, alpha[bi], beta[bi]);
+	memcpy(c.basis, c.bbasis, bytes_basis);
+	if ((ret = lr_branch(&c, o, p->w, c.s, true, o->power, err)) < 0)
+		goto out;
+	lr_residual(&c, c.s, c.up, c.down, r);
+	best = rel(lr_eval(&c, p->x, c.y, p->m, c.s, c.up, c.down, r), c.ynorm);
+	res->err_branch = best;
+	memcpy(c.bup, c.up, (size_t)n * r * sizeof(float));
+	memcpy(c.bdown, c.down, (size_t)r * k * sizeof(float));
+	res->rounds = 0;
+
+	/* refinement: branch from W·diag(s) − Rdq, keep while the error falls */
+	for (int it = 0; it < o->iters; it++) {
+#pragma omp parallel for schedule(static)
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j < k; j++)
+				c.abuf[i * k + j] = p->w[i * k + j] * c.s[j] - c.rbuf[i * k + j];
+		if ((ret = lr_branch(&c, o, c.abuf, NULL, true, 1, err)) < 0)
+			goto out;
+		lr_residual(&c, c.s, c.up, c.down, r);
+		e = rel(lr_eval(&c, p->x, c.y, p->m, c.s, c.up, c.down, r), c.ynorm);
+		if (!(e < best))
+			break;
+		best = e;
+		res->rounds++;
+		memcpy(c.bup, c.up, (size_t)n * r * sizeof(float));
+		memcpy(c.bdown, c.down, (size_t)r * k * sizeof(float));
+	}
+	res->err_final = best;
+	memcpy(res->smooth, c.s, (size_t)k * sizeof(float));
+	memcpy(res->up, c.bup, (size_t)n * r * sizeof(float));
+	memcpy(res->down, c.bdown, (size_t)r * k * sizeof(float));
+	ret = 0;
+out:
+	lr_free(&c);
+	return ret;
+}
