@@ -348,7 +348,9 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 				goto out_h;
 		}
 		fx_layer_hash_final(h, lr);
-		fx_stage_layer(s, st->g->name, lr, false);
+		/* the forward always runs; a layer whose statistics came out the
+		 * same as before is reported as reused, so later stages see it so */
+		fx_stage_layer(s, st->g->name, lr, fx_stage_reusable(s, st->g->name, lr));
 		continue;
 out_h:
 		fx_layer_hash_final(h, lr);

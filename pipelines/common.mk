@@ -7,6 +7,7 @@ FX      ?= $(abspath $(PIPELINES_DIR)../build/bin)
 OUT     ?= out
 PRECISION ?= fp4
 FXFLAGS ?=
+VERIFYFLAGS ?=
 BLOCKS  ?=
 
 BLOCKS_OPT = $(if $(BLOCKS),--blocks $(BLOCKS))

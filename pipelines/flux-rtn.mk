@@ -24,4 +24,4 @@ meta: pack
 	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(FINAL)
 
 verify: meta
-	$(FX)/fx-verify $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
+	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st

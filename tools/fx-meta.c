@@ -1,4 +1,5 @@
 /* fx-meta: write or repair the loader metadata of a Nunchaku checkpoint. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ int main(int argc, char **argv)
 		.synopsis = "fx-meta [--model M] [--precision fp4|int4] [--rank R] [--check] FILE",
 		.summary = "Write or repair model_class, config, quantization_config and comfy_config.",
 		.opts = opts,
+		.common = FX_CLI_JSON,
 	};
 	struct fx_meta_opts mo = { .rank = -1 };
 	struct fx_err err = {0};
@@ -101,6 +103,16 @@ int main(int argc, char **argv)
 					 &in_place, &err)) < 0)
 			goto fail;
 		fx_log_info("%s: metadata written (%s)", file, in_place ? "in place" : "rewritten");
+	}
+	if (cli.c.json) {
+		json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:b}", "schema", "fx-stage/1", "tool", "fx-meta",
+				      "output", file, "up_to_date", same, "in_place", in_place);
+		char *js = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+		if (js)
+			puts(js);
+		free(js);
+		json_decref(o);
 	}
 	for (i = 0; i < FX_META_COUNT; i++)
 		free(vals[i]);
