@@ -23,4 +23,12 @@ static inline bool fx_group_in_range(const struct fx_model_config *c, const stru
 	return b >= first && b <= last;
 }
 
+/* Resolves --blocks (-1: all) against the model into [*first, *last] and a
+ * canonical "A-B" label for fx.params; FX_E_ARG when outside the model. */
+int fx_blocks_resolve(const struct fx_model_config *c, int first_in, int last_in,
+		      int *first, int *last, char *label, size_t cap, struct fx_err *err);
+/* The fx.model metadata value: {"num_double":..,"num_single":..,"hidden":..,
+ * "mlp_hidden":..}; malloc'ed. */
+char *fx_model_brief_json(const struct fx_model_config *c);
+
 #endif

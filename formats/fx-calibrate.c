@@ -179,13 +179,9 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		goto out;
 	}
 	nt = pe->shape[1];
-	first = o->first_block < 0 ? 0 : o->first_block;
-	last = o->last_block < 0 ? fx_num_blocks(c) - 1 : o->last_block;
-	if (first > last || last >= fx_num_blocks(c)) {
-		ret = fx_error(err, FX_E_ARG, "--blocks %d-%d outside the model's 0-%d", first, last,
-			       fx_num_blocks(c) - 1);
+	if ((ret = fx_blocks_resolve(c, o->first_block, o->last_block, &first, &last, blocks,
+				     sizeof(blocks), err)) < 0)
 		goto out;
-	}
 	fx_sample_params_init(&sp, c);
 	if (o->steps > 0)
 		sp.steps = o->steps;
@@ -204,7 +200,6 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	fx_stage_input_id(s, "model", id);
 	if ((ret = fx_stage_input(s, "cond", o->cond, err)) < 0)
 		goto out;
-	snprintf(blocks, sizeof(blocks), "%d-%d", first, last);
 	snprintf(res, sizeof(res), "%dx%d", sp.width, sp.height);
 	fx_stage_param_int(s, "prompts", P);
 	fx_stage_param_int(s, "steps", sp.steps);
@@ -308,9 +303,7 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 				goto out;
 		}
 	}
-	if (asprintf(&modeljs, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
-		     c->num_double, c->num_single, c->hidden, c->mlp_hidden) < 0) {
-		modeljs = NULL;
+	if (!(modeljs = fx_model_brief_json(c))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}

@@ -639,9 +639,7 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 		x.rank = 0;
 	if ((ret = pack_plain_renamed(&x, true, err)) < 0)
 		goto out;
-	if (asprintf(&modeljs, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
-		     x.c->num_double, x.c->num_single, x.c->hidden, x.c->mlp_hidden) < 0) {
-		modeljs = NULL;
+	if (!(modeljs = fx_model_brief_json(x.c))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}

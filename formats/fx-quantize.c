@@ -336,13 +336,9 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	if ((ret = fx_model_open(&m, o->model, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
-	first = o->first_block < 0 ? 0 : o->first_block;
-	last = o->last_block < 0 ? fx_num_blocks(c) - 1 : o->last_block;
-	if (first > last || last >= fx_num_blocks(c)) {
-		ret = fx_error(err, FX_E_ARG, "--blocks %d-%d outside the model's 0-%d", first, last,
-			       fx_num_blocks(c) - 1);
+	if ((ret = fx_blocks_resolve(c, o->first_block, o->last_block, &first, &last, blocks,
+				     sizeof(blocks), err)) < 0)
 		goto out;
-	}
 	if ((ret = fx_stage_new(&s, "fx-quant", FX_FMT_QUANT, o->output, err)) < 0)
 		goto out;
 	if ((ret = fx_input_id(model_id, o->model, err)) < 0)
@@ -362,7 +358,6 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		    (ret = fx_stage_input(s, "calib", o->calib, err)) < 0)
 			goto out;
 	}
-	snprintf(blocks, sizeof(blocks), "%d-%d", first, last);
 	fx_stage_param_str(s, "precision", o->precision);
 	fx_stage_param_int(s, "search", o->search && calib);
 	fx_stage_param_str(s, "blocks", blocks);
@@ -387,9 +382,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 			goto out;
 		ngroups++;
 	}
-	if (asprintf(&modeljs, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
-		     c->num_double, c->num_single, c->hidden, c->mlp_hidden) < 0) {
-		modeljs = NULL;
+	if (!(modeljs = fx_model_brief_json(c))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}

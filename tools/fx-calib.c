@@ -8,6 +8,7 @@
 #include "fx-io.h"
 #include "fx-log.h"
 #include "fx-stage.h"
+#include "fx-tool.h"
 
 enum { OPT_MODEL = 256, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED,
        OPT_SAMPLES, OPT_HESSIAN, OPT_BLOCKS };
@@ -100,21 +101,5 @@ int main(int argc, char **argv)
 	o.force = cli.c.force;
 
 	ret = fx_calibrate_run(&o, &utd, &s, &err);
-	if (ret < 0) {
-		fx_log_error("%s", err.msg);
-		return fx_status_exit(ret);
-	}
-	if (utd)
-		fx_log_info("%s: up to date", o.output);
-	else
-		fx_log_info("%s: %zu layers recorded", o.output, fx_stage_ncomputed(s));
-	if (cli.c.json) {
-		char *js = fx_stage_report_json(s, utd);
-
-		if (js)
-			puts(js);
-		free(js);
-	}
-	fx_stage_free(s);
-	return FX_EXIT_OK;
+	return fx_tool_stage_done(ret, &err, s, utd, cli.c.json, o.output, "recorded");
 }
