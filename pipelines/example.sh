@@ -1,26 +1,17 @@
 #!/usr/bin/env bash
-# The built-in example: a tiny synthetic FLUX through every stage, ending with
-# fx-verify's audit. Usage: example.sh WORKDIR   (FX_BIN: the tools' folder)
+# The built-in example: a tiny synthetic FLUX.1-dev through the whole SVDQuant
+# pipeline (pipelines/flux-svdq.mk), ending with fx-verify's summary.
+# Usage: example.sh WORKDIR   (FX_BIN: the tools' folder)
 set -euo pipefail
 work=${1:-build/example}
-bin=${FX_BIN:-build/bin}
+bin=$(cd "${FX_BIN:-build/bin}" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$work"
-have() { [ -x "$bin/$1" ]; }
-run() { echo "+ $*" | sed "s|$bin/||"; "$@"; }
 
-echo "example: a tiny synthetic FLUX.1-dev in $work"
-[ -e "$work/model/config.json" ] && [ -e "$work/cond.safetensors" ] ||
-	run "$bin/fx-synth" -q --force -o "$work/model" --cond "$work/cond.safetensors" --prompts 2
-branch=()
-if have fx-calib && have fx-lowrank; then
-	run "$bin/fx-calib" --model "$work/model" --cond "$work/cond.safetensors" --prompts 2 \
-		--steps 2 --res 128x128 --samples 128 -o "$work/calib.safetensors"
-	run "$bin/fx-lowrank" --model "$work/model" --calib "$work/calib.safetensors" --rank 32 \
-		--precision fp4 --alpha-grid 5 -o "$work/branch.safetensors"
-	branch=(--branch "$work/branch.safetensors")
-fi
-run "$bin/fx-quant" --model "$work/model" "${branch[@]}" --precision fp4 -o "$work/quant.safetensors"
-run "$bin/fx-pack" --model "$work/model" --quant "$work/quant.safetensors" "${branch[@]}" \
-	-o "$work/svdq-fp4-example.safetensors"
-run "$bin/fx-meta" --model "$work/model" "$work/svdq-fp4-example.safetensors"
-run "$bin/fx-verify" "$work/svdq-fp4-example.safetensors" | tail -n 4
+echo "example: a tiny synthetic FLUX.1-dev (2 double + 2 single blocks, hidden 256) in $work"
+[ -e "$work/flux-tiny/config.json" ] && [ -e "$work/cond.safetensors" ] ||
+	"$bin/fx-synth" -q --force -o "$work/flux-tiny" --cond "$work/cond.safetensors" --prompts 2 --txt-len 32
+make --no-print-directory -f "$here/flux-svdq.mk" FX="$bin" MODEL="$work/flux-tiny" \
+	COND="$work/cond.safetensors" OUT="$work/out" PRECISION=fp4 RANK=32 \
+	PROMPTS=2 STEPS=2 RES=128x128 SAMPLES=128 GRID=5
+echo "example: checkpoint $work/out/svdq-fp4_r32-flux-tiny.safetensors (audit: .audit.txt beside it)"

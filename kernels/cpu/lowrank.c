@@ -3,7 +3,7 @@
  * kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
  * load time (target_clones), so the default -O2 build still vectorises them.
  * Definitions: kernels/fx-lowrank.h. */
-#include "fx-lowrank.h"
+#include "../fx-lowrank.h"
 #include "../../common/fx-tensor.h"
 
 #include <cblas.h>
