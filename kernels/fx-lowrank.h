@@ -113,7 +113,8 @@ int fx_lowrank_rsvd_cpu(float *up, float *down, float *basis, bool warm, const f
 			uint64_t seed, struct fx_err *err);
 
 /* xq (m,k) = deq(Q_a(bf16(bf16(x + c)/s))) − c/s: the activation the
- * runtime's GEMM sees, less the shift the stored bias cancels. s NULL: ones. */
+ * runtime's GEMM sees, less the shift the stored bias cancels (x is first
+ * rounded to BF16, the model's input type). s NULL: ones. */
 int fx_lowrank_actq_cpu(float *xq, const float *x, const float *s, int64_t m, int64_t k,
 			enum fx_qprec p, bool shift, struct fx_err *err);
 

@@ -18,6 +18,10 @@
 #define ROWK
 #endif
 
+/* Threads only pay off above ~1M elements; below, waking them (and the
+ * spinning of OpenMP and OpenBLAS workers on 2 cores) costs more. */
+#define BIG(work) ((int64_t)(work) >= ((int64_t)1 << 20))
+
 #define RNE_MAGIC 12582912.0f   /* 1.5·2^23: (v + M) − M rounds |v| < 2^22 to nearest even */
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -126,7 +130,7 @@ ROWK static void actq_row(float *out, const float *x, const float *s, const floa
 		float amax = 0.0f, sc, sa, inv;
 
 		for (int i = 0; i < G; i++) {
-			float t = bf16r(x[g + i] + c);
+			float t = bf16r(bf16r(x[g + i]) + c);
 			xp[i] = bf16r(s ? t / s[g + i] : t);
 		}
 		for (int i = 0; i < G; i++) {
@@ -271,7 +275,7 @@ int fx_lowrank_actq_cpu(float *xq, const float *x, const float *s, int64_t m, in
 		for (int64_t i = 0; i < k; i++)
 			cs[i] = s ? c / s[i] : c;
 	}
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(m * k))
 	for (int64_t r = 0; r < m; r++)
 		actq_row(xq + r * k, x + r * k, s, cs, c, k, p == FX_QPREC_NVFP4, shift);
 	free(cs);
@@ -321,7 +325,7 @@ static void resq(float *r, const float *rowmax, int64_t n, int64_t k, enum fx_qp
 	int64_t one = n, row0 = 0;
 
 	if (p == FX_QPREC_INT4) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)
 			resq_row_int4(r + i * k, k);
 		return;
@@ -334,7 +338,7 @@ static void resq(float *r, const float *rowmax, int64_t n, int64_t k, enum fx_qp
 		int64_t r1 = row0 + member_rows[mi];
 		float amax = 0.0f, t;
 
-#pragma omp parallel for schedule(static) reduction(max:amax)
+#pragma omp parallel for schedule(static) reduction(max:amax) if(BIG((r1 - row0) * k))
 		for (int64_t i = row0; i < r1; i++) {
 			float a = 0.0f;
 			if (rowmax) {
@@ -346,7 +350,7 @@ static void resq(float *r, const float *rowmax, int64_t n, int64_t k, enum fx_qp
 			amax = a > amax ? a : amax;
 		}
 		t = nvfp4_tscale(amax);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG((r1 - row0) * k))
 		for (int64_t i = row0; i < r1; i++)
 			resq_row_fp4(r + i * k, k, t);
 		row0 = r1;
@@ -394,7 +398,7 @@ int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
 			       (long long)k);
 		goto out;
 	}
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(n * k))
 	for (int64_t i = 0; i < n; i++)
 		for (int64_t j = 0; j < k; j++)
 			ac[i * k + j] = a[i * k + j] * (s ? s[j] : 1.0f);
@@ -407,7 +411,7 @@ int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
 	}
 	/* uc column j = v_j = row j of down; vc column i = row i of U */
 	memcpy(down, uc, (size_t)r * k * sizeof(float));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG((int64_t)r * n))
 	for (int64_t i = 0; i < n; i++)
 		for (int j = 0; j < r; j++)
 			up[i * r + j] = vc[i * mn + j] * sv[j];
@@ -544,7 +548,7 @@ static int rsvd(struct rsvd_ws *w, float *up, float *down, float *basis, bool wa
 		    r, 0.0f, up, r);
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)k, l, l, 1.0f, w->z, l, w->vt, l,
 		    0.0f, w->om, l);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG((int64_t)r * k))
 	for (int j = 0; j < r; j++)
 		for (int64_t i = 0; i < k; i++)
 			down[j * k + i] = w->om[i * l + j];
@@ -615,13 +619,13 @@ static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, 
 	if (p->shift)
 		for (int64_t i = 0; i < k; i++)
 			c->cs[i] = s ? cc / s[i] : cc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(mm * k))
 	for (int64_t i = 0; i < mm; i++)
 		actq_row(c->xq + i * k, x + i * k, s, p->shift ? c->cs : NULL, cc, k,
 			 p->prec == FX_QPREC_NVFP4, p->shift);
 	memcpy(c->e, y, (size_t)mm * n * sizeof(float));
 	if (r > 0) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG((int64_t)r * k))
 		for (int j = 0; j < r; j++)
 			for (int64_t i = 0; i < k; i++)
 				c->ds[j * k + i] = s ? down[j * k + i] / s[i] : down[j * k + i];
@@ -632,7 +636,7 @@ static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, 
 	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, (int)n, (int)k, -1.0f, c->xq,
 		    (int)k, c->rbuf, (int)k, 1.0f, c->e, (int)n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(mm * n))
 	for (int64_t i = 0; i < mm; i++)
 		c->rowsum[i] = sumsq_row(c->e + i * n, n);
 	for (int64_t i = 0; i < mm; i++)   /* fixed order: independent of threads */
@@ -651,7 +655,7 @@ static void lr_residual(struct lr *c, const float *s, const float *up, const flo
 			    down, (int)k, 0.0f, c->rbuf, (int)k);
 	else
 		memset(c->rbuf, 0, (size_t)n * k * sizeof(float));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(n * k))
 	for (int64_t i = 0; i < n; i++)
 		c->rowmax[i] = resid_row(c->rbuf + i * k, p->w + i * k, s, k);
 	resq(c->rbuf, c->rowmax, n, k, p->prec, p->member_rows, p->nmember);
@@ -730,7 +734,7 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 		return FX_E_NOMEM;
 
 	/* column absmax of W; max is order-free, so threads don't matter */
-#pragma omp parallel
+#pragma omp parallel if(BIG(n * k))
 	{
 		float *loc = calloc((size_t)k, sizeof(float));
 		if (loc) {
@@ -761,12 +765,12 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 		memcpy(c->xs + i * k, p->x + src * k, (size_t)k * sizeof(float));
 		memcpy(c->ys + i * n, c->y + src * n, (size_t)n * sizeof(float));
 	}
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(m * n))
 	for (int64_t i = 0; i < m; i++)
 		c->rowsum[i] = sumsq_row(c->y + i * n, n);
 	for (int64_t i = 0; i < m; i++)
 		c->ynorm += c->rowsum[i];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(c->ms * n))
 	for (int64_t i = 0; i < c->ms; i++)
 		c->rowsum[i] = sumsq_row(c->ys + i * n, n);
 	for (int64_t i = 0; i < c->ms; i++)
@@ -859,7 +863,7 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 
 	/* refinement: branch from W·diag(s) − Rdq, keep while the error falls */
 	for (int it = 0; it < o->iters; it++) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)
 			for (int64_t j = 0; j < k; j++)
 				c.abuf[i * k + j] = p->w[i * k + j] * c.s[j] - c.rbuf[i * k + j];
