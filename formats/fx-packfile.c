@@ -371,6 +371,32 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 	return 0;
 }
 
+/* A packed layer is made from its quant and branch layers: their recipes. */
+static void layer_entry(struct fx_layer_hash *h, const struct shards *sh, const char *layer)
+{
+	int i;
+
+	for (i = 0; i < sh->n; i++) {
+		json_t *m = json_loads(fx_st_meta(sh->st[i], "fx.layers"), 0, NULL);
+		const char *v = json_string_value(json_object_get(m, layer));
+
+		if (v)
+			fx_layer_hash_str(h, v);
+		json_decref(m);
+	}
+}
+
+static void layer_recipe(char out[65], const struct ctx *x, const struct fx_group *g)
+{
+	struct fx_layer_hash *h = fx_layer_hash_new();
+
+	fx_layer_hash_str(h, g->name);
+	fx_layer_hash_str(h, x->fp4 ? "fp4" : "int4");
+	layer_entry(h, &x->q, g->name);
+	layer_entry(h, &x->br, g->name);
+	fx_layer_hash_final(h, out);
+}
+
 static int open_shards(struct shards *s, const char *const *paths, int n, const char *fmt,
 		       const char *model_id, struct fx_stage *stage, const char *role,
 		       struct fx_err *err)
@@ -650,10 +676,13 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 	for (i = 0; i < fx_model_ngroups(x.m); i++) {
 		const struct fx_group *g = fx_model_group(x.m, i);
 
+		char lr[65];
+
 		ret = g->kind == FX_GROUP_ADALN ? pack_adaln(&x, g, err) : pack_w4a4(&x, g, err);
 		if (ret < 0)
 			goto out;
-		fx_stage_layer(x.s, g->name, "", false);
+		layer_recipe(lr, &x, g);
+		fx_stage_layer(x.s, g->name, lr, false);
 	}
 	if ((ret = pack_plain_renamed(&x, false, err)) < 0 || (ret = fx_stage_commit(x.s, err)) < 0)
 		goto out;

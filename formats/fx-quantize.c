@@ -347,6 +347,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	if (o->branch) {
 		if ((ret = fx_st_open(&branch, o->branch, err)) < 0 ||
 		    (ret = fx_file_expect(branch, FX_FMT_BRANCH, "fx-quant", err)) < 0 ||
+		    (ret = fx_file_check_crc(branch, err)) < 0 ||
 		    (ret = check_model_of(branch, model_id, "branch file", err)) < 0 ||
 		    (ret = fx_stage_input(s, "branch", o->branch, err)) < 0)
 			goto out;
@@ -354,6 +355,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	if (o->search && o->calib) {
 		if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
 		    (ret = fx_file_expect(calib, FX_FMT_CALIB, "fx-quant", err)) < 0 ||
+		    (ret = fx_file_check_crc(calib, err)) < 0 ||
 		    (ret = check_model_of(calib, model_id, "calib file", err)) < 0 ||
 		    (ret = fx_stage_input(s, "calib", o->calib, err)) < 0)
 			goto out;

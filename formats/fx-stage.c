@@ -1,6 +1,7 @@
 #include "fx-stage.h"
 
 #include <jansson.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,21 @@ struct fx_stage {
 	bool begun, force;
 };
 
+/* Input hashes are cached next to the outputs (model folders may be read-only);
+ * an FX_HASH_CACHE the user set wins. */
+static void set_hash_cache(const char *out_path)
+{
+	char *dup, *dir;
+	char path[4096];
+
+	if (getenv("FX_HASH_CACHE") || !(dup = strdup(out_path)))
+		return;
+	dir = dirname(dup);
+	snprintf(path, sizeof(path), "%s/.fx-hash-cache", dir);
+	setenv("FX_HASH_CACHE", path, 0);
+	free(dup);
+}
+
 int fx_stage_new(struct fx_stage **out, const char *tool, const char *format,
 		 const char *out_path, struct fx_err *err)
 {
@@ -33,6 +49,7 @@ int fx_stage_new(struct fx_stage **out, const char *tool, const char *format,
 	*out = NULL;
 	if (!s)
 		return fx_error(err, FX_E_NOMEM, "out of memory");
+	set_hash_cache(out_path);
 	s->tool = strdup(tool);
 	s->format = strdup(format);
 	s->out_path = strdup(out_path);

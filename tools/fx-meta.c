@@ -72,11 +72,24 @@ int main(int argc, char **argv)
 		fx_audit_init(&a);
 		snprintf(a.path, sizeof(a.path), "%s", file);
 		fx_meta_audit(st, &a);
-		for (k = 0; k < a.nfind; k++)
-			printf("%s: %s: %s\n", file, fx_severity_name(a.find[k].sev), a.find[k].msg);
 		n = fx_audit_failures(&a, false);
-		if (!n)
-			printf("%s: metadata ok\n", file);
+		if (cli.c.json) {
+			json_t *o = fx_audit_json(&a);
+			char *js;
+
+			json_object_set_new(o, "schema", json_string("fx-meta-check/1"));
+			json_object_set_new(o, "status", json_string(n ? "findings" : "ok"));
+			js = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+			if (js)
+				puts(js);
+			free(js);
+			json_decref(o);
+		} else {
+			for (k = 0; k < a.nfind; k++)
+				printf("%s: %s: %s\n", file, fx_severity_name(a.find[k].sev), a.find[k].msg);
+			if (!n)
+				printf("%s: metadata ok\n", file);
+		}
 		fx_audit_release(&a);
 		fx_st_close(st);
 		return n ? FX_EXIT_FINDINGS : FX_EXIT_OK;

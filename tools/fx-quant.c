@@ -28,7 +28,7 @@ int main(int argc, char **argv)
 		.synopsis = "fx-quant --model M [--branch B] [--calib C] --precision fp4|int4 [--search] [--blocks A-B] -o quant.safetensors",
 		.summary = "Quantize the residual of every fused layer into an fx.quant file.",
 		.opts = opts,
-		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
+		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS,
 	};
 	struct fx_quantize_opts o = { .first_block = -1, .last_block = -1 };
 	struct fx_err err = {0};
