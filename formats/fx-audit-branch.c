@@ -164,6 +164,8 @@ static void check_group(struct fx_audit *a, const struct fx_st *st, const char *
 					     "RTN (%.3e)", s[FX_BRANCH_STAT_ERR_FINAL], s[FX_BRANCH_STAT_ERR_RTN]);
 		}
 	}
+	if (ty->rank < 0 && t[1])
+		ty->rank = r;
 	if (ok) {
 		fx_audit_line(a, "[OK] %s: down=[%d,%lld] up=[%lld,%d]", w, r, (long long)K, (long long)N, r);
 	} else {

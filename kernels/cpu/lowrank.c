@@ -101,6 +101,46 @@ void fx_lowrank_smooth(float *s, const float *xmax, const float *wmax, int64_t k
 
 /* ---- row kernels ---------------------------------------------------- */
 
+/* E4M3 value and the nearest code of a positive finite f (saturating at
+ * 448): inline copies of fx_e4m3_to_f32 / fx_f32_to_e4m3 for the group
+ * loops (tests/unit/test-lowrank.c checks they give the same bytes). */
+static inline float e4m3_val(uint32_t c)
+{
+	uint32_t e = (c >> 3) & 0xfu, m = c & 7u, u = ((e + 120u) << 23) | (m << 20);
+	float v;
+
+	if (e == 0)
+		return (float)m * (1.0f / 512.0f);
+	memcpy(&v, &u, 4);
+	return v;
+}
+
+static inline uint32_t e4m3_code(float f)
+{
+	uint32_t a, code;
+
+	memcpy(&a, &f, 4);
+	a &= 0x7fffffffu;
+	if (a >= 0x43e00000u) {
+		code = 0x7e;
+	} else if (a < 0x3c800000u) {
+		float q = fabsf(f) * 512.0f, rem;
+		uint32_t qi = (uint32_t)q;
+		rem = q - (float)qi;
+		if (rem > 0.5f || (rem == 0.5f && (qi & 1u)))
+			qi++;
+		code = qi;
+	} else {
+		uint32_t e = (a >> 23) - 120u, mant = a & 0x7fffffu, rem = mant & 0xfffffu;
+		code = (e << 3) | (mant >> 20);
+		if (rem > 0x80000u || (rem == 0x80000u && (code & 1u)))
+			code++;
+		if (code > 0x7e)
+			code = 0x7e;
+	}
+	return code;
+}
+
 /* Nearest E2M1 magnitude of a = |v|: ties to the even code (activations)
  * or to the lower code (weights), by counting midpoints. */
 static inline float e2m1_even_mag(float a)
@@ -145,7 +185,7 @@ ROWK static void actq_row(float *out, const float *x, const float *s, const floa
 				out[g + i] = cs ? -cs[g + i] : 0.0f;
 			continue;
 		}
-		sa = fp4 ? fx_e4m3_to_f32(fx_f32_to_e4m3(sc)) : fx_bf16_to_f32(fx_f32_to_bf16(sc));
+		sa = fp4 ? e4m3_val(e4m3_code(sc)) : bf16r(sc);
 		inv = 1.0f / sc;
 		if (fp4) {
 			for (int i = 0; i < G; i++) {
@@ -166,27 +206,72 @@ ROWK static void actq_row(float *out, const float *x, const float *s, const floa
 	}
 }
 
+/* Branch-free forms of e4m3_code / e4m3_val for loops over group scales. */
+static inline uint32_t e4m3_code_bl(float f)
+{
+	float fc = f < 448.0f ? f : 448.0f, q = fc * 512.0f, r2;
+	uint32_t a, e, mant, rem, cn, qi, cs;
+
+	memcpy(&a, &f, 4);
+	e = (a >> 23) - 120u;
+	mant = a & 0x7fffffu;
+	rem = mant & 0xfffffu;
+	cn = (e << 3) | (mant >> 20);
+	cn += (uint32_t)(rem > 0x80000u) | ((uint32_t)(rem == 0x80000u) & (cn & 1u));
+	cn = cn > 0x7eu ? 0x7eu : cn;
+	qi = (uint32_t)(int32_t)q;
+	r2 = q - (float)(int32_t)qi;
+	cs = qi + ((uint32_t)(r2 > 0.5f) | ((uint32_t)(r2 == 0.5f) & (qi & 1u)));
+	return a >= 0x43e00000u ? 0x7eu : (a < 0x3c800000u ? cs : cn);
+}
+
+static inline float e4m3_val_bl(uint32_t c)
+{
+	uint32_t e = (c >> 3) & 0xfu, m = c & 7u, u = ((e + 120u) << 23) | (m << 20);
+	float vn, vs = (float)(int32_t)m * (1.0f / 512.0f);
+
+	memcpy(&vn, &u, 4);
+	return e == 0 ? vs : vn;
+}
+
+/* Residual rows are quantized in three passes over chunks of groups: group
+ * maxima, group scales (vectorised across groups), elements. A scale of 0
+ * marks an all-zero group. */
+#define QCHUNK 256
+
 /* One residual row, NVFP4 round to nearest with tensor scale t. */
 ROWK static void resq_row_fp4(float *w, int64_t k, float t)
 {
-	for (int64_t g = 0; g < k; g += 16) {
-		float *wg = w + g, gmax = 0.0f, s;
-		uint8_t sf;
+	float gs[QCHUNK];
 
-		for (int i = 0; i < 16; i++) {
-			float a = fabsf(wg[i]);
-			gmax = a > gmax ? a : gmax;
-		}
-		if (!(gmax > 0.0f)) {
+	for (int64_t c0 = 0; c0 < k; c0 += 16 * QCHUNK) {
+		int ng = (int)((k - c0) / 16 < QCHUNK ? (k - c0) / 16 : QCHUNK);
+		float *wc = w + c0;
+
+		for (int g = 0; g < ng; g++) {
+			float m = 0.0f;
 			for (int i = 0; i < 16; i++)
-				wg[i] = 0.0f;
-			continue;
+				m = fabsf(wc[g * 16 + i]) > m ? fabsf(wc[g * 16 + i]) : m;
+			gs[g] = m;
 		}
-		sf = fx_f32_to_e4m3(fx_bf16_to_f32(fx_f32_to_bf16((gmax / 6.0f) / t)));
-		s = fx_e4m3_to_f32(sf ? sf : 0x01);
-		for (int i = 0; i < 16; i++) {
-			float v = (wg[i] / t) / s, q = e2m1_low_mag(fabsf(v));
-			wg[i] = ((v < 0.0f ? -q : q) * s) * t;
+#pragma omp simd
+		for (int g = 0; g < ng; g++) {
+			uint32_t sf = e4m3_code_bl(bf16r((gs[g] / 6.0f) / t));
+			float sv = e4m3_val_bl(sf ? sf : 1u);
+			gs[g] = gs[g] > 0.0f ? sv : 0.0f;
+		}
+		for (int g = 0; g < ng; g++) {
+			float *wg = wc + g * 16, sc = gs[g];
+
+			if (sc == 0.0f) {
+				for (int i = 0; i < 16; i++)
+					wg[i] = 0.0f;
+				continue;
+			}
+			for (int i = 0; i < 16; i++) {
+				float v = (wg[i] / t) / sc, q = e2m1_low_mag(fabsf(v));
+				wg[i] = ((v < 0.0f ? -q : q) * sc) * t;
+			}
 		}
 	}
 }
@@ -194,44 +279,57 @@ ROWK static void resq_row_fp4(float *w, int64_t k, float t)
 /* One residual row, INT4 round to nearest (group 64). */
 ROWK static void resq_row_int4(float *w, int64_t k)
 {
-	for (int64_t g = 0; g < k; g += 64) {
-		float *wg = w + g, amax = 0.0f, s;
-		uint16_t sb;
+	float gs[QCHUNK];
 
-		for (int i = 0; i < 64; i++) {
-			float a = fabsf(wg[i]);
-			amax = a > amax ? a : amax;
-		}
-		if (!(amax > 0.0f)) {
+	for (int64_t c0 = 0; c0 < k; c0 += 64 * QCHUNK) {
+		int ng = (int)((k - c0) / 64 < QCHUNK ? (k - c0) / 64 : QCHUNK);
+		float *wc = w + c0;
+
+		for (int g = 0; g < ng; g++) {
+			float m = 0.0f;
 			for (int i = 0; i < 64; i++)
-				wg[i] = 0.0f;
-			continue;
+				m = fabsf(wc[g * 64 + i]) > m ? fabsf(wc[g * 64 + i]) : m;
+			gs[g] = m;
 		}
-		sb = fx_f32_to_bf16(amax / 7.0f);
-		s = fx_bf16_to_f32(sb);
-		if (!(s > 0.0f))
-			s = 1.0f;
-		for (int i = 0; i < 64; i++) {
-			float v = wg[i] / s;
-			v = v < -8.0f ? -8.0f : v;
-			v = v > 7.0f ? 7.0f : v;
-			wg[i] = ((v + RNE_MAGIC) - RNE_MAGIC) * s;
+#pragma omp simd
+		for (int g = 0; g < ng; g++) {
+			float sc = bf16r(gs[g] / 7.0f);
+			/* a scale lost to BF16 underflow becomes 1 */
+			gs[g] = gs[g] > 0.0f ? (sc > 0.0f ? sc : 1.0f) : 0.0f;
+		}
+		for (int g = 0; g < ng; g++) {
+			float *wg = wc + g * 64, sc = gs[g];
+
+			if (sc == 0.0f) {
+				for (int i = 0; i < 64; i++)
+					wg[i] = 0.0f;
+				continue;
+			}
+			for (int i = 0; i < 64; i++) {
+				float v = wg[i] / sc;
+				v = v < -8.0f ? -8.0f : v;
+				v = v > 7.0f ? 7.0f : v;
+				wg[i] = ((v + RNE_MAGIC) - RNE_MAGIC) * sc;
+			}
 		}
 	}
 }
 
-/* out = w·diag(s) − out over one row (out holds up·down on entry); returns
- * the row's absmax. */
-ROWK static float resid_row(float *out, const float *w, const float *s, int64_t k)
+/* out = w·diag(s) over one row. */
+ROWK static void scale_row(float *out, const float *w, const float *s, int64_t k)
 {
-	float amax = 0.0f;
+	for (int64_t i = 0; i < k; i++)
+		out[i] = w[i] * s[i];
+}
 
-	for (int64_t i = 0; i < k; i++) {
-		float v = w[i] * (s ? s[i] : 1.0f) - out[i], a = fabsf(v);
-		out[i] = v;
-		amax = a > amax ? a : amax;
-	}
-	return amax;
+ROWK static float absmax_row(const float *v, int64_t k)
+{
+	float m = 0.0f;
+
+#pragma omp simd reduction(max:m)
+	for (int64_t i = 0; i < k; i++)
+		m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+	return m;
 }
 
 ROWK static double sumsq_row(const float *v, int64_t n)
@@ -341,12 +439,7 @@ static void resq(float *r, const float *rowmax, int64_t n, int64_t k, enum fx_qp
 #pragma omp parallel for schedule(static) reduction(max:amax) if(BIG((r1 - row0) * k))
 		for (int64_t i = row0; i < r1; i++) {
 			float a = 0.0f;
-			if (rowmax) {
-				a = rowmax[i];
-			} else {
-				for (int64_t j = 0; j < k; j++)
-					a = fabsf(r[i * k + j]) > a ? fabsf(r[i * k + j]) : a;
-			}
+			a = rowmax ? rowmax[i] : absmax_row(r + i * k, k);
 			amax = a > amax ? a : amax;
 		}
 		t = nvfp4_tscale(amax);
@@ -650,14 +743,22 @@ static void lr_residual(struct lr *c, const float *s, const float *up, const flo
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 
-	if (r > 0)
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, r, 1.0f, up, r,
-			    down, (int)k, 0.0f, c->rbuf, (int)k);
-	else
-		memset(c->rbuf, 0, (size_t)n * k * sizeof(float));
+	/* W·diag(s) first, then sgemm with beta 1: no zeroing pass over rbuf */
+	if (s) {
 #pragma omp parallel for schedule(static) if(BIG(n * k))
-	for (int64_t i = 0; i < n; i++)
-		c->rowmax[i] = resid_row(c->rbuf + i * k, p->w + i * k, s, k);
+		for (int64_t i = 0; i < n; i++)
+			scale_row(c->rbuf + i * k, p->w + i * k, s, k);
+	} else {
+		memcpy(c->rbuf, p->w, (size_t)n * k * sizeof(float));
+	}
+	if (r > 0)
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, r, -1.0f, up, r,
+			    down, (int)k, 1.0f, c->rbuf, (int)k);
+	if (p->prec == FX_QPREC_NVFP4) {
+#pragma omp parallel for schedule(static) if(BIG(n * k))
+		for (int64_t i = 0; i < n; i++)
+			c->rowmax[i] = absmax_row(c->rbuf + i * k, k);
+	}
 	resq(c->rbuf, c->rowmax, n, k, p->prec, p->member_rows, p->nmember);
 }
 
@@ -706,7 +807,7 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 	c->r = r;
 	c->ms = o->search_rows > 0 && o->search_rows < m ? o->search_rows : m;
 	c->rbuf = malloc(nk * sizeof(float));
-	c->abuf = malloc(nk * sizeof(float));
+	c->abuf = o->iters > 0 ? malloc(nk * sizeof(float)) : NULL;
 	c->y = malloc((size_t)m * n * sizeof(float));
 	c->ys = malloc((size_t)c->ms * n * sizeof(float));
 	c->xs = malloc((size_t)c->ms * k * sizeof(float));
@@ -723,9 +824,9 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 	c->down = malloc((size_t)r * k * sizeof(float));
 	c->bup = malloc((size_t)n * r * sizeof(float));
 	c->bdown = malloc((size_t)r * k * sizeof(float));
-	c->basis = malloc((size_t)k * l * sizeof(float));
-	c->bbasis = malloc((size_t)k * l * sizeof(float));
-	if (!c->rbuf || !c->abuf || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
+	c->basis = calloc((size_t)k * l, sizeof(float));
+	c->bbasis = calloc((size_t)k * l, sizeof(float));
+	if (!c->rbuf || (o->iters > 0 && !c->abuf) || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
 	    !c->ds || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->rowsum || !c->up ||
 	    !c->down || !c->bup || !c->bdown || !c->basis || !c->bbasis)
 		return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer with %lld rows",
@@ -797,6 +898,7 @@ int fx_lowrank_error_cpu(double *out, const struct fx_lowrank_problem *p, const 
 	fx_lowrank_opts_init(&o);
 	o.rank = rank > 0 ? rank : 1;
 	o.search_rows = 0;
+	o.iters = 0;
 	if ((ret = lr_check(p, &o, err)) < 0)
 		return ret;
 	if ((ret = lr_init(&c, p, &o, err)) < 0)
@@ -843,17 +945,26 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 			best = e;
 			bi = i;
 			memcpy(c.bbasis, c.basis, bytes_basis);
+			if (o->method == FX_LOWRANK_SVD) {
+				memcpy(c.bup, c.up, (size_t)n * r * sizeof(float));
+				memcpy(c.bdown, c.down, (size_t)r * k * sizeof(float));
+			}
 		}
 	}
 	res->candidates = ncand;
 	res->alpha = alpha[bi];
 	res->beta = beta[bi];
 
-	/* the chosen candidate with the full SVD effort, on all rows */
+	/* the chosen candidate with the full SVD effort (an exact SVD is
+	 * already exact), on all rows */
 	fx_lowrank_smooth(c.s, p->xmax, c.wmax, k, alpha[bi], beta[bi]);
 	memcpy(c.basis, c.bbasis, bytes_basis);
-	if ((ret = lr_branch(&c, o, p->w, c.s, true, o->power, err)) < 0)
+	if (o->method == FX_LOWRANK_SVD) {
+		memcpy(c.up, c.bup, (size_t)n * r * sizeof(float));
+		memcpy(c.down, c.bdown, (size_t)r * k * sizeof(float));
+	} else if ((ret = lr_branch(&c, o, p->w, c.s, true, o->power, err)) < 0) {
 		goto out;
+	}
 	lr_residual(&c, c.s, c.up, c.down, r);
 	best = rel(lr_eval(&c, p->x, c.y, p->m, c.s, c.up, c.down, r), c.ynorm);
 	res->err_branch = best;

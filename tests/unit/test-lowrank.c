@@ -234,6 +234,8 @@ static void test_resq_matches_quant(void **state)
 		for (int64_t i = 32; i < 80; i++)
 			w[i * k + j] *= 100.0f;
 	memset(w + 5 * k + 16, 0, 64 * 4);    /* zero groups */
+	for (int64_t j = 0; j < k; j++)       /* subnormal E4M3 group scales */
+		w[7 * k + j] *= 1e-5f * (float)(j % 7);
 	memcpy(a, w, n * k * 4);
 	assert_int_equal(fx_lowrank_resq_cpu(a, n, k, FX_QPREC_NVFP4, rows, 3, &err), 0);
 	assert_int_equal(fx_quant_nvfp4_cpu(codes, sc8, rs, w, n, k, rows, 3, NULL, &err), 0);

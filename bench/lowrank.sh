@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# fx-lowrank benchmark (issue 5), run by bench/run.sh or alone:
+#
+#   FX_BIN=$PWD/build/bin bash bench/lowrank.sh
+#
+# Model: one FLUX-width single block (hidden 3072): its four fused groups are
+# exactly one of each FLUX.1 W4A4 shape — qkv 9216x3072, out_proj 3072x3072,
+# mlp_fc1 12288x3072, mlp_fc2 3072x12288 — and FLUX.1-dev's 304 groups are 76
+# of each (19 double blocks x 2 streams + 38 single blocks), so the projected
+# total is 76 x the time of one run. Calibration: fx-calib, 1 prompt, 1 step
+# at 512x512 (1024 image + 256 text tokens), FX_BENCH_LR_SAMPLES rows per
+# layer (default 256); generated once into the cache.
+#
+# Runs (each capped at FX_BENCH_LOWRANK_TIMEOUT seconds, default 120):
+#   rank 32 and 128 with --method rsvd and the default alpha grid (the target:
+#   projected total under 60 min for rank 32), then --method svd (sgesdd) and
+#   rsvd at rank 32 with a small grid (--alpha-grid FX_BENCH_LR_GRID, default
+#   2) for the svd/rsvd ratio; svd over the full grid is too slow for a bench.
+set -euo pipefail
+export LC_ALL=C
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+LR_TIMEOUT=${FX_BENCH_LOWRANK_TIMEOUT:-120}
+LR_GRID=${FX_BENCH_LR_GRID:-2}
+LR_SAMPLES=${FX_BENCH_LR_SAMPLES:-256}
+GROUPS_PER_RUN=4
+DEV_RUNS=76 # FLUX.1-dev: 304 W4A4 groups = 76 x (qkv, out, fc1, fc2)
+
+if [[ ! -x $FX_BIN/fx-lowrank ]]; then
+	note "fx-lowrank: skipped ($FX_BIN/fx-lowrank not built yet)"
+	row "fx-lowrank" "-" "-" "-" "n/a" "skipped: fx-lowrank not built" "-" "< 60 min (dev, r32)"
+	[[ ${BENCH_ROWS_OWNER:-} == "$$" ]] && print_table
+	exit 0
+fi
+
+need_space 2
+dir=$(cached_model flux3072-s1-lowrank --hidden 3072 --double 0 --single 1 --txt-dim 4096 \
+	--cond cond.safetensors --prompts 1 --txt-len 256)
+m=$dir/model
+calib=$dir/calib-s$LR_SAMPLES.safetensors
+prime_hash "$m"
+# fx-calib skips the work when the calib file is up to date.
+"$FX_BIN/fx-calib" -q --model "$m" --cond "$dir/cond.safetensors" --prompts 1 --steps 1 \
+	--res 512x512 --samples "$LR_SAMPLES" -o "$calib" ||
+	die "fx-calib for the fx-lowrank benchmark failed"
+warm "$m"/*.safetensors "$calib"
+note "one FLUX-width single block: 4 fused groups (qkv 9216x3072, out 3072x3072, fc1 12288x3072, fc2 3072x12288), $LR_SAMPLES calibration rows"
+
+# lr_run RANK METHOD GRID: sets LR_SEC ("" when it timed out) and LR_RSS.
+lr_run() {
+	local rank=$1 method=$2 grid=$3 args=() name
+	[[ $grid != default ]] && args=(--alpha-grid "$grid")
+	name=lowrank-r$rank-$method-$grid
+	BENCH_ALLOW_FAIL=1 measure "$name" timeout "$LR_TIMEOUT" "$FX_BIN/fx-lowrank" --model "$m" \
+		--calib "$calib" --rank "$rank" --method "$method" "${args[@]}" \
+		-o "$BENCH_WORK/$name.safetensors" --force
+	rm -f -- "$BENCH_WORK/$name.safetensors"
+	LR_RSS="$(kib_h "$M_RSS_KB") (anon $(kib_h "$M_ANON_KB"))"
+	if ((M_RC == 124)); then
+		LR_SEC=
+		note "$(printf '%-28s' "r$rank $method grid $grid") > ${LR_TIMEOUT} s (timed out; FX_BENCH_LOWRANK_TIMEOUT)"
+	elif ((M_RC != 0)); then
+		printf 'bench: error: fx-lowrank --rank %s --method %s failed (exit %s):\n' "$rank" "$method" "$M_RC" >&2
+		tail -n 20 "$BENCH_WORK/$name.log" >&2
+		exit 1
+	else
+		LR_SEC=$M_SEC
+		detail "r$rank $method grid $grid" "$(calc "$M_SEC / $GROUPS_PER_RUN" '%.2f') s/group"
+	fi
+}
+
+# The rsvd runs over the default grid: per group, and the FLUX.1-dev total.
+for rank in 32 128; do
+	lr_run "$rank" rsvd default
+	if [[ -n $LR_SEC ]]; then
+		total=$(calc "$LR_SEC * $DEV_RUNS")
+		note "r$rank rsvd: $(calc "$LR_SEC / $GROUPS_PER_RUN" '%.2f') s per group; projected FLUX.1-dev (304 groups): $(secs_h "$total")"
+		row "fx-lowrank r$rank rsvd" "4 groups, default grid" "$(calc "$LR_SEC / $GROUPS_PER_RUN" '%.1f') s/group" \
+			"dev total $(secs_h "$total")" "$(calc "3600 / $total" '%.2f')" "60 min target / projected" "$LR_RSS" \
+			"$([[ $rank == 32 ]] && echo ">= 1 (< 60 min)" || echo "-")"
+	else
+		row "fx-lowrank r$rank rsvd" "4 groups, default grid" "> $LR_TIMEOUT s" \
+			"dev total > $(secs_h "$((LR_TIMEOUT * DEV_RUNS))")" "< $(calc "3600 / ($LR_TIMEOUT * $DEV_RUNS)" '%.2f')" \
+			"60 min target / projected" "$LR_RSS" "$([[ $rank == 32 ]] && echo ">= 1 (< 60 min)" || echo "-")"
+	fi
+done
+
+# sgesdd against the randomized SVD, same (small) grid.
+lr_run 32 rsvd "$LR_GRID"
+t_rsvd=$LR_SEC
+lr_run 32 svd "$LR_GRID"
+t_svd=$LR_SEC
+if [[ -n $t_rsvd && -n $t_svd ]]; then
+	note "r32, grid $LR_GRID: svd $(calc "$t_svd / $GROUPS_PER_RUN" '%.2f') s/group, rsvd $(calc "$t_rsvd / $GROUPS_PER_RUN" '%.2f') s/group: rsvd is $(calc "$t_svd / $t_rsvd" '%.2f')x faster"
+	row "fx-lowrank r32 svd" "4 groups, grid $LR_GRID" "$(calc "$t_svd / $GROUPS_PER_RUN" '%.1f') s/group" \
+		"dev total $(secs_h "$(calc "$t_svd * $DEV_RUNS")")" "$(calc "$t_svd / $t_rsvd" '%.2f')" \
+		"svd / rsvd time, grid $LR_GRID" "$LR_RSS" "> 1 (rsvd faster)"
+else
+	row "fx-lowrank r32 svd" "4 groups, grid $LR_GRID" "${t_svd:+$(calc "$t_svd / $GROUPS_PER_RUN" '%.1f') s/group}${t_svd:-> $LR_TIMEOUT s}" \
+		"-" "n/a" "svd / rsvd (a run timed out)" "$LR_RSS" "> 1 (rsvd faster)"
+fi
+
+[[ ${BENCH_ROWS_OWNER:-} == "$$" ]] && print_table
+exit 0

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# make bench: every stage's benchmark, one summary table at the end.
+#
+#   FX_BIN=$PWD/build/bin bash bench/run.sh [quant] [calib] [lowrank]
+#
+# With no arguments all benchmarks run (about 5-15 minutes on 2 cores; the
+# first run also generates the FLUX-width inputs, ~5 GB, into the cache).
+# Environment (see also bench/lib.sh):
+#   FX_BENCH_CACHE   generated inputs, kept between runs (default build/bench-cache)
+#   FX_BENCH_PYTHON  python with torch + diffusers for the calib baseline
+#                    (default python3; skipped with a message when it lacks them)
+#   FX_BENCH_STEPS   sampling steps of the longer fx-calib run (default 3)
+#
+# Benchmarks (the targets are those of the stage issues):
+#   quant    fx-quant + fx-pack on FLUX-width models of two sizes: input GB/s,
+#            ratio to the I/O floor (cat of the input + durable copies of the
+#            outputs), peak RSS (target >= 0.5 of the floor, < 2 GiB, flat in
+#            the number of blocks)
+#   calib    the C forward of fx-calib at hidden 3072, 2 double + 2 single
+#            blocks, 1024 image + 256 text tokens: ms per forward, fraction of
+#            the OpenBLAS sgemm peak measured in the same run (target >= 60 %),
+#            ratio to the diffusers/torch CPU forward (target >= 1), and the
+#            projected FLUX.1-dev calibration times
+#   lowrank  bench/lowrank.sh (fx-lowrank per fused group, projected total)
+set -euo pipefail
+export LC_ALL=C
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+want_quant=0 want_calib=0 want_lowrank=0
+if (($# == 0)); then
+	want_quant=1 want_calib=1 want_lowrank=1
+fi
+for a in "$@"; do
+	case $a in
+	quant) want_quant=1 ;;
+	calib) want_calib=1 ;;
+	lowrank) want_lowrank=1 ;;
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank)" >&2; exit 2 ;;
+	esac
+done
+
+for t in fx-synth fx-quant fx-pack fx-calib; do
+	[[ -x $FX_BIN/$t ]] || die "$FX_BIN/$t is missing: build the tools first (make tools)"
+done
+
+BENCH_T0=$(date +%s)
+printf 'fx bench: %s, %s cores, %s\n' "$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')" \
+	"$NPROC" "$(awk '/MemTotal/ { printf "%.0f GiB RAM", $2/1048576 }' /proc/meminfo)"
+printf 'tools: %s (%s)\ncache: %s\n' "$FX_BIN" "$("$FX_BIN/fx-quant" --version 2>&1 | head -n 1)" "$CACHE"
+if [[ -n $TIME_BIN ]]; then
+	echo "peak RSS: GNU time's maximum resident set size (includes mmapped input pages); anon = sampled peak RssAnon"
+else
+	echo "peak RSS: polled VmHWM every 50 ms (GNU time not installed: 'apt-get install -y time' for exact numbers)"
+fi
+echo "all timed runs read inputs from the page cache (warmed by a cat first; the page cache is never dropped)"
+
+# ---------------------------------------------------------------------------
+# FLOPs of one FLUX transformer forward (spec flux-transformer.md §6.1): every
+# linear layer (blocks 12·D²·N MACs per token, modulation, embedders, output)
+# plus attention 2·N²·D per block; FLOP = 2·MAC.
+# forward_flops D DOUBLE SINGLE IMG_TOKENS TXT_TOKENS
+forward_flops() {
+	awk -v D="$1" -v nd="$2" -v ns="$3" -v Ni="$4" -v Nt="$5" 'BEGIN {
+		N = Ni + Nt
+		blocks = (nd + ns) * (12 * D * D * N + 2 * N * N * D)
+		modulation = nd * 12 * D * D + ns * 3 * D * D + 2 * D * D
+		embed = 64 * D * Ni + 4096 * D * Nt + 2 * (256 * D + D * D) + 768 * D + D * D + D * 64 * Ni
+		printf "%.0f", 2 * (blocks + modulation + embed) }'
+}
+
+# ---------------------------------------------------------------------------
+bench_quant() {
+	section "fx-quant + fx-pack (issue 3): FLUX-width models, NVFP4, no branch (plain RTN)"
+	need_space 8
+	local sizes=("2 4" "1 2") nd ns key dir m shards in_b q p t_tools t_floor rss anon
+	local rss_list=() anon_list=() names=()
+	for s in "${sizes[@]}"; do
+		read -r nd ns <<<"$s"
+		key=flux3072-d${nd}s${ns}
+		dir=$(cached_model "$key" --hidden 3072 --double "$nd" --single "$ns" --txt-dim 4096)
+		m=$dir/model
+		shards=("$m"/*.safetensors)
+		in_b=$(file_bytes "${shards[@]}")
+		q=$BENCH_WORK/q-$key.safetensors
+		p=$BENCH_WORK/p-$key.safetensors
+		prime_hash "$m"
+		warm "${shards[@]}"
+		note "$key: hidden 3072, $nd double + $ns single blocks, input $(bytes_h "$in_b") in ${#shards[@]} shard(s)"
+
+		measure "quant-$key" "$FX_BIN/fx-quant" --model "$m" --precision fp4 -o "$q" --force
+		local tq=$M_SEC rq=$M_RSS_KB aq=$M_ANON_KB
+		detail "fx-quant" "$(tail -n 1 "$BENCH_WORK/quant-$key.log")"
+		measure "pack-$key" "$FX_BIN/fx-pack" --model "$m" --quant "$q" -o "$p" --force
+		local tp=$M_SEC rp=$M_RSS_KB ap=$M_ANON_KB
+		detail "fx-pack" "$(tail -n 1 "$BENCH_WORK/pack-$key.log")"
+		local q_b p_b
+		q_b=$(file_bytes "$q")
+		p_b=$(file_bytes "$p")
+
+		# I/O floor: read the input once, write both outputs durably (the
+		# tools fsync their outputs, so the copies are synced too).
+		local t0 t1
+		t0=$(date +%s%N)
+		cat -- "${shards[@]}" >/dev/null
+		cp -- "$q" "$BENCH_WORK/floor-q" && sync -- "$BENCH_WORK/floor-q"
+		cp -- "$p" "$BENCH_WORK/floor-p" && sync -- "$BENCH_WORK/floor-p"
+		t1=$(date +%s%N)
+		rm -f -- "$BENCH_WORK/floor-q" "$BENCH_WORK/floor-p"
+		t_floor=$(calc "($t1 - $t0) / 1e9")
+		t_tools=$(calc "$tq + $tp")
+		note "I/O floor: cat input ($(bytes_h "$in_b")) + cp&sync quant ($(bytes_h "$q_b")) + packed ($(bytes_h "$p_b")): $(secs_h "$t_floor"), $(calc "$in_b / $t_floor / 1e9" '%.2f') GB/s of input"
+		note "fx-quant + fx-pack: $(secs_h "$t_tools"), $(calc "$in_b / $t_tools / 1e9" '%.2f') GB/s of input, $(calc "$t_floor / $t_tools" '%.2f') of the I/O floor (target >= 0.5)"
+		rss=$rq anon=$aq
+		[[ $rp =~ ^[0-9]+$ && $rss =~ ^[0-9]+$ ]] && ((rp > rss)) && rss=$rp
+		((ap > anon)) && anon=$ap
+		rss_list+=("$rss") anon_list+=("$anon") names+=("$key")
+		row "fx-quant+fx-pack" "$nd d + $ns s, $(bytes_h "$in_b") in" "$(secs_h "$t_tools")" \
+			"$(calc "$in_b / $t_tools / 1e9" '%.2f') GB/s in" "$(calc "$t_floor / $t_tools" '%.2f')" \
+			"I/O floor $(secs_h "$t_floor")" "$(kib_h "$rss") (anon $(kib_h "$anon"))" ">= 0.5; < 2 GiB"
+		rm -f -- "$q" "$p"
+	done
+	if [[ ${rss_list[0]} =~ ^[0-9]+$ && ${rss_list[1]} =~ ^[0-9]+$ ]]; then
+		note "peak RSS ${names[0]} / ${names[1]}: $(calc "${rss_list[0]} / ${rss_list[1]}" '%.2f') (anon: $(calc "${anon_list[0]} / (${anon_list[1]} > 0 ? ${anon_list[1]} : 1)" '%.2f')); 1.00 = flat in the number of blocks"
+		note "input size ratio: $(calc "$(file_bytes "$CACHE/${names[0]}"/model/*.safetensors) / $(file_bytes "$CACHE/${names[1]}"/model/*.safetensors)" '%.2f')"
+	fi
+}
+
+# ---------------------------------------------------------------------------
+bench_calib() {
+	section "fx-calib forward (issue 4): hidden 3072, 2 double + 2 single, 1024 img + 256 txt tokens"
+	need_space 4
+	local dir m cond steps=${FX_BENCH_STEPS:-3} flops peak peak_mean t1 t2 fwd rate frac
+	[[ $steps =~ ^[0-9]+$ ]] && ((steps >= 2)) || die "FX_BENCH_STEPS must be >= 2"
+	dir=$(cached_model flux3072-d2s2-calib --hidden 3072 --double 2 --single 2 --txt-dim 4096 \
+		--cond cond.safetensors --prompts 1 --txt-len 256)
+	m=$dir/model
+	cond=$dir/cond.safetensors
+	flops=$(forward_flops 3072 2 2 1024 256)
+	note "forward: $(calc "$flops / 1e12" '%.3f') TFLOP (linear + attention, FLOP = 2 MAC)"
+
+	# OpenBLAS sgemm peak, measured now on the same machine state.
+	local sg=$CACHE/sgemm-peak
+	if [[ ! -x $sg || $BENCH_DIR/sgemm-peak.c -nt $sg ]]; then
+		${CC:-cc} -O2 -std=c11 -o "$sg" "$BENCH_DIR/sgemm-peak.c" -lopenblas ||
+			die "cannot build the sgemm probe (needs libopenblas-dev)"
+	fi
+	local sgl
+	sgl=$("$sg" 2048 3)
+	peak=$(sed 's/.*best_gflops=\([0-9.]*\).*/\1/' <<<"$sgl")
+	peak_mean=$(sed 's/.*mean_gflops=\([0-9.]*\).*/\1/' <<<"$sgl")
+	note "OpenBLAS sgemm 2048^3, $NPROC threads, 3 s: best $peak GFLOP/s, mean $peak_mean GFLOP/s (peak = best)"
+
+	prime_hash "$m"
+	warm "$m"/*.safetensors "$cond"
+	local common=(--model "$m" --cond "$cond" --prompts 1 --res 512x512 --samples 256 --force)
+	measure calib-1 "$FX_BIN/fx-calib" "${common[@]}" --steps 1 -o "$BENCH_WORK/calib-1.safetensors"
+	t1=$M_SEC
+	detail "fx-calib --steps 1"
+	measure calib-n "$FX_BIN/fx-calib" "${common[@]}" --steps "$steps" -o "$BENCH_WORK/calib-n.safetensors"
+	t2=$M_SEC
+	detail "fx-calib --steps $steps"
+	local rss=$M_RSS_KB anon=$M_ANON_KB
+	rm -f -- "$BENCH_WORK"/calib-*.safetensors
+	fwd=$(calc "($t2 - $t1) / ($steps - 1)")
+	if awk -v f="$fwd" 'BEGIN { exit !(f <= 0) }'; then
+		die "fx-calib: the $steps-step run was not slower than the 1-step run ($t2 s vs $t1 s): machine too noisy"
+	fi
+	rate=$(calc "$flops / $fwd / 1e9" '%.1f')
+	frac=$(calc "$rate / $peak" '%.2f')
+	note "C forward (marginal cost of a sampling step, activation capture included): $(calc "$fwd * 1000" '%.0f') ms = $rate GFLOP/s = $frac of sgemm peak (target >= 0.60); fixed cost per run $(secs_h "$(calc "$t1 - $fwd")")"
+	row "fx-calib forward" "$(calc "$flops / 1e12" '%.2f') TFLOP/fwd" "$(calc "$fwd * 1000" '%.0f') ms/fwd" \
+		"$rate GFLOP/s" "$frac" "sgemm peak $peak GFLOP/s" "$(kib_h "$rss") (anon $(kib_h "$anon"))" ">= 0.60"
+
+	# The diffusers/torch CPU forward of the same shapes.
+	local py=${FX_BENCH_PYTHON:-python3}
+	if "$py" -c 'import torch, diffusers' >/dev/null 2>&1; then
+		measure torch "$py" "$BENCH_DIR/torch-forward.py" 3072 2 2 1024 256 2 "$NPROC"
+		local tl tms
+		tl=$(grep '^torch_forward' "$BENCH_WORK/torch.log" || true)
+		[[ -n $tl ]] || die "torch-forward.py printed no result: $(tail -n 3 "$BENCH_WORK/torch.log")"
+		tms=$(sed -n 's/^torch_forward ms=\([0-9.]*\).*/\1/p' <<<"$tl")
+		detail "torch forward (3 calls)" "${tl#torch_forward }"
+		note "diffusers/torch CPU forward (float32, $NPROC threads, best of 2): $tms ms; fx is $(calc "$tms / ($fwd * 1000)" '%.2f')x torch's speed (target >= 1)"
+		row "fx-calib vs torch" "same forward" "$(calc "$fwd * 1000" '%.0f') ms/fwd" \
+			"$rate GFLOP/s" "$(calc "$tms / ($fwd * 1000)" '%.2f')" "torch CPU $tms ms/fwd" \
+			"$(kib_h "$M_RSS_KB") (torch)" ">= 1"
+	else
+		note "torch: skipped (not installed: '$py -c \"import torch, diffusers\"' fails; pip install torch diffusers, or set FX_BENCH_PYTHON)"
+		row "fx-calib vs torch" "same forward" "-" "-" "n/a" "torch: skipped (not installed)" "-" ">= 1"
+	fi
+
+	# Projections for FLUX.1-dev (19 double + 38 single, 512 text tokens),
+	# scaling by FLOPs at the measured rate.
+	local f1024 f512 p1 p2
+	f1024=$(forward_flops 3072 19 38 4096 512)
+	f512=$(forward_flops 3072 19 38 1024 512)
+	p1=$(calc "128 * 50 * $f1024 / ($rate * 1e9)")
+	p2=$(calc "32 * 8 * $f512 / ($rate * 1e9)")
+	note "FLUX.1-dev forward: $(calc "$f1024 / 1e12" '%.1f') TFLOP at 1024^2, $(calc "$f512 / 1e12" '%.1f') TFLOP at 512^2"
+	note "projected FLUX.1-dev calibration at $rate GFLOP/s: 128 prompts x 50 steps at 1024^2 = $(secs_h "$p1") ($(calc "$p1 / 86400" '%.1f') days); 32 x 8 at 512^2 = $(secs_h "$p2")"
+	row "fx-calib projected" "dev 128x50 @1024^2" "$(secs_h "$p1")" "$(calc "128 * 50 * $f1024 / 1e15" '%.0f') PFLOP" "-" "at the measured rate" "-" "-"
+	row "fx-calib projected" "dev 32x8 @512^2" "$(secs_h "$p2")" "$(calc "32 * 8 * $f512 / 1e15" '%.1f') PFLOP" "-" "at the measured rate" "-" "-"
+}
+
+# ---------------------------------------------------------------------------
+bench_lowrank() {
+	section "fx-lowrank (issue 5)"
+	local n0 out rc=0
+	if [[ ! -f $BENCH_DIR/lowrank.sh ]]; then
+		note "fx-lowrank: skipped (bench/lowrank.sh missing)"
+		row "fx-lowrank" "-" "-" "-" "n/a" "skipped: bench/lowrank.sh missing" "-" "-"
+		return 0
+	fi
+	n0=$(wc -l <"$FX_BENCH_ROWS")
+	out=$BENCH_WORK/lowrank.out
+	BENCH_WORK=$BENCH_WORK bash "$BENCH_DIR/lowrank.sh" 2>&1 | tee "$out" || rc=$?
+	if (($(wc -l <"$FX_BENCH_ROWS") == n0)); then
+		# A script that does not add rows itself: its last line is its summary.
+		row "fx-lowrank" "-" "-" "-" "-" "$(grep -v '^[[:space:]]*$' "$out" | tail -n 1 | tr '\t' ' ' | cut -c1-70)" "-" "-"
+	fi
+	((rc == 0)) || note "bench/lowrank.sh exited with status $rc"
+}
+
+((want_quant)) && bench_quant
+((want_calib)) && bench_calib
+((want_lowrank)) && bench_lowrank
+
+section "summary ($(secs_h $(($(date +%s) - BENCH_T0))) in all)"
+print_table
