@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fx-audit-branch.h"
 #include "fx-audit-packed.h"
 #include "fx-file.h"
 #include "fx-model.h"
@@ -245,6 +246,8 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 		audit_fx_header(a, st);
 		if (fx_audit_is_packed(st))
 			fx_audit_packed(a, st);
+		else if (!strcmp(fx_st_meta(st, "fx.format"), FX_FMT_BRANCH))
+			fx_audit_branch(a, st);
 	} else if (fx_audit_is_packed(st)) {
 		snprintf(a->kind, sizeof(a->kind), "nunchaku");
 		fx_audit_packed(a, st);
