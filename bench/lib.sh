@@ -10,7 +10,7 @@
 #
 # Peak memory: with GNU time installed (/usr/bin/time, Debian package `time`)
 # "peak RSS" is its maximum resident set size; without it, the highest VmHWM
-# seen while polling /proc/PID/status every 50 ms. Nothing is installed
+# seen while polling /proc/PID/status every 0.1 s. Nothing is installed
 # silently; to get the exact numbers run, once:
 #     apt-get install -y time
 # In both cases the peak of RssAnon (anonymous memory: heap, not the pages of
@@ -82,7 +82,7 @@ file_bytes() { local t=0 f; for f in "$@"; do t=$((t + $(stat -c %s "$f"))); don
 measure() {
 	local name=$1; shift
 	local log=$BENCH_WORK/$name.log tf=$BENCH_WORK/$name.time
-	local pid tgt kids st s state line k v t0 t1 anon=0 hwm=0
+	local pid tgt kids st s state line k v t0 t1 anon=0 hwm=0 sum todo
 	M_RC=0
 	t0=$(date +%s%N)
 	if [[ -n $TIME_BIN ]]; then
@@ -91,26 +91,33 @@ measure() {
 		"$@" >"$log" 2>&1 &
 	fi
 	pid=$!
+	# Poll with shell built-ins only (no process per sample) every 0.1 s.
 	while :; do
-		s=$(cat "/proc/$pid/stat" 2>/dev/null) || s=
+		s=
+		{ read -r s <"/proc/$pid/stat"; } 2>/dev/null || true
 		s=${s##*) }
 		state=${s%% *}
 		[[ -z $state || $state == Z || $state == X ]] && break
-		tgt=$pid
-		if [[ -n $TIME_BIN ]]; then
-			kids=$(cat "/proc/$pid/task/$pid/children" 2>/dev/null) || kids=
-			tgt=${kids%% *}
-		fi
-		if [[ -n $tgt ]]; then
-			st=$(cat "/proc/$tgt/status" 2>/dev/null) || st=
-			while read -r k v _; do
+		# the tool and whatever it runs under (GNU time, timeout): RssAnon
+		# summed over the process tree, the highest VmHWM in it
+		sum=0
+		todo=$pid
+		while [[ -n $todo ]]; do
+			tgt=${todo%% *}
+			todo=${todo#"$tgt"}
+			todo=${todo# }
+			kids=
+			{ read -r kids <"/proc/$tgt/task/$tgt/children"; } 2>/dev/null || true
+			[[ -n ${kids// /} ]] && todo="$todo${todo:+ }${kids% }"
+			{ while read -r k v _; do
 				case $k in
-				RssAnon:) ((v > anon)) && anon=$v ;;
+				RssAnon:) sum=$((sum + v)) ;;
 				VmHWM:) ((v > hwm)) && hwm=$v ;;
 				esac
-			done <<<"$st"
-		fi
-		sleep 0.05
+			done <"/proc/$tgt/status"; } 2>/dev/null || true
+		done
+		((sum > anon)) && anon=$sum
+		sleep 0.1
 	done
 	wait "$pid" || M_RC=$?
 	t1=$(date +%s%N)

@@ -12,16 +12,18 @@
 # layer (default 256); generated once into the cache.
 #
 # Runs (each capped at FX_BENCH_LOWRANK_TIMEOUT seconds, default 120):
-#   rank 32 and 128 with --method rsvd and the default alpha grid (the target:
-#   projected total under 60 min for rank 32), then --method svd (sgesdd) and
-#   rsvd at rank 32 with a small grid (--alpha-grid FX_BENCH_LR_GRID, default
-#   2) for the svd/rsvd ratio; svd over the full grid is too slow for a bench.
+#   rank 32 and 128 with --method rsvd and the default search (the target:
+#   projected total under 60 min for rank 32), then --method svd (LAPACK
+#   sgesdd) against rsvd at rank 32 with one candidate and no refinement
+#   (--alpha-grid FX_BENCH_LR_GRID, default 1, --iters 0): one SVD per group;
+#   svd over the full search is far too slow for a bench.
+# Per-group times are fx-lowrank's own (-v); the projection is 76 x their sum.
 set -euo pipefail
 export LC_ALL=C
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 LR_TIMEOUT=${FX_BENCH_LOWRANK_TIMEOUT:-120}
-LR_GRID=${FX_BENCH_LR_GRID:-2}
+LR_GRID=${FX_BENCH_LR_GRID:-1}
 LR_SAMPLES=${FX_BENCH_LR_SAMPLES:-256}
 GROUPS_PER_RUN=4
 DEV_RUNS=76 # FLUX.1-dev: 304 W4A4 groups = 76 x (qkv, out, fc1, fc2)
@@ -46,12 +48,16 @@ prime_hash "$m"
 warm "$m"/*.safetensors "$calib"
 note "one FLUX-width single block: 4 fused groups (qkv 9216x3072, out 3072x3072, fc1 12288x3072, fc2 3072x12288), $LR_SAMPLES calibration rows"
 
-# lr_run RANK METHOD GRID: sets LR_SEC ("" when it timed out) and LR_RSS.
+# lr_run RANK METHOD GRID [ARGS...]: sets LR_SEC (the sum of the per-group
+# times fx-lowrank reports, else the run's wall time; "" when it timed out)
+# and LR_RSS.
 lr_run() {
-	local rank=$1 method=$2 grid=$3 args=() name
+	local rank=$1 method=$2 grid=$3 args=() name per
+	shift 3
 	[[ $grid != default ]] && args=(--alpha-grid "$grid")
+	args+=("$@")
 	name=lowrank-r$rank-$method-$grid
-	BENCH_ALLOW_FAIL=1 measure "$name" timeout "$LR_TIMEOUT" "$FX_BIN/fx-lowrank" --model "$m" \
+	BENCH_ALLOW_FAIL=1 measure "$name" timeout "$LR_TIMEOUT" "$FX_BIN/fx-lowrank" -v --model "$m" \
 		--calib "$calib" --rank "$rank" --method "$method" "${args[@]}" \
 		-o "$BENCH_WORK/$name.safetensors" --force
 	rm -f -- "$BENCH_WORK/$name.safetensors"
@@ -59,14 +65,23 @@ lr_run() {
 	if ((M_RC == 124)); then
 		LR_SEC=
 		note "$(printf '%-28s' "r$rank $method grid $grid") > ${LR_TIMEOUT} s (timed out; FX_BENCH_LOWRANK_TIMEOUT)"
+		return 0
 	elif ((M_RC != 0)); then
 		printf 'bench: error: fx-lowrank --rank %s --method %s failed (exit %s):\n' "$rank" "$method" "$M_RC" >&2
 		tail -n 20 "$BENCH_WORK/$name.log" >&2
 		exit 1
+	fi
+	# "fx-lowrank: single_transformer_blocks.0.qkv_proj: alpha ..., 1.1 s"
+	per=$(sed -n 's/^fx-lowrank: [a-z_]*\.[0-9]*\.\([a-z_0-9]*\): alpha .*, \([0-9.]*\) s$/\1 \2/p' \
+		"$BENCH_WORK/$name.log")
+	if [[ $(wc -l <<<"$per") -eq $GROUPS_PER_RUN && -n $per ]]; then
+		LR_SEC=$(awk '{ s += $2 } END { printf "%.3f", s }' <<<"$per")
+		per=$(awk '{ printf "%s%s %s s", (NR > 1 ? ", " : ""), $1, $2 }' <<<"$per")
 	else
 		LR_SEC=$M_SEC
-		detail "r$rank $method grid $grid" "$(calc "$M_SEC / $GROUPS_PER_RUN" '%.2f') s/group"
+		per="per-group times not in the log: wall time used"
 	fi
+	detail "r$rank $method grid $grid${*:+ $*}" "$(calc "$LR_SEC / $GROUPS_PER_RUN" '%.2f') s/group ($per)"
 }
 
 # The rsvd runs over the default grid: per group, and the FLUX.1-dev total.
@@ -86,17 +101,17 @@ for rank in 32 128; do
 done
 
 # sgesdd against the randomized SVD, same (small) grid.
-lr_run 32 rsvd "$LR_GRID"
+lr_run 32 rsvd "$LR_GRID" --iters 0
 t_rsvd=$LR_SEC
-lr_run 32 svd "$LR_GRID"
+lr_run 32 svd "$LR_GRID" --iters 0
 t_svd=$LR_SEC
 if [[ -n $t_rsvd && -n $t_svd ]]; then
-	note "r32, grid $LR_GRID: svd $(calc "$t_svd / $GROUPS_PER_RUN" '%.2f') s/group, rsvd $(calc "$t_rsvd / $GROUPS_PER_RUN" '%.2f') s/group: rsvd is $(calc "$t_svd / $t_rsvd" '%.2f')x faster"
-	row "fx-lowrank r32 svd" "4 groups, grid $LR_GRID" "$(calc "$t_svd / $GROUPS_PER_RUN" '%.1f') s/group" \
-		"dev total $(secs_h "$(calc "$t_svd * $DEV_RUNS")")" "$(calc "$t_svd / $t_rsvd" '%.2f')" \
-		"svd / rsvd time, grid $LR_GRID" "$LR_RSS" "> 1 (rsvd faster)"
+	note "r32, grid $LR_GRID, no refinement: svd $(calc "$t_svd / $GROUPS_PER_RUN" '%.2f') s/group, rsvd $(calc "$t_rsvd / $GROUPS_PER_RUN" '%.2f') s/group: rsvd is $(calc "$t_svd / $t_rsvd" '%.2f')x faster"
+	row "fx-lowrank r32 svd" "4 groups, 1 SVD each" "$(calc "$t_svd / $GROUPS_PER_RUN" '%.1f') s/group" \
+		"rsvd $(calc "$t_rsvd / $GROUPS_PER_RUN" '%.1f') s/group" "$(calc "$t_svd / $t_rsvd" '%.2f')" \
+		"svd / rsvd time, 1 SVD/group" "$LR_RSS" "> 1 (rsvd faster)"
 else
-	row "fx-lowrank r32 svd" "4 groups, grid $LR_GRID" "${t_svd:+$(calc "$t_svd / $GROUPS_PER_RUN" '%.1f') s/group}${t_svd:-> $LR_TIMEOUT s}" \
+	row "fx-lowrank r32 svd" "4 groups, 1 SVD each" "${t_svd:+$(calc "$t_svd / $GROUPS_PER_RUN" '%.1f') s/group}${t_svd:-> $LR_TIMEOUT s}" \
 		"-" "n/a" "svd / rsvd (a run timed out)" "$LR_RSS" "> 1 (rsvd faster)"
 fi
 

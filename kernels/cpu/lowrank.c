@@ -1,5 +1,6 @@
-/* fx-lowrank on the CPU: OpenBLAS sgemm for every product, LAPACK for QR
- * and SVD, OpenMP row loops for the quantizers and the error. The row
+/* fx-lowrank on the CPU: OpenBLAS sgemm for every product (large ones in
+ * panels over the OpenMP threads), LAPACK for QR and SVD, OpenMP row loops
+ * for the quantizers and the error. The row
  * kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
  * load time (target_clones), so the default -O2 build still vectorises them.
  * Definitions: kernels/fx-lowrank.h. */
@@ -9,6 +10,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +27,47 @@
 #define RNE_MAGIC 12582912.0f   /* 1.5·2^23: (v + M) − M rounds |v| < 2^22 to nearest even */
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* BLAS threading. OpenBLAS's pthread workers spin (sched_yield) between
+ * calls and take the cores from the OpenMP loops around them, so the search
+ * runs OpenBLAS single-threaded and splits each large product into panels,
+ * one per OpenMP thread. */
+static int blas_single(void)
+{
+	int prev = openblas_get_num_threads();
+
+	openblas_set_num_threads(1);
+	return prev;
+}
+
+/* Row-major C (M,N) = alpha·op(A)·op(B) + beta·C; panels of the longer of
+ * M and N. Call with OpenBLAS single-threaded. */
+static void pgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+		  int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+	const enum CBLAS_TRANSPOSE oa = ta ? CblasTrans : CblasNoTrans, ob = tb ? CblasTrans : CblasNoTrans;
+	const bool by_n = N >= M;
+	const int64_t dim = by_n ? N : M;
+
+	if (omp_get_max_threads() < 2 || dim < 64 || !BIG(M * N * K / 64)) {
+		cblas_sgemm(CblasRowMajor, oa, ob, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
+			    (int)ldb, beta, C, (int)ldc);
+		return;
+	}
+#pragma omp parallel
+	{
+		int t = omp_get_thread_num(), nt = omp_get_num_threads();
+		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per, a1 = min64(dim, a0 + per);
+
+		if (a0 < a1 && by_n)
+			cblas_sgemm(CblasRowMajor, oa, ob, (int)M, (int)(a1 - a0), (int)K, alpha, A,
+				    (int)lda, tb ? B + a0 * ldb : B + a0, (int)ldb, beta, C + a0, (int)ldc);
+		else if (a0 < a1)
+			cblas_sgemm(CblasRowMajor, oa, ob, (int)(a1 - a0), (int)N, (int)K, alpha,
+				    ta ? A + a0 : A + a0 * lda, (int)lda, B, (int)ldb, beta, C + a0 * ldc,
+				    (int)ldc);
+	}
+}
 
 void fx_lowrank_opts_init(struct fx_lowrank_opts *o)
 {
@@ -478,7 +521,7 @@ int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
 	int64_t mn = min64(n, k);
 	float *ac = NULL, *uc = NULL, *vc = NULL, *sv = NULL;
 	lapack_int info;
-	int ret = 0;
+	int ret = 0, blas;
 
 	if (r < 1 || r > mn)
 		return fx_error(err, FX_E_ARG, "rank %d out of range 1-%lld", r, (long long)mn);
@@ -496,8 +539,12 @@ int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
 		for (int64_t j = 0; j < k; j++)
 			ac[i * k + j] = a[i * k + j] * (s ? s[j] : 1.0f);
 	/* row-major A (n,k) is column-major Aᵀ (k,n) = V Σ Uᵀ: no transposes */
+	/* the one large LAPACK call: give OpenBLAS every thread for it */
+	blas = openblas_get_num_threads();
+	openblas_set_num_threads(omp_get_max_threads());
 	info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)k, (lapack_int)n, ac,
 			      (lapack_int)k, sv, uc, (lapack_int)k, vc, (lapack_int)mn);
+	openblas_set_num_threads(blas);
 	if (info) {
 		ret = lapack_fail(err, "sgesdd", info);
 		goto out;
@@ -605,25 +652,21 @@ static int rsvd(struct rsvd_ws *w, float *up, float *down, float *basis, bool wa
 	else
 		fill_random(w->om, (size_t)k * l, seed);
 	scale_rows(w->om, s, k, l);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, l, (int)k, 1.0f, a, (int)k,
-		    w->om, l, 0.0f, w->y, l);
+	pgemm(false, false, n, l, k, 1.0f, a, k, w->om, l, 0.0f, w->y, l);
 	if ((ret = orth(w->y, n, l, w->tau, NULL, err)) < 0)
 		return ret;
 	for (int it = 0; it < power; it++) {
-		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, l, (int)n, 1.0f, a,
-			    (int)k, w->y, l, 0.0f, w->z, l);
+		pgemm(true, false, k, l, n, 1.0f, a, k, w->y, l, 0.0f, w->z, l);
 		scale_rows(w->z, s, k, l);
 		if ((ret = orth(w->z, k, l, w->tau, NULL, err)) < 0)
 			return ret;
 		scale_rows(w->z, s, k, l);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, l, (int)k, 1.0f, a,
-			    (int)k, w->z, l, 0.0f, w->y, l);
+		pgemm(false, false, n, l, k, 1.0f, a, k, w->z, l, 0.0f, w->y, l);
 		if ((ret = orth(w->y, n, l, w->tau, NULL, err)) < 0)
 			return ret;
 	}
 	/* Z = diag(s)·Aᵀ·Y = Bᵀ for B = Yᵀ·A·diag(s); Z = Qz·Rz; B = Rzᵀ·Qzᵀ */
-	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, l, (int)n, 1.0f, a, (int)k,
-		    w->y, l, 0.0f, w->z, l);
+	pgemm(true, false, k, l, n, 1.0f, a, k, w->y, l, 0.0f, w->z, l);
 	scale_rows(w->z, s, k, l);
 	if ((ret = orth(w->z, k, l, w->tau, w->rz, err)) < 0)
 		return ret;
@@ -662,7 +705,7 @@ int fx_lowrank_rsvd_cpu(float *up, float *down, float *basis, bool warm, const f
 			uint64_t seed, struct fx_err *err)
 {
 	struct rsvd_ws w;
-	int ret;
+	int ret, blas;
 
 	if (r < 1 || r > min64(n, k))
 		return fx_error(err, FX_E_ARG, "rank %d out of range 1-%lld", r, (long long)min64(n, k));
@@ -670,7 +713,9 @@ int fx_lowrank_rsvd_cpu(float *up, float *down, float *basis, bool warm, const f
 		return fx_error(err, FX_E_ARG, "warm start without a basis");
 	if ((ret = rsvd_ws_init(&w, n, k, rsvd_cols(n, k, r, oversample), err)) < 0)
 		return ret;
+	blas = blas_single();
 	ret = rsvd(&w, up, down, basis, warm, a, s, r, power < 0 ? 0 : power, seed, err);
+	openblas_set_num_threads(blas);
 	rsvd_ws_free(&w);
 	return ret;
 }
@@ -722,13 +767,10 @@ static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, 
 		for (int j = 0; j < r; j++)
 			for (int64_t i = 0; i < k; i++)
 				c->ds[j * k + i] = s ? down[j * k + i] / s[i] : down[j * k + i];
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, r, (int)k, 1.0f, x,
-			    (int)k, c->ds, (int)k, 0.0f, c->t, r);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, (int)n, r, -1.0f, c->t,
-			    r, up, r, 1.0f, c->e, (int)n);
+		pgemm(false, true, mm, r, k, 1.0f, x, k, c->ds, k, 0.0f, c->t, r);
+		pgemm(false, true, mm, n, r, -1.0f, c->t, r, up, r, 1.0f, c->e, n);
 	}
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mm, (int)n, (int)k, -1.0f, c->xq,
-		    (int)k, c->rbuf, (int)k, 1.0f, c->e, (int)n);
+	pgemm(false, true, mm, n, k, -1.0f, c->xq, k, c->rbuf, k, 1.0f, c->e, n);
 #pragma omp parallel for schedule(static) if(BIG(mm * n))
 	for (int64_t i = 0; i < mm; i++)
 		c->rowsum[i] = sumsq_row(c->e + i * n, n);
@@ -752,8 +794,7 @@ static void lr_residual(struct lr *c, const float *s, const float *up, const flo
 		memcpy(c->rbuf, p->w, (size_t)n * k * sizeof(float));
 	}
 	if (r > 0)
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, r, -1.0f, up, r,
-			    down, (int)k, 1.0f, c->rbuf, (int)k);
+		pgemm(false, false, n, k, r, -1.0f, up, r, down, k, 1.0f, c->rbuf, k);
 	if (p->prec == FX_QPREC_NVFP4) {
 #pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)
@@ -859,8 +900,7 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 		}
 		free(loc);
 	}
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f, p->x,
-		    (int)k, p->w, (int)k, 0.0f, c->y, (int)n);
+	pgemm(false, true, m, n, k, 1.0f, p->x, k, p->w, k, 0.0f, c->y, n);
 	for (int64_t i = 0; i < c->ms; i++) {
 		int64_t src = c->ms == m ? i : i * m / c->ms;
 		memcpy(c->xs + i * k, p->x + src * k, (size_t)k * sizeof(float));
@@ -893,7 +933,7 @@ int fx_lowrank_error_cpu(double *out, const struct fx_lowrank_problem *p, const 
 {
 	struct fx_lowrank_opts o;
 	struct lr c;
-	int ret;
+	int ret, blas;
 
 	fx_lowrank_opts_init(&o);
 	o.rank = rank > 0 ? rank : 1;
@@ -901,12 +941,14 @@ int fx_lowrank_error_cpu(double *out, const struct fx_lowrank_problem *p, const 
 	o.iters = 0;
 	if ((ret = lr_check(p, &o, err)) < 0)
 		return ret;
+	blas = blas_single();
 	if ((ret = lr_init(&c, p, &o, err)) < 0)
 		goto out;
 	lr_residual(&c, s, up, down, rank);
 	*out = rel(lr_eval(&c, p->x, c.y, p->m, s, up, down, rank), c.ynorm);
 out:
 	lr_free(&c);
+	openblas_set_num_threads(blas);
 	return ret;
 }
 
@@ -920,12 +962,14 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	double best = INFINITY, e;
 	int ret, ncand, bi = 0;
 	struct lr c;
+	int blas = -1;
 
 	if ((ret = lr_check(p, o, err)) < 0)
 		return ret;
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)FX_ARRAY_SIZE(alpha), o->grid, err)) < 0)
 		return ret;
 	ncand = ret;
+	blas = blas_single();
 	if ((ret = lr_init(&c, p, o, err)) < 0)
 		goto out;
 	bytes_basis = (size_t)k * c.rw.l * sizeof(float);
@@ -996,5 +1040,7 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	ret = 0;
 out:
 	lr_free(&c);
+	if (blas > 0)
+		openblas_set_num_threads(blas);
 	return ret;
 }
