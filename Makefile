@@ -66,6 +66,7 @@ UNIT_HOBJ := $(UNIT_HELPERS:%.c=$(B)/obj/%.o)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%-replay)
 
+.SECONDARY:
 .PHONY: all tools example check check-unit check-cli bench install clean fuzz man-lint
 
 all: tools
