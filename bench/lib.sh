@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by bench/run.sh and bench/lowrank.sh (sourced, not run).
 #
 # Environment:
@@ -82,7 +83,7 @@ file_bytes() { local t=0 f; for f in "$@"; do t=$((t + $(stat -c %s "$f"))); don
 measure() {
 	local name=$1; shift
 	local log=$BENCH_WORK/$name.log tf=$BENCH_WORK/$name.time
-	local pid tgt kids st s state line k v t0 t1 anon=0 hwm=0 sum todo
+	local pid tgt kids s state line k v t0 t1 anon=0 hwm=0 sum todo
 	M_RC=0
 	t0=$(date +%s%N)
 	if [[ -n $TIME_BIN ]]; then
@@ -174,8 +175,52 @@ need_space() {
 		die "need about $1 GB free under $CACHE (have $(calc "$avail/1048576" '%.1f') GB)"
 }
 
-# warm FILE...: read files once so that timed runs read from the page cache.
-warm() { cat -- "$@" >/dev/null; }
+# warm FILE...: read files once so that timed runs read from the page cache
+# (this machine's kernel reclaims cold file pages on its own), and say how
+# much of them is cached now when fincore (util-linux) is there.
+warm() {
+	local res total
+	cat -- "$@" >/dev/null
+	if command -v fincore >/dev/null 2>&1; then
+		res=$(fincore --bytes --noheadings -o RES -- "$@" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+		total=$(file_bytes "$@")
+		note "inputs warmed: $(calc "100 * $res / $total" '%.0f') % in the page cache"
+	fi
+}
+
+# Other processes compete for the 2 cores (other sessions' builds and tests
+# run on the same machine): cpu_mark before a benchmark, cpu_report after it
+# tells how many cores others used meanwhile (all CPU time of the machine less
+# this shell's own and its waited-for children's) and warns when the numbers
+# are contaminated.
+HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+# cpu_own_sec: CPU seconds of this shell and its waited-for children, into
+# CPU_OWN (`times` must run in this shell, not in a $(...) subshell).
+cpu_own_sec() {
+	times >"$BENCH_WORK/times.$$"
+	CPU_OWN=$(awk '{ for (i = 1; i <= NF; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] } } END { printf "%.2f", s }' "$BENCH_WORK/times.$$")
+}
+cpu_mark() {
+	CPU_MARK_T=$(date +%s%N)
+	CPU_MARK_BUSY=$(cpu_busy_ticks)
+	cpu_own_sec
+	CPU_MARK_OWN=$CPU_OWN
+}
+CPU_WORST=0
+cpu_report() {
+	local wall others
+	wall=$(calc "($(date +%s%N) - $CPU_MARK_T) / 1e9")
+	cpu_own_sec
+	others=$(calc "(($(cpu_busy_ticks) - $CPU_MARK_BUSY) / $HZ - ($CPU_OWN - $CPU_MARK_OWN)) / $wall" '%.2f')
+	awk -v o="$others" 'BEGIN { exit !(o < 0) }' && others=0.00
+	awk -v o="$others" -v w="$CPU_WORST" 'BEGIN { exit !(o > w) }' && CPU_WORST=$others
+	if awk -v o="$others" 'BEGIN { exit !(o > 0.15) }'; then
+		note "WARNING: other processes kept $others of the $NPROC cores busy during $1: these timings are contaminated, run again on a quiet machine"
+	else
+		note "machine quiet during $1 (other processes: $others cores)"
+	fi
+}
 
 # prime_hash MODEL_DIR: make the tools' content-hash cache of the model valid
 # (as after the pipeline's first stage), so a timed run does not include

@@ -46,6 +46,7 @@ prime_hash "$m"
 	--res 512x512 --samples "$LR_SAMPLES" -o "$calib" ||
 	die "fx-calib for the fx-lowrank benchmark failed"
 warm "$m"/*.safetensors "$calib"
+cpu_mark
 note "one FLUX-width single block: 4 fused groups (qkv 9216x3072, out 3072x3072, fc1 12288x3072, fc2 3072x12288), $LR_SAMPLES calibration rows"
 
 # lr_run RANK METHOD GRID [ARGS...]: sets LR_SEC (the sum of the per-group
@@ -115,5 +116,6 @@ else
 		"-" "n/a" "svd / rsvd (a run timed out)" "$LR_RSS" "> 1 (rsvd faster)"
 fi
 
+cpu_report "the fx-lowrank runs"
 [[ ${BENCH_ROWS_OWNER:-} == "$$" ]] && print_table
 exit 0

@@ -24,7 +24,6 @@
 #   lowrank  bench/lowrank.sh (fx-lowrank per fused group, projected total)
 set -euo pipefail
 export LC_ALL=C
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 want_quant=0 want_calib=0 want_lowrank=0
 if (($# == 0)); then
@@ -40,11 +39,15 @@ for a in "$@"; do
 	esac
 done
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 for t in fx-synth fx-quant fx-pack fx-calib; do
 	[[ -x $FX_BIN/$t ]] || die "$FX_BIN/$t is missing: build the tools first (make tools)"
 done
 
 BENCH_T0=$(date +%s)
+cpu_mark
+BENCH_CPU_MARK=("$CPU_MARK_T" "$CPU_MARK_BUSY" "$CPU_MARK_OWN")
 printf 'fx bench: %s, %s cores, %s\n' "$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')" \
 	"$NPROC" "$(awk '/MemTotal/ { printf "%.0f GiB RAM", $2/1048576 }' /proc/meminfo)"
 printf 'tools: %s (%s)\ncache: %s\n' "$FX_BIN" "$("$FX_BIN/fx-quant" --version 2>&1 | head -n 1)" "$CACHE"
@@ -86,6 +89,7 @@ bench_quant() {
 		p=$BENCH_WORK/p-$key.safetensors
 		prime_hash "$m"
 		warm "${shards[@]}"
+		cpu_mark
 		note "$key: hidden 3072, $nd double + $ns single blocks, input $(bytes_h "$in_b") in ${#shards[@]} shard(s)"
 
 		measure "quant-$key" "$FX_BIN/fx-quant" --model "$m" --precision fp4 -o "$q" --force
@@ -109,6 +113,7 @@ bench_quant() {
 		rm -f -- "$BENCH_WORK/floor-q" "$BENCH_WORK/floor-p"
 		t_floor=$(calc "($t1 - $t0) / 1e9")
 		t_tools=$(calc "$tq + $tp")
+		cpu_report "$key"
 		note "I/O floor: cat input ($(bytes_h "$in_b")) + cp&sync quant ($(bytes_h "$q_b")) + packed ($(bytes_h "$p_b")): $(secs_h "$t_floor"), $(calc "$in_b / $t_floor / 1e9" '%.2f') GB/s of input"
 		note "fx-quant + fx-pack: $(secs_h "$t_tools"), $(calc "$in_b / $t_tools / 1e9" '%.2f') GB/s of input, $(calc "$t_floor / $t_tools" '%.2f') of the I/O floor (target >= 0.5)"
 		rss=$rq anon=$aq
@@ -157,6 +162,7 @@ bench_calib() {
 
 	prime_hash "$m"
 	warm "$m"/*.safetensors "$cond"
+	cpu_mark
 	local common=(--model "$m" --cond "$cond" --prompts 1 --res 512x512 --samples 256 --force)
 	sgemm_probe "before"
 	measure calib-1 "$FX_BIN/fx-calib" "${common[@]}" --steps 1 -o "$BENCH_WORK/calib-1.safetensors"
@@ -168,6 +174,7 @@ bench_calib() {
 	detail "fx-calib --steps $steps"
 	local rss=$M_RSS_KB anon=$M_ANON_KB
 	sgemm_probe "after"
+	cpu_report "the fx-calib runs"
 	rm -f -- "$BENCH_WORK"/calib-*.safetensors
 	fwd=$(calc "($t2 - $t1) / ($steps - 1)")
 	if awk -v f="$fwd" 'BEGIN { exit !(f <= 0) }'; then
@@ -178,7 +185,7 @@ bench_calib() {
 	rate=$(calc "$flops / $fwd / 1e9" '%.1f')
 	frac=$(calc "$rate / $peak" '%.2f')
 	note "sgemm peak (best of the probes): $peak GFLOP/s; probe means vary by ${spread}x"
-	if awk -v s="$spread" -v f="$frac" 'BEGIN { exit !(s > 1.25 || f > 1) }'; then
+	if awk -v s="$spread" -v f="$frac" -v x="$(calc "$t1 - $fwd")" 'BEGIN { exit !(s > 1.25 || f > 1 || x < 0) }'; then
 		note "WARNING: the machine's speed changed during this benchmark (probe means vary by ${spread}x): the calib numbers are unreliable, run again on a quiet machine"
 	fi
 	note "C forward (marginal cost of a sampling step, activation capture included): $(calc "$fwd * 1000" '%.0f') ms = $rate GFLOP/s = $frac of sgemm peak (target >= 0.60); fixed cost per run $(secs_h "$(calc "$t1 - $fwd")")"
@@ -188,6 +195,7 @@ bench_calib() {
 	# The diffusers/torch CPU forward of the same shapes.
 	local py=${FX_BENCH_PYTHON:-python3}
 	if "$py" -c 'import torch, diffusers' >/dev/null 2>&1; then
+		cpu_mark
 		measure torch "$py" "$BENCH_DIR/torch-forward.py" 3072 2 2 1024 256 2 "$NPROC"
 		local tl tms
 		tl=$(grep '^torch_forward' "$BENCH_WORK/torch.log" || true)
@@ -195,6 +203,7 @@ bench_calib() {
 		tms=$(sed -n 's/^torch_forward ms=\([0-9.]*\).*/\1/p' <<<"$tl")
 		detail "torch forward (3 calls)" "${tl#torch_forward }"
 		sgemm_probe "after torch"
+		cpu_report "the torch forward"
 		note "diffusers/torch CPU forward (float32, $NPROC threads, best of 2): $tms ms; fx is $(calc "$tms / ($fwd * 1000)" '%.2f')x torch's speed (target >= 1)"
 		row "fx-calib vs torch" "same forward" "$(calc "$fwd * 1000" '%.0f') ms/fwd" \
 			"$rate GFLOP/s" "$(calc "$tms / ($fwd * 1000)" '%.2f')" "torch CPU $tms ms/fwd" \
@@ -241,4 +250,6 @@ bench_lowrank() {
 ((want_lowrank)) && bench_lowrank
 
 section "summary ($(secs_h $(($(date +%s) - BENCH_T0))) in all)"
+CPU_MARK_T=${BENCH_CPU_MARK[0]} CPU_MARK_BUSY=${BENCH_CPU_MARK[1]} CPU_MARK_OWN=${BENCH_CPU_MARK[2]}
+cpu_report "the whole bench"
 print_table
