@@ -91,6 +91,7 @@ int fx_file_check_crc(const struct fx_st *st, struct fx_err *err)
 			goto out;
 		}
 		got = fx_crc32(0, t->data, t->nbytes);
+		fx_tensor_release(t);
 		if (got != (uint32_t)want) {
 			ret = fx_error(err, FX_E_HASH,
 				       "'%s': tensor '%s' fails its checksum (crc32 %08x, recorded %08lx)",

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include "fx-io.h"
@@ -1127,4 +1129,17 @@ int fx_model_plain_f32(const struct fx_model *m, const char *name, float *dst,
 		       struct fx_err *err)
 {
 	return plain_convert(m, name, dst, false, err);
+}
+
+void fx_model_group_release(const struct fx_model *m, const struct fx_group *g)
+{
+	int i;
+
+	(void)m;
+	for (i = 0; i < g->nmembers; i++) {
+		/* BFL members share one tensor: release it after its last member */
+		if (i + 1 < g->nmembers && g->members[i + 1].weight == g->members[i].weight)
+			continue;
+		fx_tensor_release(g->members[i].weight);
+	}
 }

@@ -91,6 +91,11 @@ const struct fx_group *fx_model_find_group(const struct fx_model *m, const char 
 int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g,
 		       float *w, float *b, struct fx_err *err);
 
+/* Drops the mapped pages of a group's source tensors (or one tensor) once a
+ * stage is done with them, so resident memory stays near one layer however
+ * large the model; later reads fault the data back in. */
+void fx_model_group_release(const struct fx_model *m, const struct fx_group *g);
+
 /* Non-block-linear tensors under diffusers names ("x_embedder.weight",
  * "transformer_blocks.0.attn.norm_q.weight", "norm_out.linear.weight", ...):
  * top-level ones first (the order of flux-transformer.md §2.2), then each

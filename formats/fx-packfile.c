@@ -249,6 +249,9 @@ static int pack_adaln(struct ctx *x, const struct fx_group *g, struct fx_err *er
 	    (ret = fx_quant_adaln_bias(x->h16a, x->bias, n, g->adaln_chunks, err)) < 0 ||
 	    (ret = put(x, g->name, "bias", x->h16a, (size_t)n * 2, err)) < 0)
 		return fx_error_prefix(err, "layer '%s'", g->name);
+	fx_tensor_release(tc);
+	fx_tensor_release(ts);
+	fx_tensor_release(tz);
 	return 0;
 }
 
@@ -282,8 +285,9 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 				return fx_error(err, FX_E_VALUE, "'%s': tensor '%s.smooth' has %g at %lld (must be > 0)",
 						fx_st_path(b), g->name, smooth[i], (long long)i);
 	}
+	/* the weight itself is only needed for the INT4 shift correction */
 	if ((ret = scratch(x, (size_t)n * (k > r ? k : r), n, err)) < 0 ||
-	    (ret = fx_model_group_f32(x->m, g, x->w, x->bias, err)) < 0)
+	    (ret = fx_model_group_f32(x->m, g, !x->fp4 && g->gelu_input ? x->w : NULL, x->bias, err)) < 0)
 		return ret;
 
 	/* codes and scales: permutations of the fx.quant forms */
@@ -368,6 +372,8 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 		   (ret = put(x, g->name, "lora_up", NULL, 0, err)) < 0) {
 		return ret;
 	}
+	fx_tensor_release(tc);
+	fx_tensor_release(ts);
 	return 0;
 }
 
@@ -420,6 +426,9 @@ static int open_shards(struct shards *s, const char *const *paths, int n, const 
 					paths[i], "the one given", fmt);
 		if ((ret = fx_file_check_crc(s->st[i], err)) < 0)
 			return ret;
+		/* the checksum pass touched every page: let them go until needed */
+		for (size_t t = 0; t < fx_st_count(s->st[i]); t++)
+			fx_tensor_release(fx_st_at(s->st[i], t));
 	}
 	/* one identity for the set, whatever the sharding */
 	if (n > 0) {
@@ -506,6 +515,7 @@ static int pack_plain_renamed(struct ctx *x, bool declare, struct fx_err *err)
 		    (ret = fx_model_plain_bf16(x->m, name, x->h16a, err)) < 0 ||
 		    (ret = fx_stage_write(x->s, out, x->h16a, nel * 2, err)) < 0)
 			return ret;
+		fx_tensor_release(t);
 	}
 	return 0;
 }
@@ -682,6 +692,7 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 		if (ret < 0)
 			goto out;
 		layer_recipe(lr, &x, g);
+		fx_model_group_release(x.m, g);
 		fx_stage_layer(x.s, g->name, lr, false);
 	}
 	if ((ret = pack_plain_renamed(&x, false, err)) < 0 || (ret = fx_stage_commit(x.s, err)) < 0)

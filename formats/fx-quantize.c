@@ -404,6 +404,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		ret = reuse ? copy_group(s, g, fp4, err) : quantize_group(s, m, g, branch, calib, fp4, &b, err);
 		if (ret < 0)
 			goto out;
+		fx_model_group_release(m, g);
 		fx_stage_layer(s, g->name, lr, reuse);
 		fx_progress_step(&prog, 1, 0);
 	}

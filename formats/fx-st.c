@@ -1348,3 +1348,23 @@ out:
 	free(text);
 	return ret;
 }
+
+/* MADV_PAGEOUT drops clean file pages and never loses data (anonymous
+ * memory would be swapped, not zeroed as with MADV_DONTNEED). */
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+void fx_tensor_release(const struct fx_tensor *t)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a, b;
+
+	if (!t || !t->nbytes)
+		return;
+	/* only whole pages inside the tensor: neighbours may still be in use */
+	a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
+	b = ((uintptr_t)t->data + t->nbytes) & ~(pg - 1);
+	if (b > a)
+		madvise((void *)a, b - a, MADV_PAGEOUT);
+}
+

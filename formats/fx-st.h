@@ -33,6 +33,11 @@ void fx_st_meta_at(const struct fx_st *st, size_t i, const char **key, const cha
 uint64_t fx_st_header_len(const struct fx_st *st);   /* the 8-byte length value */
 uint64_t fx_st_file_size(const struct fx_st *st);
 
+/* Drops the mapped pages of a tensor read from a file (whole pages inside
+ * it only); a later read faults them back in. Keeps resident memory near
+ * what a stage works on. Never changes the data (heap memory is left). */
+void fx_tensor_release(const struct fx_tensor *t);
+
 /* ---- a model spread over shards -------------------------------------- */
 struct fx_stset;
 
