@@ -9,9 +9,11 @@
 #include "fx-lowrank.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
+#include "fx-merge.h"
+#include "fx-file.h"
 
 enum { OPT_MODEL = 256, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_METHOD,
-       OPT_BLOCKS };
+       OPT_BLOCKS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -22,6 +24,7 @@ static const struct fx_opt opts[] = {
 	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 2)", OPT_ITERS },
 	{ "method", 0, FX_OPT_REQ, "svd|rsvd", "LAPACK SVD or randomized SVD (default rsvd)", OPT_METHOD },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
+	{ "merge", 0, FX_OPT_NONE, NULL, "merge the block-shard files given as arguments into -o", OPT_MERGE },
 	{ 0 }
 };
 
@@ -37,7 +40,7 @@ int main(int argc, char **argv)
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
 	const char *arg;
-	bool utd;
+	bool utd, merge = false;
 	long v;
 	int id, ret;
 
@@ -73,6 +76,7 @@ int main(int argc, char **argv)
 				return fx_cli_usage_error(&cli, "--method wants svd or rsvd, not '%s'", arg);
 			o.method = arg;
 			break;
+		case OPT_MERGE: merge = true; break;
 		case OPT_BLOCKS:
 			if (!fx_parse_range(arg, &o.first_block, &o.last_block))
 				return fx_cli_usage_error(&cli, "--blocks wants A-B or A, not '%s'", arg);
@@ -81,6 +85,13 @@ int main(int argc, char **argv)
 	}
 	if (id < 0)
 		return FX_EXIT_USAGE;
+	if (merge) {
+		if (!cli.c.output || cli.optind >= argc)
+			return fx_cli_usage_error(&cli, "--merge wants -o OUT and the shard files");
+		ret = fx_merge_run("fx-lowrank", FX_FMT_BRANCH, (const char *const *)argv + cli.optind, argc - cli.optind,
+				   cli.c.output, cli.c.force, &utd, &s, &err);
+		return fx_tool_stage_done(ret, &err, s, utd, cli.c.json, cli.c.output, "merged");
+	}
 	if (cli.optind < argc)
 		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
 	if (!o.model || !o.calib)

@@ -9,8 +9,10 @@
 #include "fx-quantize.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
+#include "fx-merge.h"
+#include "fx-file.h"
 
-enum { OPT_MODEL = 256, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_BLOCKS };
+enum { OPT_MODEL = 256, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_BLOCKS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -19,6 +21,7 @@ static const struct fx_opt opts[] = {
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "NVFP4 (group 16) or INT4 (group 64)", OPT_PRECISION },
 	{ "search", 0, FX_OPT_NONE, NULL, "clip search of group scales on the calibration samples", OPT_SEARCH },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
+	{ "merge", 0, FX_OPT_NONE, NULL, "merge the block-shard files given as arguments into -o", OPT_MERGE },
 	{ 0 }
 };
 
@@ -34,7 +37,7 @@ int main(int argc, char **argv)
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
 	const char *arg;
-	bool utd;
+	bool utd, merge = false;
 	int id, ret;
 
 	fx_cli_init(&cli, argc, argv);
@@ -46,6 +49,7 @@ int main(int argc, char **argv)
 		case OPT_CALIB: o.calib = arg; break;
 		case OPT_PRECISION: o.precision = arg; break;
 		case OPT_SEARCH: o.search = true; break;
+		case OPT_MERGE: merge = true; break;
 		case OPT_BLOCKS:
 			if (!fx_parse_range(arg, &o.first_block, &o.last_block))
 				return fx_cli_usage_error(&cli, "--blocks wants A-B or A, not '%s'", arg);
@@ -54,6 +58,13 @@ int main(int argc, char **argv)
 	}
 	if (id < 0)
 		return FX_EXIT_USAGE;
+	if (merge) {
+		if (!cli.c.output || cli.optind >= argc)
+			return fx_cli_usage_error(&cli, "--merge wants -o OUT and the shard files");
+		ret = fx_merge_run("fx-quant", FX_FMT_QUANT, (const char *const *)argv + cli.optind, argc - cli.optind,
+				   cli.c.output, cli.c.force, &utd, &s, &err);
+		return fx_tool_stage_done(ret, &err, s, utd, cli.c.json, cli.c.output, "merged");
+	}
 	if (cli.optind < argc)
 		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
 	if (!o.model)

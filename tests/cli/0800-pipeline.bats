@@ -132,3 +132,19 @@ PY
 	run -0 make -s -f "$MK/repair-meta.mk" FILE="$f" FX="$FX"
 	assert_output --partial "0 errors"
 }
+
+@test "fx-lowrank --merge joins block shards into the file one run writes; overlaps and gaps are refused" {
+	c=$BATS_TEST_TMPDIR/calib.safetensors
+	fx-calib -q --model "$M" --cond "$C" --steps 1 --res 128x128 --samples 32 -o "$c"
+	for r in 0-1 2-3 0-3 3-3; do
+		fx-lowrank -q --model "$M" --calib "$c" --rank 16 --alpha-grid 1 --iters 0 --blocks $r \
+			-o "$BATS_TEST_TMPDIR/b$r.safetensors"
+	done
+	run -0 fx-lowrank --merge -o "$BATS_TEST_TMPDIR/m.safetensors" "$BATS_TEST_TMPDIR/b2-3.safetensors" "$BATS_TEST_TMPDIR/b0-1.safetensors"
+	cmp "$BATS_TEST_TMPDIR/m.safetensors" "$BATS_TEST_TMPDIR/b0-3.safetensors"
+	run -3 --separate-stderr fx-lowrank --merge -o "$BATS_TEST_TMPDIR/x.safetensors" "$BATS_TEST_TMPDIR/b0-1.safetensors" "$BATS_TEST_TMPDIR/b0-3.safetensors"
+	[[ "$stderr" == *"overlaps"* ]]
+	run -3 --separate-stderr fx-lowrank --merge -o "$BATS_TEST_TMPDIR/x.safetensors" "$BATS_TEST_TMPDIR/b0-1.safetensors" "$BATS_TEST_TMPDIR/b3-3.safetensors"
+	[[ "$stderr" == *"blocks 2-2 are in no shard"* ]]
+	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
+}

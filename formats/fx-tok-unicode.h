@@ -1,0 +1,37 @@
+/* The bits of Unicode the text tokenizers need: UTF-8, general categories
+ * L and N, White_Space, per-character lowercase and NFC (tables generated
+ * from Python's unicodedata by tests/fixtures/gen_text_ref.py --c-tables). */
+#ifndef FX_TOK_UNICODE_H
+#define FX_TOK_UNICODE_H
+
+#include "../common/fx.h"
+
+#define FX_UNI_REPLACEMENT 0xFFFDu
+
+/* Decodes one UTF-8 character of s[0..n): returns its length (1..4) and the
+ * code point, or 0 when the bytes are not valid UTF-8 (overlong forms,
+ * surrogates and values past U+10FFFF are invalid). n > 0. */
+int fx_utf8_decode(const char *s, size_t n, uint32_t *cp);
+/* Encodes cp (<= U+10FFFF) into out; returns the length (1..4). */
+int fx_utf8_encode(uint32_t cp, char out[4]);
+/* true when s[0..n) is valid UTF-8. */
+bool fx_utf8_valid(const char *s, size_t n);
+
+bool fx_uni_is_letter(uint32_t cp);    /* general category L* */
+bool fx_uni_is_number(uint32_t cp);    /* general category N* */
+bool fx_uni_is_space(uint32_t cp);     /* White_Space (Rust is_whitespace, regex \s) */
+/* Lowercase of one character (Python's str.lower per character): writes 1
+ * or 2 code points to out (U+0130 gives "i" + U+0307) and returns the count. */
+int fx_uni_lower(uint32_t cp, uint32_t out[2]);
+
+/* NFC of cps[0..n) into out (capacity 3n is always enough): characters that
+ * NFC replaces on their own (singletons, composition exclusions) are mapped,
+ * then each starter is composed with the combining characters that follow
+ * it directly, and Hangul jamo are composed algorithmically. Combining
+ * marks are not reordered (input in canonical order is assumed). Returns
+ * the output length. */
+size_t fx_uni_nfc(uint32_t *out, const uint32_t *cps, size_t n);
+
+const char *fx_uni_version(void);
+
+#endif
