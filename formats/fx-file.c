@@ -279,9 +279,11 @@ static int merge_map(json_t *dst, const struct fx_st *st, const char *key, bool 
 	}
 	json_object_foreach(m, k, v) {
 		if (unique && json_object_get(dst, k)) {
+			int ret = fx_error(err, FX_E_FORMAT, "'%s': layer '%s' is also in another shard",
+					   fx_st_path(st), k);
+
 			json_decref(m);
-			return fx_error(err, FX_E_FORMAT, "'%s': layer '%s' is also in another shard",
-					fx_st_path(st), k);
+			return ret;
 		}
 		json_object_set(dst, k, v);
 	}
