@@ -3,6 +3,8 @@
  * double blocks work on its two row ranges and the single blocks on all. */
 #include "fx-flux.h"
 
+#include "../kernels/fx-device.h"
+#include "../kernels/fx-ops-cuda.h"
 #include "../kernels/fx-ops.h"
 
 #include <stdio.h>
@@ -58,7 +60,10 @@ struct fx_flux {
 	/* activations for up to cap tokens */
 	int64_t cap;
 	float *x, *a, *qkv, *o, *t, *h, *cs, *sn, *ids;
+	struct flux_cuda *cu;           /* NULL: the CPU path */
 };
+
+static void cu_free(struct flux_cuda *c);
 
 static float bf16r(float v)
 {
@@ -233,6 +238,7 @@ void fx_flux_free(struct fx_flux *f)
 	if (!f)
 		return;
 	free_acts(f);
+	cu_free(f->cu);
 	free(f->dg);
 	free(f->sg);
 	free(f->w);
@@ -515,6 +521,349 @@ static int check_input(const struct fx_flux *f, const struct fx_flux_input *in, 
 	return 0;
 }
 
+/* ---- CUDA path (fx_flux_set_device) -------------------------------------
+ * The same forward with the ops of kernels/fx-ops-cuda.h on device
+ * buffers; the conditioning vectors (m = 1) are computed on the host as
+ * above and uploaded. */
+
+#define DEV(buf) ((float *)(buf).data_dev)
+
+struct flux_cuda {
+	struct fx_cuda_ctx *cx;
+	int64_t cap;                            /* tokens the activations hold */
+	struct fx_dev_buf x, a, qkv, o, t, h;   /* as the host ones */
+	struct fx_dev_buf cs, sn;
+	struct fx_dev_buf io;                   /* inputs + ids, then the output */
+	struct fx_dev_buf vec;                  /* stemb (D), mod (12 D), norms (4 hd) */
+	struct fx_dev_buf w, b;                 /* one widened linear */
+	float *stage;                           /* host copies for the hooks and ids */
+	size_t stage_cap;
+};
+
+static void cu_free(struct flux_cuda *c)
+{
+	struct fx_dev_buf *bufs[13];
+	size_t nb = 0;
+
+	if (!c)
+		return;
+	bufs[nb++] = &c->x; bufs[nb++] = &c->a; bufs[nb++] = &c->qkv; bufs[nb++] = &c->o;
+	bufs[nb++] = &c->t; bufs[nb++] = &c->h; bufs[nb++] = &c->cs; bufs[nb++] = &c->sn;
+	bufs[nb++] = &c->io; bufs[nb++] = &c->vec; bufs[nb++] = &c->w; bufs[nb++] = &c->b;
+	fx_cuda_ctx_free(c->cx);   /* waits for queued work first */
+	for (size_t i = 0; i < nb; i++)
+		fx_cuda_buf_release(bufs[i]);
+	free(c->stage);
+	free(c);
+}
+
+int fx_flux_set_device(struct fx_flux *f, const struct fx_device *dev, struct fx_err *err)
+{
+	struct flux_cuda *c;
+	int ret;
+
+	if (!dev || dev->kind == FX_DEV_CPU) {
+		cu_free(f->cu);
+		f->cu = NULL;
+		return 0;
+	}
+	if (dev->kind != FX_DEV_CUDA)
+		return fx_error(err, FX_E_ARG, "unknown device kind %d", (int)dev->kind);
+	if (f->cu && fx_cuda_ctx_device(f->cu->cx) == dev->index)
+		return 0;
+	if (!(c = calloc(1, sizeof(*c))))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	if ((ret = fx_cuda_ctx_new(&c->cx, dev->index, err)) < 0) {
+		free(c);
+		return ret;
+	}
+	cu_free(f->cu);
+	f->cu = c;
+	return 0;
+}
+
+static int cu_stage(struct flux_cuda *c, size_t nfloats, struct fx_err *err)
+{
+	if (nfloats <= c->stage_cap)
+		return 0;
+	free(c->stage);
+	c->stage_cap = 0;
+	if (!(c->stage = malloc(nfloats * sizeof(float))))
+		return fx_error(err, FX_E_NOMEM, "out of memory for a %zu-value host copy", nfloats);
+	c->stage_cap = nfloats;
+	return 0;
+}
+
+static int cu_ensure(struct flux_cuda *c, struct fx_dev_buf *b, size_t nfloats,
+		     struct fx_err *err)
+{
+	return fx_cuda_buf_reserve(c->cx, b, nfloats * sizeof(float), err);
+}
+
+static int cu_ensure_acts(struct fx_flux *f, int64_t n, struct fx_err *err)
+{
+	struct flux_cuda *c = f->cu;
+	size_t D = (size_t)f->c.hidden, F = (size_t)f->c.mlp_hidden, N = (size_t)n;
+	size_t half = (size_t)f->c.head_dim / 2;
+	int ret;
+
+	if (n <= c->cap)
+		return 0;
+	c->cap = 0;
+	if ((ret = cu_ensure(c, &c->x, N * D, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->a, N * D, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->qkv, N * 3 * D, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->o, N * D, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->t, N * D, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->h, N * F, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->cs, N * half, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->sn, N * half, err)) < 0 ||
+	    (ret = cu_ensure(c, &c->vec, 13 * D + 4 * (size_t)f->c.head_dim, err)) < 0) {
+		if (err)
+			fx_error_prefix(err, "activations of %lld tokens", (long long)n);
+		return ret;
+	}
+	c->cap = n;
+	return 0;
+}
+
+/* Uploads the widened weight (n,k) and bias (n) in f->w, f->b and applies
+ * them to x_dev. */
+static int cu_linear_w(struct fx_flux *f, const float *x_dev, int64_t m, float *y_dev,
+		       int64_t n, int64_t k, struct fx_err *err)
+{
+	struct flux_cuda *c = f->cu;
+	int ret;
+
+	if ((ret = cu_ensure(c, &c->w, (size_t)(n * k), err)) < 0 ||
+	    (ret = cu_ensure(c, &c->b, (size_t)n, err)) < 0 ||
+	    (ret = fx_cuda_upload(c->cx, c->w.data_dev, f->w, (size_t)(n * k) * sizeof(float), err)) < 0 ||
+	    (ret = fx_cuda_upload(c->cx, c->b.data_dev, f->b, (size_t)n * sizeof(float), err)) < 0)
+		return ret;
+	return fx_ops_linear_cuda(c->cx, y_dev, x_dev, DEV(c->w), DEV(c->b), m, n, k, err);
+}
+
+static int cu_group_linear(struct fx_flux *f, const struct fx_group *g, const float *x_dev,
+			   int64_t m, float *y_dev, struct fx_err *err)
+{
+	struct flux_cuda *c = f->cu;
+	size_t nx = (size_t)(m * g->k), ny = (size_t)(m * g->n);
+	int ret;
+
+	if (m <= 0)
+		return 0;
+	if (f->hooks.capture || f->hooks.linear) {
+		if ((ret = cu_stage(c, nx + (f->hooks.linear ? ny : 0), err)) < 0 ||
+		    (ret = fx_cuda_download(c->cx, c->stage, x_dev, nx * sizeof(float), err)) < 0)
+			return ret;
+		if (f->hooks.capture &&
+		    (ret = f->hooks.capture(f->hooks.ctx, g, c->stage, m, err)) < 0)
+			goto fail;
+		if (f->hooks.linear) {
+			if ((ret = f->hooks.linear(f->hooks.ctx, g, c->stage, m, c->stage + nx, err)) < 0)
+				goto fail;
+			return fx_cuda_upload(c->cx, y_dev, c->stage + nx, ny * sizeof(float), err);
+		}
+	}
+	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0 ||
+	    (ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
+		return ret;
+	return cu_linear_w(f, x_dev, m, y_dev, g->n, g->k, err);
+fail:
+	if (err && !err->code)
+		fx_error(err, ret, "hook failed on '%s'", g->name);
+	return ret;
+}
+
+static int cu_plain_linear(struct fx_flux *f, const char *base, const float *x_dev, int64_t m,
+			   float *y_dev, struct fx_err *err)
+{
+	char wn[NAME_MAX_], bn[NAME_MAX_];
+	const struct fx_tensor *t;
+	int64_t n, k;
+	int ret;
+
+	snprintf(wn, sizeof(wn), "%s.weight", base);
+	snprintf(bn, sizeof(bn), "%s.bias", base);
+	t = fx_model_plain(f->m, wn);   /* present: checked in fx_flux_new */
+	n = t->shape[0];
+	k = t->shape[1];
+	if ((ret = ensure_w(f, (size_t)(n * k), (size_t)n, err)) < 0 ||
+	    (ret = fx_model_plain_f32(f->m, wn, f->w, err)) < 0 ||
+	    (ret = fx_model_plain_f32(f->m, bn, f->b, err)) < 0)
+		return ret;
+	return cu_linear_w(f, x_dev, m, y_dev, n, k, err);
+}
+
+/* load_norms on the host, then into the norms slot of the vec buffer. */
+static int cu_load_norms(struct fx_flux *f, bool single, int blk, int count, float **norms_dev,
+			 struct fx_err *err)
+{
+	struct flux_cuda *c = f->cu;
+	int ret;
+
+	*norms_dev = DEV(c->vec) + 13 * (int64_t)f->c.hidden;
+	if ((ret = load_norms(f, single, blk, count, err)) < 0)
+		return ret;
+	return fx_cuda_upload(c->cx, *norms_dev, f->norms,
+			      (size_t)(count * f->c.head_dim) * sizeof(float), err);
+}
+
+static int cu_qk_norm(struct fx_flux *f, int64_t r0, int64_t m, const float *gq_dev,
+		      const float *gk_dev, struct fx_err *err)
+{
+	int64_t D = f->c.hidden, ld = 3 * D;
+	float *q = DEV(f->cu->qkv) + r0 * ld;
+	int ret;
+
+	if ((ret = fx_ops_rmsnorm_heads_cuda(f->cu->cx, q, ld, m, f->c.heads, f->c.head_dim,
+					     gq_dev, EPS, err)) < 0)
+		return ret;
+	return fx_ops_rmsnorm_heads_cuda(f->cu->cx, q + D, ld, m, f->c.heads, f->c.head_dim,
+					 gk_dev, EPS, err);
+}
+
+static int cu_rope_attention(struct fx_flux *f, int64_t n, struct fx_err *err)
+{
+	struct flux_cuda *c = f->cu;
+	int64_t D = f->c.hidden, ld = 3 * D;
+	int H = f->c.heads, hd = f->c.head_dim;
+	float *qkv = DEV(c->qkv);
+	int ret;
+
+	if ((ret = fx_ops_rope_apply_cuda(c->cx, qkv, ld, n, H, hd, DEV(c->cs), DEV(c->sn), err)) < 0 ||
+	    (ret = fx_ops_rope_apply_cuda(c->cx, qkv + D, ld, n, H, hd, DEV(c->cs), DEV(c->sn), err)) < 0)
+		return ret;
+	return fx_ops_attention_cuda(c->cx, DEV(c->o), D, qkv, qkv + D, qkv + 2 * D, ld, n, H, hd,
+				     err);
+}
+
+static int cu_double_block(struct fx_flux *f, int blk, int64_t nt, int64_t ni, struct fx_err *err)
+{
+	const struct fx_group *const *g = f->dg + (size_t)blk * DG_COUNT;
+	struct flux_cuda *c = f->cu;
+	struct fx_cuda_ctx *cx = c->cx;
+	int64_t D = f->c.hidden, F = f->c.mlp_hidden, hd = f->c.head_dim;
+	float *xt = DEV(c->x), *xi = DEV(c->x) + nt * D, *at = DEV(c->a), *ai = DEV(c->a) + nt * D;
+	float *tt = DEV(c->t), *ti = DEV(c->t) + nt * D, *qkv = DEV(c->qkv), *o = DEV(c->o);
+	float *h = DEV(c->h), *stemb = DEV(c->vec), *nrm;
+	float *mi = DEV(c->vec) + D, *mt = mi + 6 * D;   /* shift1 scale1 gate1 shift2 scale2 gate2 */
+	int ret;
+
+	if ((ret = cu_group_linear(f, g[DG_NORM1], stemb, 1, mi, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_NORM1_CTX], stemb, 1, mt, err)) < 0 ||
+	    /* attention */
+	    (ret = fx_ops_layernorm_mod_cuda(cx, ai, xi, ni, D, mi, mi + D, EPS, err)) < 0 ||
+	    (ret = fx_ops_layernorm_mod_cuda(cx, at, xt, nt, D, mt, mt + D, EPS, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_QKV], ai, ni, qkv + nt * 3 * D, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_QKV_CTX], at, nt, qkv, err)) < 0 ||
+	    (ret = cu_load_norms(f, false, blk, 4, &nrm, err)) < 0 ||
+	    (ret = cu_qk_norm(f, nt, ni, nrm, nrm + hd, err)) < 0 ||
+	    (ret = cu_qk_norm(f, 0, nt, nrm + 2 * hd, nrm + 3 * hd, err)) < 0 ||
+	    (ret = cu_rope_attention(f, nt + ni, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_OUT], o + nt * D, ni, ti, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_OUT_CTX], o, nt, tt, err)) < 0 ||
+	    (ret = fx_ops_gated_add_cuda(cx, xi, ti, mi + 2 * D, ni, D, err)) < 0 ||
+	    (ret = fx_ops_gated_add_cuda(cx, xt, tt, mt + 2 * D, nt, D, err)) < 0 ||
+	    /* image MLP */
+	    (ret = fx_ops_layernorm_mod_cuda(cx, ai, xi, ni, D, mi + 3 * D, mi + 4 * D, EPS, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_FC1], ai, ni, h, err)) < 0 ||
+	    (ret = fx_ops_gelu_tanh_cuda(cx, h, (size_t)(ni * F), err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_FC2], h, ni, ti, err)) < 0 ||
+	    (ret = fx_ops_gated_add_cuda(cx, xi, ti, mi + 5 * D, ni, D, err)) < 0 ||
+	    /* text MLP */
+	    (ret = fx_ops_layernorm_mod_cuda(cx, at, xt, nt, D, mt + 3 * D, mt + 4 * D, EPS, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_CFC1], at, nt, h, err)) < 0 ||
+	    (ret = fx_ops_gelu_tanh_cuda(cx, h, (size_t)(nt * F), err)) < 0 ||
+	    (ret = cu_group_linear(f, g[DG_CFC2], h, nt, tt, err)) < 0)
+		return ret;
+	return fx_ops_gated_add_cuda(cx, xt, tt, mt + 5 * D, nt, D, err);
+}
+
+static int cu_single_block(struct fx_flux *f, int blk, int64_t n, struct fx_err *err)
+{
+	const struct fx_group *const *g = f->sg + (size_t)blk * SG_COUNT;
+	struct flux_cuda *c = f->cu;
+	struct fx_cuda_ctx *cx = c->cx;
+	int64_t D = f->c.hidden, F = f->c.mlp_hidden, hd = f->c.head_dim;
+	float *x = DEV(c->x), *a = DEV(c->a), *t = DEV(c->t), *h = DEV(c->h), *nrm;
+	float *stemb = DEV(c->vec), *md = DEV(c->vec) + D;   /* shift scale gate */
+	int ret;
+
+	if ((ret = cu_group_linear(f, g[SG_NORM], stemb, 1, md, err)) < 0 ||
+	    (ret = fx_ops_layernorm_mod_cuda(cx, a, x, n, D, md, md + D, EPS, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[SG_QKV], a, n, DEV(c->qkv), err)) < 0 ||
+	    (ret = cu_group_linear(f, g[SG_FC1], a, n, h, err)) < 0 ||
+	    (ret = cu_load_norms(f, true, blk, 2, &nrm, err)) < 0 ||
+	    (ret = cu_qk_norm(f, 0, n, nrm, nrm + hd, err)) < 0 ||
+	    (ret = cu_rope_attention(f, n, err)) < 0 ||
+	    (ret = fx_ops_gelu_tanh_cuda(cx, h, (size_t)(n * F), err)) < 0 ||
+	    /* proj_out([o, u]) = out_proj(o) + mlp_fc2(u); a is free now */
+	    (ret = cu_group_linear(f, g[SG_OUT], DEV(c->o), n, t, err)) < 0 ||
+	    (ret = cu_group_linear(f, g[SG_FC2], h, n, a, err)) < 0 ||
+	    (ret = fx_ops_add_cuda(cx, t, a, (size_t)(n * D), err)) < 0)
+		return ret;
+	return fx_ops_gated_add_cuda(cx, x, t, md + 2 * D, n, D, err);
+}
+
+static int cu_forward(struct fx_flux *f, const struct fx_flux_input *in, float *out,
+		      struct fx_err *err)
+{
+	const struct fx_model_config *c = &f->c;
+	struct flux_cuda *cu = f->cu;
+	struct fx_cuda_ctx *cx = cu->cx;
+	int64_t D = c->hidden, nt = in->nt, ni = in->ni, n = nt + ni;
+	size_t ntxt = (size_t)(nt * c->joint_dim), nimg = (size_t)(ni * c->in_channels);
+	size_t nio = ntxt + nimg + (size_t)(n * 3), nout = (size_t)(ni * c->out_channels);
+	float *txt_dev, *img_dev, *ids_dev, *stemb_dev, *md;
+	int ret;
+
+	if ((ret = check_input(f, in, err)) < 0 || (ret = cu_ensure_acts(f, n, err)) < 0 ||
+	    (ret = cu_ensure(cu, &cu->io, nio > nout ? nio : nout, err)) < 0 ||
+	    (ret = cu_stage(cu, (size_t)(n * 3), err)) < 0 ||
+	    (ret = conditioning(f, in, err)) < 0)
+		goto out;
+	txt_dev = DEV(cu->io);
+	img_dev = txt_dev + ntxt;
+	ids_dev = img_dev + nimg;
+	stemb_dev = DEV(cu->vec);
+	md = stemb_dev + D;
+	if (in->txt_ids)
+		memcpy(cu->stage, in->txt_ids, (size_t)(nt * 3) * sizeof(float));
+	else
+		memset(cu->stage, 0, (size_t)(nt * 3) * sizeof(float));
+	memcpy(cu->stage + nt * 3, in->img_ids, (size_t)(ni * 3) * sizeof(float));
+	/* inputs, ids and SiLU(temb) to the device; input projections, RoPE table */
+	if ((ret = fx_cuda_upload(cx, txt_dev, in->txt, ntxt * sizeof(float), err)) < 0 ||
+	    (ret = fx_cuda_upload(cx, img_dev, in->img, nimg * sizeof(float), err)) < 0 ||
+	    (ret = fx_cuda_upload(cx, ids_dev, cu->stage, (size_t)(n * 3) * sizeof(float), err)) < 0 ||
+	    (ret = fx_cuda_upload(cx, stemb_dev, f->stemb, (size_t)D * sizeof(float), err)) < 0 ||
+	    (nt && (ret = cu_plain_linear(f, "context_embedder", txt_dev, nt, DEV(cu->x), err)) < 0) ||
+	    (ret = cu_plain_linear(f, "x_embedder", img_dev, ni, DEV(cu->x) + nt * D, err)) < 0 ||
+	    (ret = fx_ops_rope_table_cuda(cx, DEV(cu->cs), DEV(cu->sn), ids_dev, n, c->axes,
+					  ROPE_THETA, err)) < 0)
+		goto out;
+
+	for (int i = 0; i < c->num_double; i++)
+		if ((ret = cu_double_block(f, i, nt, ni, err)) < 0)
+			goto out;
+	for (int i = 0; i < c->num_single; i++)
+		if ((ret = cu_single_block(f, i, n, err)) < 0)
+			goto out;
+
+	/* norm_out (diffusers order: scale, then shift) and proj_out; io is free */
+	if ((ret = cu_plain_linear(f, "norm_out.linear", stemb_dev, 1, md, err)) < 0 ||
+	    (ret = fx_ops_layernorm_mod_cuda(cx, DEV(cu->a), DEV(cu->x) + nt * D, ni, D, md + D, md,
+					     EPS, err)) < 0 ||
+	    (ret = cu_plain_linear(f, "proj_out", DEV(cu->a), ni, DEV(cu->io), err)) < 0)
+		goto out;
+	ret = fx_cuda_download(cx, out, DEV(cu->io), nout * sizeof(float), err);
+out:
+	if (ret < 0)   /* queued kernels may use the inputs: finish before returning */
+		fx_cuda_sync(cx, NULL);
+	return ret;
+}
+
 int fx_flux_forward(struct fx_flux *f, const struct fx_flux_input *in, float *out,
 		    struct fx_err *err)
 {
@@ -523,6 +872,8 @@ int fx_flux_forward(struct fx_flux *f, const struct fx_flux_input *in, float *ou
 	float *md = f->mod;
 	int ret;
 
+	if (f->cu)
+		return cu_forward(f, in, out, err);
 	if ((ret = check_input(f, in, err)) < 0 || (ret = ensure_acts(f, n, err)) < 0 ||
 	    (ret = conditioning(f, in, err)) < 0)
 		return ret;

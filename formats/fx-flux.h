@@ -48,6 +48,16 @@ const struct fx_model *fx_flux_model(const struct fx_flux *f);
 /* Copies *h (NULL: none). */
 void fx_flux_set_hooks(struct fx_flux *f, const struct fx_flux_hooks *h);
 
+struct fx_device;
+/* Where the forward runs: NULL or a CPU device is the CPU path (the
+ * default); a CUDA device (fx_device_select) runs the blocks on that GPU
+ * (kernels/fx-ops-cuda.h): activations stay on the device for the whole
+ * forward, weights are widened on the host per linear and uploaded. Hooks
+ * still receive host pointers (the group input is copied back only when a
+ * hook is set). FX_E_UNSUPPORTED in a build without CUDA; on any error the
+ * previous device is kept. Results match the CPU path to f32 rounding. */
+int fx_flux_set_device(struct fx_flux *f, const struct fx_device *dev, struct fx_err *err);
+
 /* out: (ni, out_channels) velocity in the packed layout. Activation
  * buffers are kept in f between calls (grown when a larger input comes). */
 int fx_flux_forward(struct fx_flux *f, const struct fx_flux_input *in, float *out,
