@@ -63,6 +63,8 @@ UNIT_SRC := $(wildcard tests/unit/test-*.c)
 UNITS    := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 UNIT_HELPERS := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 UNIT_HOBJ := $(UNIT_HELPERS:%.c=$(B)/obj/%.o)
+GPU_SRC  := $(wildcard tests/gpu/test-*.c)
+UNITS    += $(GPU_SRC:tests/gpu/%.c=$(B)/tests/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%-replay)
 
@@ -93,6 +95,11 @@ $(BIN)/%: $(B)/obj/tools/%.o $(TOOL_HOBJ) $(LIB)
 $(B)/tests/test-%: $(B)/obj/tests/unit/test-%.o $(UNIT_HOBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(UNIT_HOBJ) $(LIB) -lcmocka $(LDLIBS)
+
+# GPU tests: CUDA against the CPU; they say "skip" and pass without a device
+$(B)/tests/test-gpu-%: $(B)/obj/tests/gpu/test-gpu-%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(B)/tests/fuzz-%-replay: $(B)/obj/tests/fuzz/fuzz-%.o $(B)/obj/tests/fuzz/replay.o $(LIB)
 	@mkdir -p $(dir $@)
