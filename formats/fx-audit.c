@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "fx-audit-branch.h"
+#include "fx-audit-model.h"
 #include "fx-audit-packed.h"
 #include "fx-file.h"
 #include "fx-model.h"
@@ -227,7 +228,6 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	size_t i;
 	int ret;
 
-	(void)o;
 	snprintf(a->path, sizeof(a->path), "%s", path);
 	if (is_dir(path) || strstr(path, ".index.json"))
 		return audit_model(a, path, err);
@@ -244,18 +244,28 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	if (fx_st_meta(st, "fx.format")) {
 		snprintf(a->kind, sizeof(a->kind), "%s", fx_st_meta(st, "fx.format"));
 		audit_fx_header(a, st);
-		if (fx_audit_is_packed(st))
+		if ((ret = fx_audit_provenance(a, st, o, err)) < 0)
+			goto fail;
+		if (fx_audit_is_packed(st)) {
 			fx_audit_packed(a, st);
+			if ((ret = fx_audit_numerics(a, st, o, err)) < 0)
+				goto fail;
+		}
 		else if (!strcmp(fx_st_meta(st, "fx.format"), FX_FMT_BRANCH))
 			fx_audit_branch(a, st);
 	} else if (fx_audit_is_packed(st)) {
 		snprintf(a->kind, sizeof(a->kind), "nunchaku");
 		fx_audit_packed(a, st);
+		if ((ret = fx_audit_numerics(a, st, o, err)) < 0)
+			goto fail;
 	} else {
 		snprintf(a->kind, sizeof(a->kind), "safetensors");
 	}
 	fx_st_close(st);
 	return 0;
+fail:
+	fx_st_close(st);
+	return ret;
 }
 
 void *fx_audit_json(const struct fx_audit *a)

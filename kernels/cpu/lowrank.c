@@ -121,10 +121,19 @@ void fx_lowrank_smooth(float *s, const float *xmax, const float *wmax, int64_t k
 		       float alpha, float beta)
 {
 	bool bad = false;
+	float top = 0.0f;
 
+	for (int64_t i = 0; i < k; i++)
+		top = xmax[i] > top ? xmax[i] : top;
 	for (int64_t i = 0; i < k; i++) {
 		double v = 1.0;
 
+		/* a channel that is (numerically) never active keeps s = 1, like an
+		 * exact zero: a tiny s would blow its weights up by 1/s */
+		if (alpha != 0.0f && !(xmax[i] > 1e-6f * top)) {
+			s[i] = 1.0f;
+			continue;
+		}
 		if (alpha != 0.0f)
 			v *= pow((double)xmax[i], (double)alpha);
 		if (beta != 0.0f)

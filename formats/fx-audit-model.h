@@ -1,0 +1,24 @@
+/* The audit against the inputs a file was made from: provenance (is it
+ * stale?) and numerics (does the packed checkpoint reproduce the model?). */
+#ifndef FX_AUDIT_MODEL_H
+#define FX_AUDIT_MODEL_H
+
+#include "fx-audit.h"
+#include "fx-st.h"
+
+/* Relative Frobenius error of W_eff against the source weight above which a
+ * packed layer is reported broken: 4-bit quantization of an outlier-heavy
+ * layer stays well below it; a wrong layout, fusion order or smoothing
+ * gives about 1 or more. */
+#define FX_AUDIT_MAX_WEIGHT_ERR 0.5
+
+/* With --model/--calib/--branch: their identities against fx.inputs; a
+ * mismatch names the stage to rerun. <0 when an input cannot be read. */
+int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,
+			struct fx_err *err);
+/* With --model (and --calib for output SNR): every module of a packed file
+ * unpacked and compared with the source layer, worst first. */
+int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,
+		      struct fx_err *err);
+
+#endif
