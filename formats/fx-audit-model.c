@@ -1,5 +1,6 @@
 #include "fx-audit-model.h"
 
+#include <cblas.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "fx-file.h"
 #include "fx-model.h"
 #include "fx-pack.h"
+#include "fx-packed-module.h"
 
 static const char *stage_of(const char *format)
 {
@@ -92,26 +94,6 @@ struct num_row {
 	bool has_snr;
 };
 
-static const struct fx_tensor *get(const struct fx_st *st, const char *p, const char *suf)
-{
-	char name[200];
-
-	snprintf(name, sizeof(name), "%s.%s", p, suf);
-	return fx_st_find(st, name);
-}
-
-static void bf16_vec(float *dst, const struct fx_tensor *t, int64_t n, uint16_t *tmp, bool packed)
-{
-	int64_t i;
-
-	if (packed)
-		fx_unpack_vector(tmp, t->data, n, NULL);
-	else
-		memcpy(tmp, t->data, n * 2);
-	for (i = 0; i < n; i++)
-		dst[i] = fx_bf16_to_f32(tmp[i]);
-}
-
 static double rel_err(const float *a, const float *b, size_t n)
 {
 	double num = 0, den = 0;
@@ -126,101 +108,55 @@ static double rel_err(const float *a, const float *b, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static const char *fused_of(const struct fx_group *g)
+/* W4A4: W_eff and constant term against W and b, and with calibration rows
+ * the emulated runtime output against X·Wᵀ + b. adaLN: the dequantized
+ * weights against the source rows. Returns 1 when the module is incomplete. */
+static int num_module(const struct fx_st *st, const struct fx_model *m, const struct fx_group *g,
+		      const struct fx_st *calib, bool fp4, struct num_row *row, struct fx_err *err)
 {
-	return g->fused;
-}
+	int64_t n = g->n, k = g->k, i, j;
+	struct fx_packed_module pm;
+	float *w = NULL, *b = NULL, *weff = NULL, *cterm = NULL, *x = NULL, *y = NULL, *yr = NULL;
+	int ret = fx_packed_module_load(&pm, st, g, fp4, err);
 
-/* One W4A4 module: W_eff and constant term against W and b, and with
- * calibration rows the emulated runtime output against X·Wᵀ + b. */
-static int num_w4a4(const struct fx_st *st, const struct fx_model *m, const struct fx_group *g,
-		    const struct fx_st *calib, bool fp4, struct num_row *row, struct fx_err *err)
-{
-	int64_t n = g->n, k = g->k, r, i, j;
-	const struct fx_tensor *tq = get(st, g->name, "qweight"), *ts = get(st, g->name, "wscales");
-	const struct fx_tensor *tb = get(st, g->name, "bias"), *tsm = get(st, g->name, "smooth");
-	const struct fx_tensor *td = get(st, g->name, "lora_down"), *tu = get(st, g->name, "lora_up");
-	const struct fx_tensor *twt = get(st, g->name, "wtscale"), *twc = get(st, g->name, "wcscales");
-	struct fx_rt_w4a4 mod = {0};
-	float *w = NULL, *b = NULL, *weff = NULL, *cterm = NULL, *smooth = NULL, *bias = NULL;
-	float *ld = NULL, *lu = NULL, *wc = NULL, *x = NULL, *y = NULL, *yr = NULL;
-	uint8_t *codes = NULL;
-	void *scales = NULL;
-	uint16_t *tmp = NULL;
-	int ret = 0;
-
-	if (!tq || !ts || !tb || !tsm || !td || !tu || td->ndim != 2)
-		return 1;   /* incomplete: the completeness audit reports it */
-	r = td->shape[1];
+	if (ret != 0)
+		return ret;
 	w = malloc(n * k * 4);
 	b = malloc(n * 4);
 	weff = malloc(n * k * 4);
 	cterm = malloc(n * 4);
-	smooth = malloc(k * 4);
-	bias = malloc(n * 4);
-	ld = malloc((k * r + 1) * 4);
-	lu = malloc((n * r + 1) * 4);
-	wc = malloc(n * 4);
-	codes = malloc(n * k / 2);
-	scales = malloc(n * k / 16 * 2);
-	tmp = malloc(((n > k ? n : k) * (r > 1 ? r : 1) + n * k / 16) * 2);
-	if (!w || !b || !weff || !cterm || !smooth || !bias || !ld || !lu || !wc || !codes || !scales || !tmp) {
+	if (!w || !b || !weff || !cterm) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((ret = fx_model_group_f32(m, g, w, b, err)) < 0 ||
-	    (ret = fx_unpack_w4a4_weight(codes, tq->data, n, k, err)) < 0)
+	if ((ret = fx_model_group_f32(m, g, w, b, err)) < 0)
 		goto out;
-	if (fp4)
-		ret = fx_unpack_fp4_wscales(scales, ts->data, n, k, err);
-	else
-		ret = fx_unpack_int4_wscales(scales, ts->data, n, k, err);
-	if (ret < 0)
+	if (pm.adaln) {
+		float *perm = cterm = realloc(cterm, n * k * 4);
+
+		if (!perm || (ret = fx_dequant_w4a16_cpu(weff, pm.codes, pm.scales16, pm.zeros16, n, k, err)) < 0) {
+			ret = ret < 0 ? ret : fx_error(err, FX_E_NOMEM, "out of memory");
+			goto out;
+		}
+		for (i = 0; i < n; i++)
+			memcpy(perm + i * k, w + fx_quant_adaln_src_row(i, n, g->adaln_chunks) * k, k * 4);
+		row->werr = rel_err(weff, perm, n * k);
 		goto out;
-	bf16_vec(smooth, tsm, k, tmp, true);
-	bf16_vec(bias, tb, n, tmp, true);
-	if (r > 0) {
-		fx_unpack_lora_down(tmp, td->data, k, r, NULL);       /* (r, k) */
-		for (j = 0; j < r; j++)
-			for (i = 0; i < k; i++)
-				ld[i * r + j] = fx_bf16_to_f32(tmp[j * k + i]);
-		fx_unpack_lora_up(tmp, tu->data, n, r, NULL);
-		for (i = 0; i < n * r; i++)
-			lu[i] = fx_bf16_to_f32(tmp[i]);
 	}
-	mod.prec = fp4 ? FX_QPREC_NVFP4 : FX_QPREC_INT4;
-	mod.n = n;
-	mod.k = k;
-	mod.r = r;
-	mod.codes = codes;
-	mod.wscales = scales;
-	mod.smooth = smooth;
-	mod.bias = bias;
-	mod.lora_down = r ? ld : NULL;
-	mod.lora_up = r ? lu : NULL;
-	mod.fc2_shift = !fp4 && g->gelu_input;
-	if (twt && twt->nbytes >= 2)
-		mod.wtscale = twt->dtype == FX_F32 ? *(const float *)twt->data
-						   : fx_bf16_to_f32(*(const uint16_t *)twt->data);
-	if (twc && twc->nbytes == (size_t)n * 2) {
-		bf16_vec(wc, twc, n, tmp, true);
-		mod.wcscales = wc;
-	}
-	if ((ret = fx_rt_w4a4_effective(weff, cterm, &mod, err)) < 0)
+	if ((ret = fx_rt_w4a4_effective(weff, cterm, &pm.mod, err)) < 0)
 		goto out;
 	row->werr = rel_err(weff, w, n * k);
 	row->berr = rel_err(cterm, b, n);
 	if (calib) {
 		char name[200];
 		const struct fx_tensor *tx;
-		int64_t mr;
 
 		snprintf(name, sizeof(name), "%s.samples", g->name);
 		tx = fx_st_find(calib, name);
 		if (tx && tx->ndim == 2 && tx->shape[1] == k && tx->shape[0] > 0) {
+			int64_t mr = tx->shape[0] > 256 ? 256 : tx->shape[0];
 			double num = 0, den = 0;
 
-			mr = tx->shape[0] > 256 ? 256 : tx->shape[0];
 			x = malloc(mr * k * 4);
 			y = malloc(mr * n * 4);
 			yr = malloc(mr * n * 4);
@@ -229,63 +165,24 @@ static int num_w4a4(const struct fx_st *st, const struct fx_model *m, const stru
 				goto out;
 			}
 			fx_to_f32(x, tx->data, tx->dtype, mr * k);
-			if ((ret = fx_rt_w4a4_forward_ref(y, &mod, x, mr, 0, err)) < 0)
+			if ((ret = fx_rt_w4a4_forward_ref(y, &pm.mod, x, mr, 0, err)) < 0)
 				goto out;
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mr, (int)n, (int)k, 1.0f,
+				    x, (int)k, w, (int)k, 0.0f, yr, (int)n);
 			for (i = 0; i < mr; i++)
 				for (j = 0; j < n; j++) {
-					double acc = b[j];
+					double d = (double)y[i * n + j] - (yr[i * n + j] + b[j]);
 
-					for (int64_t c = 0; c < k; c++)
-						acc += (double)x[i * k + c] * w[j * k + c];
-					yr[i * n + j] = (float)acc;
+					num += d * d;
+					den += (double)(yr[i * n + j] + b[j]) * (yr[i * n + j] + b[j]);
 				}
-			for (i = 0; i < mr * n; i++) {
-				double d = (double)y[i] - yr[i];
-
-				num += d * d;
-				den += (double)yr[i] * yr[i];
-			}
 			row->snr = num > 0 ? 10 * log10(den / num) : 999;
 			row->has_snr = true;
 		}
 	}
 out:
-	free(w); free(b); free(weff); free(cterm); free(smooth); free(bias); free(ld); free(lu);
-	free(wc); free(codes); free(scales); free(tmp); free(x); free(y); free(yr);
-	return ret;
-}
-
-/* An adaLN module: dequantized W4A16 weights against the source rows. */
-static int num_adaln(const struct fx_st *st, const struct fx_model *m, const struct fx_group *g,
-		     struct num_row *row, struct fx_err *err)
-{
-	int64_t n = g->n, k = g->k, i;
-	const struct fx_tensor *tq = get(st, g->name, "qweight"), *ts = get(st, g->name, "wscales"),
-			       *tz = get(st, g->name, "wzeros");
-	float *w = malloc(n * k * 4), *dq = malloc(n * k * 4), *perm = malloc(n * k * 4);
-	uint8_t *codes = malloc(n * k / 2);
-	uint16_t *sc = malloc(n * k / 64 * 2), *ze = malloc(n * k / 64 * 2);
-	int ret = 1;
-
-	if (!tq || !ts || !tz)
-		goto out;
-	if (!w || !dq || !perm || !codes || !sc || !ze) {
-		ret = fx_error(err, FX_E_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((ret = fx_model_group_f32(m, g, w, NULL, err)) < 0 ||
-	    (ret = fx_unpack_w4a16_weight(codes, tq->data, n, k, err)) < 0 ||
-	    (ret = fx_unpack_w4a16_scales(sc, ts->data, n, k, err)) < 0 ||
-	    (ret = fx_unpack_w4a16_scales(ze, tz->data, n, k, err)) < 0 ||
-	    (ret = fx_dequant_w4a16_cpu(dq, codes, sc, ze, n, k, err)) < 0)
-		goto out;
-	for (i = 0; i < n; i++)
-		memcpy(perm + i * k, w + fx_quant_adaln_src_row(i, n, g->adaln_chunks) * k, k * 4);
-	row->werr = rel_err(dq, perm, n * k);
-	row->berr = 0;
-	ret = 0;
-out:
-	free(w); free(dq); free(perm); free(codes); free(sc); free(ze);
+	fx_packed_module_release(&pm);
+	free(w); free(b); free(weff); free(cterm); free(x); free(y); free(yr);
 	return ret;
 }
 
@@ -313,8 +210,7 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 		return ret;
 	if (o->calib && (ret = fx_st_open(&calib, o->calib, err)) < 0)
 		goto out;
-	for (i = 0; i < fx_st_count(st); i++)
-		fp4 |= fx_st_at(st, i)->dtype == FX_F8_E4M3;
+	fp4 = fx_packed_is_fp4(st);
 	rows = calloc(fx_model_ngroups(m), sizeof(*rows));
 	if (!rows) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
@@ -324,10 +220,9 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 		const struct fx_group *g = fx_model_group(m, i);
 		struct num_row *row = &rows[nr];
 
-		snprintf(row->where, sizeof(row->where), "%s (%sblock %d)", fused_of(g),
+		snprintf(row->where, sizeof(row->where), "%s (%sblock %d)", g->fused,
 			 g->single ? "single " : "", g->block);
-		ret = g->kind == FX_GROUP_ADALN ? num_adaln(st, m, g, row, err)
-						: num_w4a4(st, m, g, calib, fp4, row, err);
+		ret = num_module(st, m, g, calib, fp4, row, err);
 		fx_model_group_release(m, g);
 		if (ret < 0)
 			goto out;
