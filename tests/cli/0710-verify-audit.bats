@@ -130,3 +130,23 @@ c = json.loads(meta["fx.crc32"]); c["transformer_blocks.1.mlp_fc1.qweight"] = "%
 	run -1 fx-verify "$BATS_TEST_TMPDIR/bad.safetensors" --model "$W/model"
 	assert_output --partial "mlp_fc1 (block 1): does not reproduce the source layer"
 }
+
+@test "fx-eval: SVDQuant keeps the sampler closer to the source weights than plain RTN" {
+	fx-quant -q --model "$W/model" --precision int4 -o "$BATS_TEST_TMPDIR/rq.safetensors"
+	fx-pack -q --model "$W/model" --quant "$BATS_TEST_TMPDIR/rq.safetensors" -o "$BATS_TEST_TMPDIR/rtn.safetensors"
+	run -0 --separate-stderr fx-eval --json --model "$W/model" --cond "$W/cond.safetensors" --steps 2 \
+		--res 128x128 --plot "$BATS_TEST_TMPDIR/p.png" "$W/good.safetensors" "$BATS_TEST_TMPDIR/rtn.safetensors"
+	echo "$output" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["schema"] == "fx-eval/1" and d["prompts"] == 2
+svdq, rtn = d["checkpoints"]
+print(svdq["mean_psnr"], rtn["mean_psnr"])
+assert svdq["mean_psnr"] > rtn["mean_psnr"], (svdq, rtn)
+assert 0.5 < svdq["mean_cosine"] <= 1.0
+assert len(svdq["psnr"]) == 2
+'
+	[ "$(head -c 8 "$BATS_TEST_TMPDIR/p.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]
+	run -3 --separate-stderr fx-eval --model "$W/model" --cond "$W/cond.safetensors" "$W/quant.safetensors"
+	[[ "$stderr" == *"missing or misshapen"* ]]
+}

@@ -1,0 +1,127 @@
+/* fx-eval: end-to-end quality of packed checkpoints against the source model. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fx-cli.h"
+#include "fx-eval.h"
+#include "fx-io.h"
+#include "fx-log.h"
+
+enum { OPT_MODEL = 256, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED, OPT_PLOT };
+
+static const struct fx_opt opts[] = {
+	{ "model", 0, FX_OPT_REQ, "M", "the source FLUX model the checkpoints were made from", OPT_MODEL },
+	{ "cond", 0, FX_OPT_REQ, "C", "conditioning: prompt_embeds + pooled_prompt_embeds", OPT_COND },
+	{ "prompts", 0, FX_OPT_REQ, "P", "use the first P prompts (default: all)", OPT_PROMPTS },
+	{ "steps", 0, FX_OPT_REQ, "S", "sampling steps (default 4)", OPT_STEPS },
+	{ "res", 0, FX_OPT_REQ, "WxH", "image size in pixels, multiples of 16 (default 256x256)", OPT_RES },
+	{ "guidance", 0, FX_OPT_REQ, "G", "guidance scale for dev models (default 3.5)", OPT_GUIDANCE },
+	{ "seed", 0, FX_OPT_REQ, "N", "noise seed of prompt p is N+p (default 0)", OPT_SEED },
+	{ "plot", 0, FX_OPT_REQ, "PNG", "draw per-prompt PSNR per checkpoint into this PNG", OPT_PLOT },
+	{ 0 }
+};
+
+int main(int argc, char **argv)
+{
+	struct fx_cli cli = {
+		.synopsis = "fx-eval --model M --cond C [--prompts P] [--steps S] [--res WxH] [--guidance G] [--seed N] [--plot out.png] CKPT...",
+		.summary = "Compare sampling with packed checkpoints (emulated runtime) against the source weights.",
+		.opts = opts,
+		.common = FX_CLI_JSON | FX_CLI_THREADS,
+	};
+	struct fx_eval_opts o = { .guidance = -1 };
+	struct fx_eval_result r;
+	struct fx_err err = {0};
+	const char *arg, *plot = NULL;
+	long v;
+	int id, ret, i, p;
+
+	fx_cli_init(&cli, argc, argv);
+	fx_io_install_signal_cleanup();
+	while ((id = fx_cli_next(&cli, &arg)) > 0) {
+		switch (id) {
+		case OPT_MODEL: o.model = arg; break;
+		case OPT_COND: o.cond = arg; break;
+		case OPT_PROMPTS:
+		case OPT_STEPS:
+		case OPT_SEED:
+			if (!fx_parse_int(arg, id == OPT_SEED ? 0 : 1, 1000000, &v))
+				return fx_cli_usage_error(&cli, "bad number '%s'", arg);
+			if (id == OPT_PROMPTS)
+				o.prompts = (int)v;
+			else if (id == OPT_STEPS)
+				o.steps = (int)v;
+			else
+				o.seed = (uint64_t)v;
+			break;
+		case OPT_RES:
+			if (sscanf(arg, "%dx%d", &o.width, &o.height) != 2 || o.width <= 0 || o.height <= 0 ||
+			    o.width % 16 || o.height % 16)
+				return fx_cli_usage_error(&cli, "--res wants WxH in multiples of 16, not '%s'", arg);
+			break;
+		case OPT_GUIDANCE: {
+			char *end;
+
+			o.guidance = strtof(arg, &end);
+			if (*end || end == arg || !(o.guidance >= 0))
+				return fx_cli_usage_error(&cli, "--guidance wants a number, not '%s'", arg);
+			break;
+		}
+		case OPT_PLOT: plot = arg; break;
+		}
+	}
+	if (id < 0)
+		return FX_EXIT_USAGE;
+	if (!o.model || !o.cond)
+		return fx_cli_usage_error(&cli, "--model and --cond are required");
+	if (cli.optind >= argc)
+		return fx_cli_usage_error(&cli, "no checkpoint given");
+	if (argc - cli.optind > FX_EVAL_MAX_CKPT)
+		return fx_cli_usage_error(&cli, "at most %d checkpoints", FX_EVAL_MAX_CKPT);
+	for (i = cli.optind; i < argc; i++)
+		o.ckpt[o.nckpt++] = argv[i];
+
+	ret = fx_eval_run(&o, &r, &err);
+	if (ret == 0 && plot)
+		ret = fx_eval_plot(plot, &r, &err);
+	if (ret < 0) {
+		fx_log_error("%s", err.msg);
+		return fx_status_exit(ret);
+	}
+	if (cli.c.json) {
+		json_t *root = json_pack("{s:s, s:i}", "schema", "fx-eval/1", "prompts", r.nprompts);
+		json_t *arr = json_array();
+		char *s;
+
+		for (i = 0; i < r.nckpt; i++) {
+			json_t *ps = json_array(), *cs = json_array();
+
+			for (p = 0; p < r.nprompts; p++) {
+				json_array_append_new(ps, json_real(r.psnr[i * r.nprompts + p]));
+				json_array_append_new(cs, json_real(r.cosine[i * r.nprompts + p]));
+			}
+			json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:o, s:o}", "checkpoint", o.ckpt[i],
+							     "mean_psnr", r.mean_psnr[i], "mean_cosine",
+							     r.mean_cosine[i], "psnr", ps, "cosine", cs));
+		}
+		json_object_set_new(root, "checkpoints", arr);
+		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		if (s)
+			puts(s);
+		free(s);
+		json_decref(root);
+	} else {
+		printf("%-48s %10s %10s\n", "checkpoint", "PSNR dB", "cosine");
+		for (i = 0; i < r.nckpt; i++) {
+			printf("%-48s %10.2f %10.5f\n", o.ckpt[i], r.mean_psnr[i], r.mean_cosine[i]);
+			for (p = 0; p < r.nprompts; p++)
+				printf("  prompt %-39d %10.2f %10.5f\n", p, r.psnr[i * r.nprompts + p],
+				       r.cosine[i * r.nprompts + p]);
+		}
+		printf("final latents after the sampler, against the source weights on the same noise\n");
+	}
+	fx_eval_result_release(&r);
+	return FX_EXIT_OK;
+}
