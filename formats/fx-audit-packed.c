@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "fx-meta.h"
+#include "../common/fx-io.h"
+#include <jansson.h>
+#include <unistd.h>
 
 struct mod {
 	const char *name;
@@ -269,9 +272,9 @@ static void check_module(struct fx_audit *a, const struct fx_st *st, const char 
 		(*nbad)++;
 }
 
-void fx_audit_packed(struct fx_audit *a, const struct fx_st *st)
+static void audit_packed(struct fx_audit *a, const struct fx_st *st, const struct fx_st *pl)
 {
-	const struct fx_tensor *x = fx_st_find(st, "x_embedder.weight");
+	const struct fx_tensor *x = fx_st_find(pl, "x_embedder.weight");
 	int nd = max_block(st, "transformer_blocks.") + 1, ns = max_block(st, "single_transformer_blocks.") + 1;
 	int b, rank = -1;
 	size_t i, j, nbad = 0, nmod = 0;
@@ -289,7 +292,7 @@ void fx_audit_packed(struct fx_audit *a, const struct fx_st *st)
 	}
 	D = x->shape[0];
 	for (i = 0; i < sizeof(top_plain) / sizeof(top_plain[0]); i++) {
-		const struct fx_tensor *t = fx_st_find(st, top_plain[i]);
+		const struct fx_tensor *t = fx_st_find(pl, top_plain[i]);
 
 		if (!t)
 			fx_audit_add(a, FX_SEV_ERROR, "missing", top_plain[i], "unquantized tensor missing");
@@ -325,5 +328,35 @@ void fx_audit_packed(struct fx_audit *a, const struct fx_st *st)
 	}
 	fx_audit_line(a, "%zu of %zu modules complete, %s, rank %d, %d double + %d single blocks",
 		      nmod - nbad, nmod, fp4 ? "NVFP4" : "INT4", rank < 0 ? 0 : rank, nd, ns);
+}
+
+void fx_audit_packed(struct fx_audit *a, const struct fx_st *st)
+{
+	audit_packed(a, st, st);
 	fx_meta_audit(st, a);
+}
+
+void fx_audit_packed_two(struct fx_audit *a, const struct fx_st *blocks, const struct fx_st *plain,
+			 const char *dir)
+{
+	char path[4096], *txt = NULL;
+	json_t *cfg;
+
+	audit_packed(a, blocks, plain);
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	if (fx_read_file(&txt, NULL, path, 1 << 20, NULL) < 0) {
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "config.json",
+			     "no config.json: the folder form needs the diffusers config beside the two files "
+			     "(or merge it into one file with fx-meta's metadata)");
+	} else if (!(cfg = json_loads(txt, 0, NULL)) || !json_is_object(cfg)) {
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "config.json", "config.json is not a JSON object");
+	} else {
+		json_decref(cfg);
+	}
+	free(txt);
+	snprintf(path, sizeof(path), "%s/comfy_config.json", dir);
+	if (access(path, R_OK) != 0)
+		fx_audit_add(a, FX_SEV_WARN, "metadata", "comfy_config.json",
+			     "no comfy_config.json: ComfyUI-nunchaku then guesses the config from the folder name");
+	fx_audit_line(a, "legacy two-file form (transformer_blocks.safetensors + unquantized_layers.safetensors)");
 }

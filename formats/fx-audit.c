@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fx-audit-branch.h"
 #include "fx-audit-model.h"
@@ -221,6 +222,29 @@ static bool looks_like_model(const struct fx_st *st)
 	       fx_st_find(st, "model.diffusion_model.img_in.weight");
 }
 
+static int audit_two_file(struct fx_audit *a, const char *dir, const char *tb, const char *ul,
+			  const struct fx_audit_opts *o, struct fx_err *err)
+{
+	struct fx_st *b = NULL, *p = NULL;
+	size_t i;
+	int ret;
+
+	(void)o;
+	if ((ret = fx_st_open(&b, tb, err)) < 0 || (ret = fx_st_open(&p, ul, err)) < 0)
+		goto out;
+	snprintf(a->kind, sizeof(a->kind), "nunchaku-folder");
+	a->nfiles = 2;
+	for (i = 0; i < fx_st_count(b); i++)
+		count_tensor(a, fx_st_at(b, i));
+	for (i = 0; i < fx_st_count(p); i++)
+		count_tensor(a, fx_st_at(p, i));
+	fx_audit_packed_two(a, b, p, dir);
+out:
+	fx_st_close(b);
+	fx_st_close(p);
+	return ret;
+}
+
 int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_opts *o,
 		  struct fx_err *err)
 {
@@ -229,6 +253,14 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	int ret;
 
 	snprintf(a->path, sizeof(a->path), "%s", path);
+	if (is_dir(path)) {
+		char tb[4096], ul[4096];
+
+		snprintf(tb, sizeof(tb), "%s/transformer_blocks.safetensors", path);
+		snprintf(ul, sizeof(ul), "%s/unquantized_layers.safetensors", path);
+		if (access(tb, F_OK) == 0)
+			return audit_two_file(a, path, tb, ul, o, err);
+	}
 	if (is_dir(path) || strstr(path, ".index.json"))
 		return audit_model(a, path, err);
 	ret = fx_st_open(&st, path, err);

@@ -174,6 +174,12 @@ with safe_open('$f', 'np') as s:
 		[ -s "$BATS_TEST_TMPDIR/legacy/$f" ]
 	done
 	run -0 fx-verify --json "$BATS_TEST_TMPDIR/legacy/unquantized_layers.safetensors"
+	run -0 fx-verify "$BATS_TEST_TMPDIR/legacy"
+	assert_output --partial "30 of 30 modules complete, INT4"
+	assert_output --partial "legacy two-file form"
+	rm "$BATS_TEST_TMPDIR/legacy/config.json"
+	run -1 fx-verify "$BATS_TEST_TMPDIR/legacy"
+	assert_output --partial "no config.json"
 	python3 -c "import json; json.load(open('$BATS_TEST_TMPDIR/legacy/comfy_config.json'))['model_config']"
 }
 
