@@ -5,7 +5,8 @@
 
 load helper
 
-TOOLS=(fx-synth fx-calib fx-lowrank fx-quant fx-pack fx-meta fx-verify)
+# every tool the tree builds (tools/fx-*.c)
+TOOLS=($(cd "$BATS_TEST_DIRNAME/../../tools" && ls fx-*.c | sed 's/\.c$//'))
 SECTIONS=("NAME" "SYNOPSIS" "DESCRIPTION" "OPTIONS" "FILES" "EXIT STATUS" "ENVIRONMENT"
 	  "EXAMPLES" "SEE ALSO")
 
