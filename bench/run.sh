@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every stage's benchmark, one summary table at the end.
 #
-#   FX_BIN=$PWD/build/bin bash bench/run.sh [quant] [calib] [lowrank]
+#   FX_BIN=$PWD/build/bin bash bench/run.sh [quant] [calib] [lowrank] [encode]
 #
 # With no arguments all benchmarks run (about 5-15 minutes on 2 cores; the
 # first run also generates the FLUX-width inputs, ~5 GB, into the cache).
@@ -25,17 +25,18 @@
 set -euo pipefail
 export LC_ALL=C
 
-want_quant=0 want_calib=0 want_lowrank=0
+want_quant=0 want_calib=0 want_lowrank=0 want_encode=0
 if (($# == 0)); then
-	want_quant=1 want_calib=1 want_lowrank=1
+	want_quant=1 want_calib=1 want_lowrank=1 want_encode=1
 fi
 for a in "$@"; do
 	case $a in
 	quant) want_quant=1 ;;
 	calib) want_calib=1 ;;
 	lowrank) want_lowrank=1 ;;
+	encode) want_encode=1 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank)" >&2; exit 2 ;;
+	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank, encode)" >&2; exit 2 ;;
 	esac
 done
 
@@ -248,6 +249,11 @@ bench_lowrank() {
 ((want_quant)) && bench_quant
 ((want_calib)) && bench_calib
 ((want_lowrank)) && bench_lowrank
+if ((want_encode)); then
+	section "fx-encode (issue 8)"
+	# bench/encode.sh adds its rows to the shared table itself
+	BENCH_WORK=$BENCH_WORK bash "$BENCH_DIR/encode.sh" || note "bench/encode.sh exited with status $?"
+fi
 
 section "summary ($(secs_h $(($(date +%s) - BENCH_T0))) in all)"
 CPU_MARK_T=${BENCH_CPU_MARK[0]} CPU_MARK_BUSY=${BENCH_CPU_MARK[1]} CPU_MARK_OWN=${BENCH_CPU_MARK[2]}

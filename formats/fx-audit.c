@@ -12,6 +12,7 @@
 #include "fx-audit-branch.h"
 #include "fx-audit-model.h"
 #include "fx-audit-packed.h"
+#include "fx-audit-prov.h"
 #include "fx-file.h"
 #include "fx-model.h"
 #include "fx-st.h"
@@ -132,7 +133,7 @@ static void audit_fx_header(struct fx_audit *a, const struct fx_st *st)
 {
 	struct fx_file_info info;
 	struct fx_err err = {0};
-	static const char *const known[] = { FX_FMT_CALIB, FX_FMT_BRANCH, FX_FMT_QUANT, FX_FMT_PACKED };
+	static const char *const known[] = { FX_FMT_CALIB, FX_FMT_BRANCH, FX_FMT_QUANT, FX_FMT_PACKED, "fx.cond" };
 	bool is_known = false;
 	size_t i;
 
@@ -276,7 +277,8 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	if (fx_st_meta(st, "fx.format")) {
 		snprintf(a->kind, sizeof(a->kind), "%s", fx_st_meta(st, "fx.format"));
 		audit_fx_header(a, st);
-		if ((ret = fx_audit_provenance(a, st, o, err)) < 0)
+		if ((ret = fx_audit_provenance(a, st, o, err)) < 0 ||
+		    (ret = fx_audit_prov(a, st, o, err)) < 0)
 			goto fail;
 		if (fx_audit_is_packed(st)) {
 			fx_audit_packed(a, st);

@@ -8,6 +8,7 @@
 
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
+#include "../kernels/fx-device.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-flux.h"
@@ -148,7 +149,8 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	struct fx_flux_hooks hooks = {0};
 	struct cal cal = {0};
 	struct fx_progress prog;
-	char id[65], blocks[32], res[32], *modeljs = NULL;
+	struct fx_device dev;
+	char id[65], blocks[32], res[32], note[256], *modeljs = NULL;
 	float *txt = NULL, *pooled = NULL, *lat = NULL;
 	int64_t ni, nt, P, i;
 	int first, last, ret;
@@ -246,8 +248,13 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 			goto out;
 		}
 	}
-	if ((ret = fx_flux_new(&f, m, err)) < 0)
+	if ((ret = fx_device_select(&dev, o->device, note, sizeof(note), err)) < 0)
 		goto out;
+	if (note[0])
+		fx_log_info("%s", note);
+	if ((ret = fx_flux_new(&f, m, err)) < 0 || (ret = fx_flux_set_device(f, &dev, err)) < 0)
+		goto out;
+	fx_log_debug("computing on %s", dev.desc);
 	hooks.ctx = &cal;
 	hooks.capture = capture;
 	fx_flux_set_hooks(f, &hooks);

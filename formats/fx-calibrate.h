@@ -19,6 +19,9 @@ struct fx_calibrate_opts {
 	bool hessian;
 	int first_block, last_block;   /* global numbering; -1: all */
 	bool force;
+	const char *device;     /* NULL/"cpu", "cuda", "cuda:N" (fx_device_select); a
+				 * CUDA request without a GPU runs on the CPU, and
+				 * the device is not part of the recipe */
 };
 
 struct fx_stage;

@@ -159,21 +159,46 @@ int fx_uni_lower(uint32_t cp, uint32_t out[2])
 	return 1;
 }
 
-static const uint32_t *nfc_single(uint32_t cp)
+/* A row of a table sorted by its first column, or NULL. */
+static const uint32_t *find_row(const uint32_t *tab, size_t rows, size_t cols, uint32_t cp)
 {
-	size_t lo = 0, hi = FX_ARRAY_SIZE(nfc_map);
+	size_t lo = 0, hi = rows;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		const uint32_t *r = tab + mid * cols;
+
+		if (cp < r[0])
+			hi = mid;
+		else if (cp > r[0])
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
+}
+
+/* The value of the inclusive range (lo, hi, value) holding cp, or 0. */
+static uint32_t range_value(const uint32_t (*r)[3], size_t n, uint32_t cp)
+{
+	size_t lo = 0, hi = n;
 
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
 
-		if (cp < nfc_map[mid][0])
+		if (cp < r[mid][0])
 			hi = mid;
-		else if (cp > nfc_map[mid][0])
+		else if (cp > r[mid][1])
 			lo = mid + 1;
 		else
-			return nfc_map[mid];
+			return r[mid][2];
 	}
-	return NULL;
+	return 0;
+}
+
+static uint32_t ccc(uint32_t cp)
+{
+	return cp < 0x300 ? 0 : range_value(ccc_runs, FX_ARRAY_SIZE(ccc_runs), cp);
 }
 
 /* Hangul constants (Unicode §3.12). */
@@ -206,24 +231,109 @@ static uint32_t compose(uint32_t a, uint32_t b)
 
 size_t fx_uni_nfc(uint32_t *out, const uint32_t *cps, size_t n)
 {
-	size_t o = 0, i;
+	size_t o = 0, i, starter = 0, w;
+	uint32_t last = 0, sc;
 
+	/* canonical decomposition */
 	for (i = 0; i < n; i++) {
-		const uint32_t *m = cps[i] >= 0xC0 ? nfc_single(cps[i]) : NULL;
-		uint32_t one = cps[i];
-		const uint32_t *src = m ? m + 2 : &one;
-		size_t k, cnt = m ? m[1] : 1;
+		uint32_t c = cps[i];
+		const uint32_t *d = c >= 0xC0 ? find_row(&decomp[0][0], FX_ARRAY_SIZE(decomp), 6, c) : NULL;
 
-		for (k = 0; k < cnt; k++) {
-			uint32_t c;
+		if (c >= S_BASE && c < S_BASE + S_COUNT) {
+			uint32_t si = c - S_BASE;
 
-			if (o > 0 && src[k] >= 0x300 && (c = compose(out[o - 1], src[k])) != 0)
-				out[o - 1] = c;
-			else
-				out[o++] = src[k];
+			out[o++] = L_BASE + si / N_COUNT;
+			out[o++] = V_BASE + (si % N_COUNT) / T_COUNT;
+			if (si % T_COUNT)
+				out[o++] = T_BASE + si % T_COUNT;
+		} else if (d) {
+			for (uint32_t k = 0; k < d[1]; k++)
+				out[o++] = d[2 + k];
+		} else {
+			out[o++] = c;
 		}
 	}
-	return o;
+	/* canonical ordering: stable sort of each run of non-starters by class */
+	for (i = 1; i < o; i++) {
+		uint32_t c = out[i], cc = ccc(c);
+		size_t j = i;
+
+		if (!cc)
+			continue;
+		while (j > 0 && ccc(out[j - 1]) > cc) {
+			out[j] = out[j - 1];
+			j--;
+		}
+		out[j] = c;
+	}
+	/* canonical composition (the Unicode sample algorithm) */
+	if (o == 0)
+		return 0;
+	sc = out[0];
+	last = ccc(sc) ? 256 : 0;
+	for (i = 1, w = 1; i < o; i++) {
+		uint32_t c = out[i], cc = ccc(c), comp = compose(sc, c);
+
+		if (comp && (last < cc || last == 0)) {
+			out[starter] = comp;
+			sc = comp;
+			continue;
+		}
+		if (cc == 0) {
+			starter = w;
+			sc = c;
+		}
+		last = cc;
+		out[w++] = c;
+	}
+	return w;
+}
+
+enum gcb { G_OTHER, G_CONTROL, G_EXTEND, G_SPACING, G_PREPEND, G_CR, G_LF, G_L, G_V, G_T, G_LV, G_LVT };
+
+static int gcb(uint32_t cp)
+{
+	if (cp == 0x0D)
+		return G_CR;
+	if (cp == 0x0A)
+		return G_LF;
+	if ((cp >= 0x1100 && cp <= 0x115F) || (cp >= 0xA960 && cp <= 0xA97C))
+		return G_L;
+	if ((cp >= 0x1160 && cp <= 0x11A7) || (cp >= 0xD7B0 && cp <= 0xD7C6))
+		return G_V;
+	if ((cp >= 0x11A8 && cp <= 0x11FF) || (cp >= 0xD7CB && cp <= 0xD7FB))
+		return G_T;
+	if (cp >= S_BASE && cp < S_BASE + S_COUNT)
+		return (cp - S_BASE) % T_COUNT ? G_LVT : G_LV;
+	if (cp >= 0x20 && cp < 0x7F)
+		return G_OTHER;
+	return (int)range_value(gcb_ranges, FX_ARRAY_SIZE(gcb_ranges), cp);
+}
+
+size_t fx_uni_grapheme_end(const uint32_t *cps, size_t n, size_t i)
+{
+	int prev;
+
+	if (i >= n)
+		return n;
+	prev = gcb(cps[i]);
+	for (i++; i < n; i++) {
+		int cur = gcb(cps[i]);
+
+		if (prev == G_CR && cur == G_LF) {                                   /* GB3 */
+		} else if (prev == G_CR || prev == G_LF || prev == G_CONTROL ||
+			   cur == G_CR || cur == G_LF || cur == G_CONTROL) {         /* GB4, GB5 */
+			break;
+		} else if (prev == G_L && (cur == G_L || cur == G_V || cur == G_LV || cur == G_LVT)) {
+		} else if ((prev == G_LV || prev == G_V) && (cur == G_V || cur == G_T)) {
+		} else if ((prev == G_LVT || prev == G_T) && cur == G_T) {           /* GB6-8 */
+		} else if (cur == G_EXTEND || cur == G_SPACING || prev == G_PREPEND) { /* GB9-9b */
+		} else {
+			break;
+		}
+		prev = cur;
+	}
+	return i;
 }
 
 const char *fx_uni_version(void)

@@ -1,6 +1,7 @@
 /* The bits of Unicode the text tokenizers need: UTF-8, general categories
- * L and N, White_Space, per-character lowercase and NFC (tables generated
- * from Python's unicodedata by tests/fixtures/gen_text_ref.py --c-tables). */
+ * L and N, White_Space, per-character lowercase, NFC and grapheme clusters
+ * (tables generated from Python's unicodedata and the regex module by
+ * tests/fixtures/gen_text_ref.py --c-tables). */
 #ifndef FX_TOK_UNICODE_H
 #define FX_TOK_UNICODE_H
 
@@ -24,13 +25,18 @@ bool fx_uni_is_space(uint32_t cp);     /* White_Space (Rust is_whitespace, regex
  * or 2 code points to out (U+0130 gives "i" + U+0307) and returns the count. */
 int fx_uni_lower(uint32_t cp, uint32_t out[2]);
 
-/* NFC of cps[0..n) into out (capacity 3n is always enough): characters that
- * NFC replaces on their own (singletons, composition exclusions) are mapped,
- * then each starter is composed with the combining characters that follow
- * it directly, and Hangul jamo are composed algorithmically. Combining
- * marks are not reordered (input in canonical order is assumed). Returns
- * the output length. */
+/* NFC of cps[0..n) into out (capacity 4n is always enough): canonical
+ * decomposition, canonical ordering of combining marks, canonical
+ * composition (Unicode §3.11). Returns the output length. */
 size_t fx_uni_nfc(uint32_t *out, const uint32_t *cps, size_t n);
+
+/* The end of the extended grapheme cluster (UAX #29) that starts at
+ * cps[i]: rules GB3-GB9b (CR LF, controls, Hangul syllables, Extend, ZWJ,
+ * SpacingMark, Prepend). Emoji ZWJ sequences (GB11) and regional indicator
+ * pairs (GB12-13) are split where UAX #29 keeps them, and Indic conjuncts
+ * (GB9c) are not joined: none of that changes the T5 normalization, for
+ * which clusters of 6 bytes or more are taken apart anyway. */
+size_t fx_uni_grapheme_end(const uint32_t *cps, size_t n, size_t i);
 
 const char *fx_uni_version(void);
 

@@ -4,6 +4,7 @@
 #   make -f pipelines/flux-svdq.mk MODEL=~/FLUX.1-dev COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
 #        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev]
+#        [PROMPTS_FILE=pipelines/prompts/calib-128.txt [T5=] [CLIP=] [MAX_LEN=]]  (instead of COND)
 #
 # Writes OUT/calib.safetensors, OUT/branch-r<rank>-<precision>.safetensors,
 # OUT/quant-r<rank>-<precision>.safetensors, the checkpoint
@@ -13,7 +14,15 @@
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 
 MODEL ?= $(error MODEL=<FLUX model folder or file> is required)
-COND  ?= $(error COND=<conditioning .safetensors> is required)
+# conditioning: a ready file (COND=...) or prompts encoded here with fx-encode
+PROMPTS_FILE ?=
+T5   ?= $(MODEL)
+CLIP ?= $(MODEL)
+MAX_LEN ?=
+ifneq ($(PROMPTS_FILE),)
+COND := $(OUT)/cond.safetensors
+endif
+COND  ?= $(error COND=<conditioning .safetensors> or PROMPTS_FILE=<prompts.txt> is required)
 RANK  ?= 32
 NAME  ?= $(call lc,$(notdir $(patsubst %/,%,$(basename $(MODEL)))))
 PROMPTS ?=
@@ -31,10 +40,16 @@ AUDIT  := $(FINAL:.safetensors=.audit.txt)
 CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
 	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES))
 
-.PHONY: all calib lowrank quant pack meta verify
+.PHONY: all encode calib lowrank quant pack meta verify
 all: verify
 
-calib: | $(OUT)
+encode: | $(OUT)
+ifneq ($(PROMPTS_FILE),)
+	$(FX)/fx-encode $(FXFLAGS) --t5 $(T5) --clip $(CLIP) --prompts $(PROMPTS_FILE) \
+		$(if $(MAX_LEN),--max-len $(MAX_LEN)) -o $(COND)
+endif
+
+calib: encode | $(OUT)
 	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
 
 lowrank: calib

@@ -99,6 +99,7 @@ int main(int argc, char **argv)
 		return fx_cli_usage_error(&cli, "-o/--output is required");
 	o.output = cli.c.output;
 	o.force = cli.c.force;
+	o.device = cli.c.device;
 
 	ret = fx_calibrate_run(&o, &utd, &s, &err);
 	return fx_tool_stage_done(ret, &err, s, utd, cli.c.json, o.output, "recorded");

@@ -107,3 +107,11 @@ PY
 	[[ "$stderr" == *"single_transformer_blocks.0.proj_mlp.weight"* ]]
 	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
 }
+
+@test "--device cuda without a usable GPU falls back to the CPU, says so, same bytes" {
+	run -0 fx-calib "${ARGS[@]}" -o "$BATS_TEST_TMPDIR/cpu.safetensors"
+	run -0 --separate-stderr fx-calib "${ARGS[@]}" --device cuda -o "$BATS_TEST_TMPDIR/cuda.safetensors"
+	[[ "$stderr" == *"using the CPU"* ]]
+	cmp "$BATS_TEST_TMPDIR/cpu.safetensors" "$BATS_TEST_TMPDIR/cuda.safetensors"
+	run -2 fx-calib "${ARGS[@]}" --device gpu -o "$BATS_TEST_TMPDIR/x.safetensors"
+}

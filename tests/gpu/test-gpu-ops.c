@@ -505,7 +505,7 @@ out:
 int main(void)
 {
 	const char *ev = getenv("FX_CUDA_DEVICE");
-	int device = ev && *ev ? atoi(ev) : 0, count = fx_cuda_device_count();
+	int device = ev && *ev ? (int)strtol(ev, NULL, 10) : 0, count = fx_cuda_device_count();
 	char desc[256];
 	struct fx_err err = { 0 };
 

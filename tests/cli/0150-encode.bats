@@ -1,0 +1,210 @@
+#!/usr/bin/env bats
+# fx-encode: the conditioning file of the fixture encoders (tests/fixtures/text),
+# caching per prompt, tokenizer lookup, bad inputs, man page.
+
+load helper
+
+setup() {
+	FIX=$BATS_TEST_DIRNAME/../fixtures/text
+	REF=$BATS_TEST_DIRNAME/../fixtures/text-ref.safetensors
+	P=$BATS_TEST_TMPDIR/prompts.txt
+	O=$BATS_TEST_TMPDIR/cond.safetensors
+	printf '%s\n' '# a comment' 'a photo of a cat' '' 'Café au lait, naïve résumé 🐱🚀' >"$P"
+	ARGS=(--t5 "$FIX/t5" --clip "$FIX/clip" --max-len 48)
+}
+
+# json_field JSON EXPR: a field of a one-line JSON document
+json_field() {
+	python3 -c "import json,sys; d=json.loads(sys.argv[1]); print($2)" "$1"
+}
+
+@test "fx-encode --help lists every option" {
+	run -0 fx-encode --help
+	assert_line --index 0 --partial "usage: fx-encode --t5 T5DIR --clip CLIPDIR --prompts FILE"
+	for o in --t5 --clip --prompts --max-len --blocks-of --output --force --json --threads; do
+		assert_output --partial -- "$o"
+	done
+}
+
+@test "usage errors exit 2" {
+	run -2 --separate-stderr fx-encode --clip "$FIX/clip" --prompts "$P" -o "$O"
+	[[ "$stderr" == *"--t5, --clip and --prompts are required"* ]]
+	run -2 fx-encode "${ARGS[@]}" --prompts "$P"
+	run -2 fx-encode "${ARGS[@]}" --prompts "$P" --max-len 0 -o "$O"
+	run -2 fx-encode "${ARGS[@]}" --prompts "$P" --blocks-of x -o "$O"
+	run -2 fx-encode "${ARGS[@]}" --prompts "$P" -o "$O" extra
+	[ ! -e "$O" ]
+}
+
+@test "encodes the fixture prompts: shapes, dtypes, ids and values of transformers" {
+	have_py_safetensors || skip "python safetensors not installed"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$P" -o "$O" --json
+	[ "$(json_field "$output" 'd["computed"]')" = "['prompt.0', 'prompt.1']" ]
+	[ "$(json_field "$output" 'd["up_to_date"]')" = False ]
+	python3 - "$O" "$REF" <<'PY'
+import json, sys
+import numpy as np
+from safetensors import safe_open
+with safe_open(sys.argv[1], "np") as f:
+    meta = f.metadata()
+    assert meta["fx.format"] == "fx.cond", meta
+    assert json.loads(meta["fx.prompts"]) == ["a photo of a cat", "Café au lait, naïve résumé 🐱🚀"]
+    assert sorted(json.loads(meta["fx.layers"])) == ["prompt.0", "prompt.1"]
+    ids5, idsc = f.get_tensor("t5_input_ids"), f.get_tensor("clip_input_ids")
+    assert ids5.shape == (2, 48) and ids5.dtype == np.int32
+    assert idsc.shape == (2, 77) and idsc.dtype == np.int32
+    sl = f.get_slice("prompt_embeds")
+    assert sl.get_shape() == [2, 48, 64] and sl.get_dtype() == "BF16", (sl.get_shape(), sl.get_dtype())
+    sl = f.get_slice("pooled_prompt_embeds")
+    assert sl.get_shape() == [2, 64] and sl.get_dtype() == "BF16"
+with safe_open(sys.argv[2], "np") as r:
+    assert json.loads(r.metadata()["prompts"])[0] == "a photo of a cat"
+    assert (ids5[0] == r.get_tensor("t5.ids")[0]).all()
+    assert (idsc[0] == r.get_tensor("clip.ids")[0]).all()
+    want5, wantc = r.get_tensor("t5.out")[0], r.get_tensor("clip.pooled")[0]
+# BF16 values against the f32 reference: relative error within bf16 rounding
+import struct
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+def bf16(name, count):
+    a, b = hdr[name]["data_offsets"]
+    u = np.frombuffer(raw[8 + n + a:8 + n + a + 2 * count], np.uint16).astype(np.uint32) << 16
+    return u.view(np.float32)
+got5, gotc = bf16("prompt_embeds", 48 * 64).reshape(48, 64), bf16("pooled_prompt_embeds", 64)
+for g, w in ((got5, want5), (gotc, wantc)):
+    e = np.abs(g - w).max() / np.abs(w).max()
+    assert e < 8e-3, e
+PY
+}
+
+@test "a second run is up to date; --force recomputes every prompt" {
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O"
+	cp "$O" "$BATS_TEST_TMPDIR/first"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$P" -o "$O" --json
+	[[ "$stderr" == *"up to date"* ]]
+	[ "$(json_field "$output" 'd["up_to_date"]')" = True ]
+	cmp "$O" "$BATS_TEST_TMPDIR/first"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$P" -o "$O" --json --force
+	[ "$(json_field "$output" 'len(d["computed"]), len(d["reused"])')" = "2 0" ]
+	cmp "$O" "$BATS_TEST_TMPDIR/first"
+}
+
+@test "adding a prompt encodes only the new one; the old rows stay byte-identical" {
+	have_py_safetensors || skip "python safetensors not installed"
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O"
+	cp "$O" "$BATS_TEST_TMPDIR/before"
+	echo 'a lighthouse in a storm' >>"$P"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$P" -o "$O" --json
+	[ "$(json_field "$output" 'd["computed"]')" = "['prompt.2']" ]
+	[ "$(json_field "$output" 'd["reused"]')" = "['prompt.0', 'prompt.1']" ]
+	[[ "$stderr" == *"1 to encode, 2 reused"* ]]
+	# a prompt inserted at the top shifts the others: still only it is encoded
+	{ echo 'an owl at night'; cat "$P"; } >"$P.new" && mv "$P.new" "$P"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$P" -o "$O" --json
+	[ "$(json_field "$output" 'd["computed"]')" = "['prompt.0']" ]
+	[ "$(json_field "$output" 'd["reused"]')" = "['prompt.1', 'prompt.2', 'prompt.3']" ]
+	# the result equals a fresh encoding of the same file
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$BATS_TEST_TMPDIR/fresh.safetensors"
+	cmp "$O" "$BATS_TEST_TMPDIR/fresh.safetensors"
+	python3 - "$BATS_TEST_TMPDIR/before" "$O" <<'PY'
+import sys
+from safetensors import safe_open
+import numpy as np
+a, b = safe_open(sys.argv[1], "np"), safe_open(sys.argv[2], "np")
+for name in ("t5_input_ids", "clip_input_ids"):
+    assert (a.get_tensor(name) == b.get_tensor(name)[1:3]).all(), name
+PY
+}
+
+@test "--max-len changes every prompt; --blocks-of and --threads change nothing" {
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O"
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" --blocks-of 1 --threads 1 -o "$BATS_TEST_TMPDIR/b1.safetensors"
+	cmp "$O" "$BATS_TEST_TMPDIR/b1.safetensors"
+	run -0 --separate-stderr fx-encode --t5 "$FIX/t5" --clip "$FIX/clip" --max-len 16 --prompts "$P" -o "$O" --json
+	[ "$(json_field "$output" 'd["computed"]')" = "['prompt.0', 'prompt.1']" ]
+}
+
+@test "a FLUX-style folder: tokenizers in the sibling tokenizer_2/ (spiece.model) and tokenizer/" {
+	F=$BATS_TEST_TMPDIR/flux
+	mkdir -p "$F/text_encoder_2" "$F/tokenizer_2" "$F/text_encoder" "$F/tokenizer"
+	cp "$FIX/t5/config.json" "$FIX/t5/model.safetensors" "$F/text_encoder_2/"
+	cp "$FIX/t5/spiece.model" "$F/tokenizer_2/"
+	cp "$FIX/clip/config.json" "$FIX/clip/model.safetensors" "$F/text_encoder/"
+	cp "$FIX/clip/vocab.json" "$FIX/clip/merges.txt" "$FIX/clip/tokenizer_config.json" "$F/tokenizer/"
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O"
+	run -0 fx-encode -q --t5 "$F" --clip "$F" --max-len 48 --prompts "$P" -o "$BATS_TEST_TMPDIR/flux.safetensors"
+	run -0 fx-encode -q --t5 "$F/text_encoder_2" --clip "$F/text_encoder" --max-len 48 --prompts "$P" \
+		-o "$BATS_TEST_TMPDIR/flux2.safetensors"
+	cmp "$BATS_TEST_TMPDIR/flux.safetensors" "$BATS_TEST_TMPDIR/flux2.safetensors"
+	if have_py_safetensors; then
+		python3 - "$O" "$BATS_TEST_TMPDIR/flux.safetensors" <<'PY'
+import sys
+from safetensors import safe_open
+a, b = safe_open(sys.argv[1], "np"), safe_open(sys.argv[2], "np")
+for name in ("t5_input_ids", "clip_input_ids"):
+    assert (a.get_tensor(name) == b.get_tensor(name)).all(), name
+PY
+	fi
+	rm "$F/tokenizer_2/spiece.model"
+	run -4 --separate-stderr fx-encode --t5 "$F" --clip "$F" --prompts "$P" -o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"no T5 tokenizer"* ]]
+}
+
+@test "bad inputs: missing folder (4), bad prompts file (3), not an encoder (3), foreign output (2)" {
+	run -4 --separate-stderr fx-encode --t5 "$BATS_TEST_TMPDIR/nope" --clip "$FIX/clip" --prompts "$P" -o "$O"
+	[[ "$stderr" == *"nope"* ]]
+	printf 'fine\n\xff\xfe broken\n' >"$BATS_TEST_TMPDIR/bad.txt"
+	run -3 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$BATS_TEST_TMPDIR/bad.txt" -o "$O"
+	[[ "$stderr" == *"line 2: not valid UTF-8"* ]]
+	printf '# only a comment\n\n' >"$BATS_TEST_TMPDIR/empty.txt"
+	run -3 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$BATS_TEST_TMPDIR/empty.txt" -o "$O"
+	[[ "$stderr" == *"no prompts"* ]]
+	# a T5 folder whose config is CLIP's
+	mkdir "$BATS_TEST_TMPDIR/t5bad"
+	cp "$FIX/t5/tokenizer.json" "$FIX/t5/model.safetensors" "$BATS_TEST_TMPDIR/t5bad/"
+	cp "$FIX/clip/config.json" "$BATS_TEST_TMPDIR/t5bad/"
+	run -3 --separate-stderr fx-encode --t5 "$BATS_TEST_TMPDIR/t5bad" --clip "$FIX/clip" --prompts "$P" -o "$O"
+	[[ "$stderr" == *"config.json': 'd_model' missing"* ]]
+	# a T5 folder whose weights are CLIP's
+	cp "$FIX/t5/config.json" "$BATS_TEST_TMPDIR/t5bad/"
+	cp "$FIX/clip/model.safetensors" "$BATS_TEST_TMPDIR/t5bad/"
+	run -3 --separate-stderr fx-encode --t5 "$BATS_TEST_TMPDIR/t5bad" --clip "$FIX/clip" --prompts "$P" -o "$O"
+	[[ "$stderr" == *"not a T5 encoder"* ]]
+	# a tokenizer whose ids the encoder does not have
+	cp "$FIX/t5/config.json" "$FIX/t5/model.safetensors" "$BATS_TEST_TMPDIR/t5bad/"
+	rm "$BATS_TEST_TMPDIR/t5bad/tokenizer.json"
+	python3 - "$FIX/t5/tokenizer.json" "$BATS_TEST_TMPDIR/t5bad/tokenizer.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+j["model"]["vocab"].append(["\u2581zzzz", 10.0])
+json.dump(j, open(sys.argv[2], "w"))
+PY
+	echo 'zzzz cat' >"$BATS_TEST_TMPDIR/z.txt"
+	run -3 --separate-stderr fx-encode --t5 "$BATS_TEST_TMPDIR/t5bad" --clip "$FIX/clip" --prompts "$BATS_TEST_TMPDIR/z.txt" -o "$O"
+	[[ "$stderr" == *"do not belong together"* ]]
+	[ ! -e "$O" ]
+	echo 'not an fx file' >"$O"
+	run -2 --separate-stderr fx-encode "${ARGS[@]}" --prompts "$P" -o "$O"
+	[[ "$stderr" == *"--force"* ]]
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O" --force
+	! ls "$BATS_TEST_TMPDIR" | grep -q '\.tmp\.'
+}
+
+@test "man/fx-encode.1: every --help option has an OPTIONS entry, the SYNOPSIS is the usage line" {
+	MAN=$BATS_TEST_DIRNAME/../../man/fx-encode.1
+	[ -s "$MAN" ]
+	run -0 fx-encode --help
+	opts=$(printf '%s\n' "$output" | grep -o -- '--[a-z][a-z-]*' | sort -u)
+	tags=$(sed 's/\\-/-/g' "$MAN" | awk '/^\.SH /{on = ($0 ~ /^\.SH OPTIONS/)} on && tp {print} {tp = ($0 == ".TP")}')
+	for o in $opts; do
+		printf '%s\n' "$tags" | grep -qE -- "${o}([^a-z-]|\$)" || { echo "no OPTIONS entry for $o"; return 1; }
+	done
+	command -v mandoc >/dev/null 2>&1 || skip "mandoc not installed"
+	want=$(fx-encode --help | head -n 1 | sed 's/^usage: //' | tr -s ' ')
+	got=$(mandoc -T ascii -O width=400 "$MAN" | sed 's/.\x08//g' |
+		awk '/^[A-Z]/{on = ($0 == "SYNOPSIS"); next} on' | tr -s ' \n' '  ' | sed 's/^ //; s/ $//')
+	[ "$got" = "$want" ] || { printf 'man:  %s\nhelp: %s\n' "$got" "$want"; return 1; }
+	run -0 mandoc -Tlint -W warning "$MAN"
+	[ -z "$output" ]
+}
