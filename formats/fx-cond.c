@@ -78,7 +78,8 @@ static int encoder_dir(char **dir, char **sib, const char *given, const char *su
 	return 0;
 }
 
-int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, struct fx_err *err)
+int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, const char *t5_tok,
+		   const char *clip_tok, struct fx_err *err)
 {
 	char *sib = NULL;
 	int ret;
@@ -86,11 +87,19 @@ int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, st
 	memset(p, 0, sizeof(*p));
 	if ((ret = encoder_dir(&p->t5_dir, &sib, t5, "text_encoder_2", "tokenizer_2", err)) < 0)
 		goto out;
-	{
-		const char *where[2] = { p->t5_dir, sib };
+	if (t5_tok && is_file(t5_tok)) {
+		if (!(p->t5_tok = strdup(t5_tok))) {
+			ret = fx_error(err, FX_E_NOMEM, "out of memory");
+			goto out;
+		}
+	} else if (t5_tok && !is_dir(t5_tok)) {
+		ret = fx_error(err, FX_E_IO, "cannot open T5 tokenizer '%s': no such file or folder", t5_tok);
+		goto out;
+	} else {
+		const char *where[2] = { t5_tok ? t5_tok : p->t5_dir, t5_tok ? NULL : sib };
 		static const char *const names[] = { "tokenizer.json", "spiece.model" };
 
-		for (int w = 0; w < 2 && !p->t5_tok; w++)
+		for (int w = 0; w < 2 && where[w] && !p->t5_tok; w++)
 			for (size_t k = 0; k < FX_ARRAY_SIZE(names) && !p->t5_tok; k++) {
 				char *f = join(where[w], names[k]);
 
@@ -99,6 +108,11 @@ int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, st
 				else
 					free(f);
 			}
+		if (!p->t5_tok && t5_tok) {
+			ret = fx_error(err, FX_E_IO, "no T5 tokenizer: no tokenizer.json or spiece.model in '%s'",
+				       t5_tok);
+			goto out;
+		}
 		if (!p->t5_tok) {
 			ret = fx_error(err, FX_E_IO, "no T5 tokenizer: no tokenizer.json or spiece.model in '%s' "
 				       "or '%s'", p->t5_dir, sib);
@@ -110,15 +124,20 @@ int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, st
 	if ((ret = encoder_dir(&p->clip_dir, &sib, clip, "text_encoder", "tokenizer", err)) < 0)
 		goto out;
 	{
-		const char *where[2] = { p->clip_dir, sib };
+		const char *where[2] = { clip_tok ? clip_tok : p->clip_dir, clip_tok ? NULL : sib };
 
-		for (int w = 0; w < 2 && !p->clip_tok; w++) {
+		for (int w = 0; w < 2 && where[w] && !p->clip_tok; w++) {
 			char *v = join(where[w], "vocab.json"), *m = join(where[w], "merges.txt");
 
 			if (is_file(v) && is_file(m))
 				p->clip_tok = strdup(where[w]);
 			free(v);
 			free(m);
+		}
+		if (!p->clip_tok && clip_tok) {
+			ret = fx_error(err, FX_E_IO, "no CLIP tokenizer: no vocab.json and merges.txt in '%s'",
+				       clip_tok);
+			goto out;
 		}
 		if (!p->clip_tok) {
 			ret = fx_error(err, FX_E_IO, "no CLIP tokenizer: no vocab.json and merges.txt in '%s' "
@@ -347,13 +366,15 @@ int fx_cond_run(const struct fx_cond_opts *o, bool *up_to_date, struct fx_stage 
 		struct fx_err *err)
 {
 	const int L = o->max_len > 0 ? o->max_len : FX_COND_MAX_LEN_DEFAULT;
-	const int N = o->blocks_of > 0 ? o->blocks_of : FX_COND_BLOCKS_OF_DEFAULT;
+	int N = o->blocks_of > 0 ? o->blocks_of : FX_COND_BLOCKS_OF_DEFAULT;
 	struct fx_cond_paths paths = {0};
 	struct fx_tok_t5 *tok5 = NULL;
 	struct fx_tok_clip *tokc = NULL;
 	struct fx_t5 *t5 = NULL;
 	struct fx_clip *clip = NULL;
 	struct fx_stage *s = NULL;
+	struct fx_device dev;
+	char note[256] = "";
 	struct old old = {0};
 	struct job job = {0};
 	struct fx_progress prog;
@@ -371,11 +392,20 @@ int fx_cond_run(const struct fx_cond_opts *o, bool *up_to_date, struct fx_stage 
 	if (stage_out)
 		*stage_out = NULL;
 	if ((ret = fx_cond_read_prompts(&prompts, &P, o->prompts, err)) < 0 ||
-	    (ret = fx_cond_locate(&paths, o->t5, o->clip, err)) < 0 ||
+	    (ret = fx_cond_locate(&paths, o->t5, o->clip, o->t5_tok, o->clip_tok, err)) < 0 ||
 	    (ret = fx_tok_t5_open(&tok5, paths.t5_tok, err)) < 0 ||
 	    (ret = fx_tok_clip_open(&tokc, paths.clip_tok, err)) < 0 ||
-	    (ret = fx_t5_open(&t5, paths.t5_dir, err)) < 0 || (ret = fx_clip_open(&clip, paths.clip_dir, err)) < 0)
+	    (ret = fx_t5_open(&t5, paths.t5_dir, err)) < 0 || (ret = fx_clip_open(&clip, paths.clip_dir, err)) < 0 ||
+	    (ret = fx_device_select(&dev, o->device, note, sizeof(note), err)) < 0)
 		goto out;
+	if (note[0])
+		fx_log_info("%s", note);
+	if ((ret = fx_t5_set_device(t5, &dev, err)) < 0 || (ret = fx_clip_set_device(clip, &dev, err)) < 0)
+		goto out;
+	/* the GPU is fast enough that the layer uploads dominate: more prompts a pass */
+	if (o->blocks_of <= 0 && dev.kind == FX_DEV_CUDA)
+		N = FX_COND_BLOCKS_OF_CUDA;
+	fx_log_debug("encoding on %s", dev.desc);
 	dt = fx_t5_config(t5)->d_model;
 	dc = fx_clip_config(clip)->hidden;
 	if (fx_clip_config(clip)->max_pos < FX_CLIP_LEN) {

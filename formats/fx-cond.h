@@ -12,14 +12,19 @@
 
 #define FX_COND_MAX_LEN_DEFAULT 512
 #define FX_COND_BLOCKS_OF_DEFAULT 16
+#define FX_COND_BLOCKS_OF_CUDA 64
 
 struct fx_cond_opts {
 	const char *t5;          /* text_encoder_2/ folder, or the FLUX folder holding it */
 	const char *clip;        /* text_encoder/ folder, or the FLUX folder holding it */
+	const char *t5_tok;      /* NULL, or the T5 tokenizer's folder (or its file) */
+	const char *clip_tok;    /* NULL, or the folder of vocab.json + merges.txt */
 	const char *prompts;     /* UTF-8, one prompt a line */
 	const char *output;
 	int max_len;             /* T5 tokens per prompt; 0: 512 */
-	int blocks_of;           /* prompts encoded per pass over the layers; 0: 16 */
+	int blocks_of;           /* prompts encoded per pass over the layers; 0: 16 (CUDA: 64) */
+	const char *device;      /* NULL/"cpu", "cuda", "cuda:N" (fx_device_select); not part
+				  * of the recipe: the devices agree within f32 rounding */
 	bool force;
 };
 
@@ -27,11 +32,14 @@ struct fx_cond_opts {
  * itself when it holds text_encoder_2/ (text_encoder/) then that, and the
  * tokenizer next to the weights (tokenizer.json or spiece.model; vocab.json
  * + merges.txt) or else in the sibling folder tokenizer_2/ (tokenizer/).
+ * A non-NULL t5_tok (a folder, or the tokenizer.json / spiece.model file)
+ * or clip_tok (a folder) is the only place looked at for that tokenizer.
  * Strings are malloc'ed. */
 struct fx_cond_paths {
 	char *t5_dir, *t5_tok, *clip_dir, *clip_tok;
 };
-int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, struct fx_err *err);
+int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, const char *t5_tok,
+		   const char *clip_tok, struct fx_err *err);
 void fx_cond_paths_release(struct fx_cond_paths *p);
 
 /* Reads the prompts: one a line, CR LF or LF; blank lines and lines whose

@@ -12,6 +12,7 @@
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
 #include "../kernels/fx-ops.h"
+#include "../kernels/fx-textenc-cuda.h"
 #include "fx-st.h"
 
 /* Rows (tokens over all sequences of a chunk) per linear layer call. */
@@ -349,6 +350,24 @@ static bool ids_ok(const int32_t *ids, size_t n, int vocab, size_t *bad)
 	return true;
 }
 
+static int pick_device(int *cuda, const struct fx_device *dev, const char *what, struct fx_err *err)
+{
+	if (!dev || dev->kind == FX_DEV_CPU) {
+		*cuda = -1;
+		return 0;
+	}
+	if (dev->kind != FX_DEV_CUDA)
+		return fx_error(err, FX_E_ARG, "unknown device kind %d", (int)dev->kind);
+#if defined(FX_CUDA) && FX_CUDA
+	(void)what;
+	*cuda = dev->index;
+	return 0;
+#else
+	return fx_error(err, FX_E_UNSUPPORTED, "%s on cuda:%d: this build has no CUDA (make CUDA=1)", what,
+			dev->index);
+#endif
+}
+
 /* ---- T5 ------------------------------------------------------------------ */
 
 struct fx_t5 {
@@ -356,6 +375,7 @@ struct fx_t5 {
 	struct fx_stset *set;
 	struct fx_t5_config c;
 	const char *embed;        /* name of the embedding tensor */
+	int cuda;                 /* CUDA device, or -1: the CPU */
 };
 
 int fx_t5_bucket(int i, int j, int buckets, int max_distance)
@@ -394,6 +414,7 @@ int fx_t5_open(struct fx_t5 **out, const char *dir, struct fx_err *err)
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	}
 	c = &m->c;
+	m->cuda = -1;
 	if ((ret = load_config(&cfg, dir, err)) < 0)
 		goto out;
 	if ((ret = cfg_int(cfg, "d_model", -1, 1, 1 << 16, &c->d_model, dir, err)) < 0 ||
@@ -466,6 +487,11 @@ const struct fx_t5_config *fx_t5_config(const struct fx_t5 *m)
 	return &m->c;
 }
 
+int fx_t5_set_device(struct fx_t5 *m, const struct fx_device *dev, struct fx_err *err)
+{
+	return pick_device(&m->cuda, dev, "T5 encoder", err);
+}
+
 struct t5_layer {
 	float *qkv, *o, *ln0, *ln1, *wi, *wo;
 };
@@ -508,6 +534,94 @@ static int t5_load_layer(struct fx_t5 *m, int l, struct t5_layer *w, struct fx_e
 	return load_w(w->wo, m->set, name, D, F, err);
 }
 
+#if defined(FX_CUDA) && FX_CUDA
+static enum fx_tenc_cuda_act cuda_act(enum fx_textenc_act a)
+{
+	switch (a) {
+	case FX_ACT_RELU: return FX_TENC_RELU;
+	case FX_ACT_GELU_TANH: return FX_TENC_GELU_TANH;
+	case FX_ACT_GELU: return FX_TENC_GELU;
+	case FX_ACT_QUICK_GELU: return FX_TENC_QUICK_GELU;
+	case FX_ACT_COUNT: break;
+	}
+	return FX_TENC_ACT_COUNT;
+}
+
+/* The T5 layers on the GPU: embeddings and the (heads, L, L) position bias
+ * on the host, then each layer widened here and run there. */
+static int t5_encode_cuda(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out,
+			  const struct fx_tensor *emb, const struct fx_tensor *rb,
+			  fx_textenc_progress_fn progress, void *ctx, struct fx_err *err)
+{
+	const struct fx_t5_config *c = &m->c;
+	const int64_t D = c->d_model, F = c->d_ff, inner = (int64_t)c->heads * c->d_kv, L = len;
+	const int64_t nf = c->gated ? 2 * F : F;
+	struct fx_tenc_cuda_dims d = {
+		.n = n, .L = L, .D = D, .heads = c->heads, .dk = c->d_kv, .F = F, .gated = c->gated,
+		.causal = false, .rms = true, .act = cuda_act(c->act), .eps = c->eps, .scale = 1.0f,
+	};
+	struct fx_tenc_cuda *g = NULL;
+	struct t5_layer w = {0};
+	float *bias = NULL, *pb = NULL, *fin = NULL;
+	int ret, l;
+
+	w.qkv = big_alloc((size_t)(3 * inner * D) * sizeof(float));
+	w.o = big_alloc((size_t)(D * inner) * sizeof(float));
+	w.ln0 = malloc((size_t)D * sizeof(float));
+	w.ln1 = malloc((size_t)D * sizeof(float));
+	w.wi = big_alloc((size_t)(nf * D) * sizeof(float));
+	w.wo = big_alloc((size_t)(D * F) * sizeof(float));
+	bias = malloc((size_t)c->buckets * c->heads * sizeof(float));
+	pb = big_alloc((size_t)(c->heads * L * L) * sizeof(float));
+	fin = malloc((size_t)D * sizeof(float));
+	if (!w.qkv || !w.o || !w.ln0 || !w.ln1 || !w.wi || !w.wo || !bias || !pb || !fin) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for the T5 encoder (%d sequences of %d tokens)",
+			       n, len);
+		goto out;
+	}
+	widen_rows(bias, rb, 0, c->buckets);
+	#pragma omp parallel for schedule(static) if (L * L > 65536)
+	for (int64_t i = 0; i < L; i++)
+		for (int64_t j = 0; j < L; j++) {
+			int b = fx_t5_bucket((int)i, (int)j, c->buckets, c->max_distance);
+
+			for (int h = 0; h < c->heads; h++)
+				pb[((int64_t)h * L + i) * L + j] = bias[b * c->heads + h];
+		}
+	#pragma omp parallel for schedule(static) if ((int64_t)n * L > 64)
+	for (int64_t r = 0; r < (int64_t)n * L; r++)
+		widen_rows(out + r * D, emb, ids[r], 1);
+	if ((ret = fx_tenc_cuda_new(&g, m->cuda, &d, out, pb, err)) < 0)
+		goto out;
+	for (l = 0; l < c->layers; l++) {
+		struct fx_tenc_cuda_layer cw = {
+			.qkv = w.qkv, .o = w.o, .ln1_w = w.ln0, .ln2_w = w.ln1, .fc1 = w.wi, .fc2 = w.wo,
+		};
+
+		/* widening overlaps the device's work on the previous layer */
+		if ((ret = t5_load_layer(m, l, &w, err)) < 0 || (ret = fx_tenc_cuda_layer(g, &cw, err)) < 0)
+			goto out;
+		if (progress)
+			progress(ctx, l + 1, c->layers);
+	}
+	if ((ret = load_w(fin, m->set, "encoder.final_layer_norm.weight", D, 0, err)) < 0)
+		goto out;
+	ret = fx_tenc_cuda_finish(g, fin, NULL, out, err);
+out:
+	fx_tenc_cuda_free(g);
+	free(w.qkv);
+	free(w.o);
+	free(w.ln0);
+	free(w.ln1);
+	free(w.wi);
+	free(w.wo);
+	free(bias);
+	free(pb);
+	free(fin);
+	return ret;
+}
+#endif
+
 int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out,
 		 fx_textenc_progress_fn progress, void *ctx, struct fx_err *err)
 {
@@ -534,6 +648,10 @@ int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out
 	    (ret = weight(m->set, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
 			  c->buckets, c->heads, &rb, err)) < 0)
 		return ret;
+#if defined(FX_CUDA) && FX_CUDA
+	if (m->cuda >= 0)
+		return t5_encode_cuda(m, ids, n, len, out, emb, rb, progress, ctx, err);
+#endif
 	blas_prev = blas_single();
 	w.qkv = big_alloc((size_t)(3 * inner * D) * sizeof(float));
 	w.o = big_alloc((size_t)(D * inner) * sizeof(float));
@@ -635,6 +753,7 @@ struct fx_clip {
 	struct fx_stset *set;
 	struct fx_clip_config c;
 	const char *prefix;       /* "text_model." (transformers' files) or "" */
+	int cuda;                 /* CUDA device, or -1: the CPU */
 };
 
 /* "<prefix>rest" into buf. */
@@ -658,6 +777,7 @@ int fx_clip_open(struct fx_clip **out, const char *dir, struct fx_err *err)
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	}
 	c = &m->c;
+	m->cuda = -1;
 	if ((ret = load_config(&root, dir, err)) < 0)
 		goto out;
 	cfg = json_object_get(root, "text_config");
@@ -721,6 +841,11 @@ const struct fx_clip_config *fx_clip_config(const struct fx_clip *m)
 	return &m->c;
 }
 
+int fx_clip_set_device(struct fx_clip *m, const struct fx_device *dev, struct fx_err *err)
+{
+	return pick_device(&m->cuda, dev, "CLIP text model", err);
+}
+
 struct clip_layer {
 	float *qkv, *qkv_b, *o, *o_b, *ln1_w, *ln1_b, *ln2_w, *ln2_b, *fc1, *fc1_b, *fc2, *fc2_b;
 };
@@ -757,6 +882,42 @@ static int clip_load_layer(struct fx_clip *m, int l, struct clip_layer *w, struc
 #undef P
 	return 0;
 }
+
+#if defined(FX_CUDA) && FX_CUDA
+/* The CLIP layers on the GPU, on the embedded sequences h (n L, D), which
+ * come back with the layers' output; w: host buffers for one layer. */
+static int clip_layers_cuda(struct fx_clip *m, float *h, int n, int len, struct clip_layer *w,
+			    fx_textenc_progress_fn progress, void *ctx, struct fx_err *err)
+{
+	const struct fx_clip_config *c = &m->c;
+	const int64_t dk = c->hidden / c->heads;
+	struct fx_tenc_cuda_dims d = {
+		.n = n, .L = len, .D = c->hidden, .heads = c->heads, .dk = dk, .F = c->ff, .gated = false,
+		.causal = true, .rms = false, .act = cuda_act(c->act), .eps = c->eps,
+		.scale = 1.0f / sqrtf((float)dk),
+	};
+	struct fx_tenc_cuda_layer cw = {
+		.qkv = w->qkv, .qkv_b = w->qkv_b, .o = w->o, .o_b = w->o_b, .ln1_w = w->ln1_w,
+		.ln1_b = w->ln1_b, .ln2_w = w->ln2_w, .ln2_b = w->ln2_b, .fc1 = w->fc1, .fc1_b = w->fc1_b,
+		.fc2 = w->fc2, .fc2_b = w->fc2_b,
+	};
+	struct fx_tenc_cuda *g = NULL;
+	int ret;
+
+	if ((ret = fx_tenc_cuda_new(&g, m->cuda, &d, h, NULL, err)) < 0)
+		goto out;
+	for (int l = 0; l < c->layers; l++) {
+		if ((ret = clip_load_layer(m, l, w, err)) < 0 || (ret = fx_tenc_cuda_layer(g, &cw, err)) < 0)
+			goto out;
+		if (progress)
+			progress(ctx, l + 1, c->layers);
+	}
+	ret = fx_tenc_cuda_finish(g, NULL, NULL, h, err);
+out:
+	fx_tenc_cuda_free(g);
+	return ret;
+}
+#endif
 
 int fx_clip_encode(struct fx_clip *m, const int32_t *ids, int n, int len, float *pooled,
 		   float *hidden_out, fx_textenc_progress_fn progress, void *ctx, struct fx_err *err)
@@ -818,7 +979,11 @@ int fx_clip_encode(struct fx_clip *m, const int32_t *ids, int n, int len, float 
 			widen_rows(y, pos, i, 1);
 			fx_ops_add(r, y, (size_t)D);
 		}
-	for (l = 0; l < c->layers; l++) {
+#if defined(FX_CUDA) && FX_CUDA
+	if (m->cuda >= 0 && (ret = clip_layers_cuda(m, h, n, len, &w, progress, ctx, err)) < 0)
+		goto out;
+#endif
+	for (l = 0; l < c->layers && m->cuda < 0; l++) {
 		if ((ret = clip_load_layer(m, l, &w, err)) < 0)
 			goto out;
 		for (int64_t s = 0; s < n; s++) {

@@ -18,11 +18,14 @@
  * Weights are read from a folder with config.json and safetensors (sharded
  * with an index or not), BF16, F16 or F32, and widened one layer at a time:
  * memory is one layer in f32 plus the activations of the sequences being
- * encoded. */
+ * encoded. With a CUDA device (fx_t5_set_device, built with CUDA=1) the
+ * layers run on the GPU (kernels/fx-textenc-cuda.h): the host widens layer
+ * l+1 while the device computes layer l. */
 #ifndef FX_TEXTENC_H
 #define FX_TEXTENC_H
 
 #include "../common/fx-err.h"
+#include "../kernels/fx-device.h"
 
 /* The format name of fx-encode's conditioning file. */
 #define FX_FMT_COND "fx.cond"
@@ -59,6 +62,12 @@ const struct fx_t5_config *fx_t5_config(const struct fx_t5 *m);
  * below the vocabulary size (FX_E_ARG otherwise). */
 int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out,
 		 fx_textenc_progress_fn progress, void *ctx, struct fx_err *err);
+
+/* Where fx_t5_encode / fx_clip_encode compute: the CPU (the default, also
+ * for dev NULL) or a CUDA device; FX_E_UNSUPPORTED for CUDA in a build
+ * without it. */
+int fx_t5_set_device(struct fx_t5 *m, const struct fx_device *dev, struct fx_err *err);
+int fx_clip_set_device(struct fx_clip *m, const struct fx_device *dev, struct fx_err *err);
 
 /* The relative position bucket of key position j seen from query i
  * (transformers' _relative_position_bucket, bidirectional), exposed for

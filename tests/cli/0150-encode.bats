@@ -21,7 +21,8 @@ json_field() {
 @test "fx-encode --help lists every option" {
 	run -0 fx-encode --help
 	assert_line --index 0 --partial "usage: fx-encode --t5 T5DIR --clip CLIPDIR --prompts FILE"
-	for o in --t5 --clip --prompts --max-len --blocks-of --output --force --json --threads; do
+	for o in --t5 --clip --prompts --max-len --blocks-of --tokenizer-t5 --tokenizer-clip --output --force \
+		--json --threads --device; do
 		assert_output --partial -- "$o"
 	done
 }
@@ -149,6 +150,80 @@ PY
 	rm "$F/tokenizer_2/spiece.model"
 	run -4 --separate-stderr fx-encode --t5 "$F" --clip "$F" --prompts "$P" -o "$BATS_TEST_TMPDIR/x.safetensors"
 	[[ "$stderr" == *"no T5 tokenizer"* ]]
+}
+
+@test "--tokenizer-t5 and --tokenizer-clip name the tokenizers: a folder or the T5 file, nothing else searched" {
+	F=$BATS_TEST_TMPDIR/flux
+	T=$BATS_TEST_TMPDIR/toks
+	mkdir -p "$F/text_encoder_2" "$F/text_encoder" "$T/t5" "$T/clip"
+	cp "$FIX/t5/config.json" "$FIX/t5/model.safetensors" "$F/text_encoder_2/"
+	cp "$FIX/clip/config.json" "$FIX/clip/model.safetensors" "$F/text_encoder/"
+	cp "$FIX/t5/spiece.model" "$T/t5/"
+	cp "$FIX/clip/vocab.json" "$FIX/clip/merges.txt" "$FIX/clip/tokenizer_config.json" "$T/clip/"
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O"
+	run -4 --separate-stderr fx-encode --t5 "$F" --clip "$F" --max-len 48 --prompts "$P" -o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"no T5 tokenizer"* ]]
+	run -0 fx-encode -q --t5 "$F" --clip "$F" --max-len 48 --tokenizer-t5 "$T/t5" --tokenizer-clip "$T/clip" \
+		--prompts "$P" -o "$BATS_TEST_TMPDIR/a.safetensors"
+	run -0 fx-encode -q --t5 "$F" --clip "$F" --max-len 48 --tokenizer-t5 "$FIX/t5/tokenizer.json" \
+		--tokenizer-clip "$T/clip" --prompts "$P" -o "$BATS_TEST_TMPDIR/b.safetensors"
+	# the tensors' bytes (BF16 included) are those of the fixture folders
+	python3 - "$O" "$BATS_TEST_TMPDIR/a.safetensors" "$BATS_TEST_TMPDIR/b.safetensors" <<'PY'
+import json, struct, sys
+def tensors(path):
+    d = open(path, "rb").read()
+    n = struct.unpack("<Q", d[:8])[0]
+    h = json.loads(d[8:8 + n])
+    return {k: d[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
+            for k, v in h.items() if k != "__metadata__"}
+a = tensors(sys.argv[1])
+assert set(a) >= {"t5_input_ids", "clip_input_ids", "prompt_embeds", "pooled_prompt_embeds"}
+for f in sys.argv[2:]:
+    assert tensors(f) == a, f
+PY
+	# the named folder only: the tokenizer next to the weights is not used
+	cp "$FIX/t5/tokenizer.json" "$F/text_encoder_2/"
+	run -4 --separate-stderr fx-encode --t5 "$F" --clip "$F" --tokenizer-t5 "$T/clip" --prompts "$P" \
+		-o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"no T5 tokenizer: no tokenizer.json or spiece.model in '$T/clip'"* ]]
+	run -4 --separate-stderr fx-encode --t5 "$F" --clip "$F" --tokenizer-clip "$T/t5" --prompts "$P" \
+		-o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"no CLIP tokenizer: no vocab.json and merges.txt in '$T/t5'"* ]]
+	run -4 --separate-stderr fx-encode --t5 "$F" --clip "$F" --tokenizer-t5 "$T/nope" --prompts "$P" \
+		-o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"nope"* ]]
+	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
+}
+
+@test "--device cuda: the GPU agrees with the CPU; without a usable GPU, a note and the CPU's bytes" {
+	run -0 fx-encode -q "${ARGS[@]}" --prompts "$P" -o "$O"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --device cuda --prompts "$P" -o "$BATS_TEST_TMPDIR/cuda.safetensors"
+	if [[ "$stderr" == *"using the CPU"* ]]; then
+		cmp "$O" "$BATS_TEST_TMPDIR/cuda.safetensors"
+	else
+		# BF16 rows of another summation order: within a few BF16 steps
+		python3 - "$O" "$BATS_TEST_TMPDIR/cuda.safetensors" <<'PY'
+import json, struct, sys
+def tensors(path):
+    d = open(path, "rb").read()
+    n = struct.unpack("<Q", d[:8])[0]
+    h = json.loads(d[8:8 + n])
+    return {k: (v["dtype"], d[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in h.items() if k != "__metadata__"}
+def floats(dt, b):
+    if dt == "BF16":
+        return [struct.unpack("<f", b"\0\0" + b[i:i + 2])[0] for i in range(0, len(b), 2)]
+    return list(struct.unpack("<%di" % (len(b) // 4), b))
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+for name in ("t5_input_ids", "clip_input_ids"):
+    assert a[name] == b[name], name
+for name in ("prompt_embeds", "pooled_prompt_embeds"):
+    x, y = floats(*a[name]), floats(*b[name])
+    e = max(abs(p - q) for p, q in zip(x, y)) / max(abs(p) for p in x)
+    assert e <= 1e-2, (name, e)
+PY
+	fi
+	run -2 fx-encode "${ARGS[@]}" --device gpu --prompts "$P" -o "$BATS_TEST_TMPDIR/x.safetensors"
 }
 
 @test "bad inputs: missing folder (4), bad prompts file (3), not an encoder (3), foreign output (2)" {

@@ -376,6 +376,67 @@ static void test_clip_encoder(void **state)
 	fx_clip_close(m);
 }
 
+/* The GPU path (CUDA=1 builds on a machine with a GPU) against transformers
+ * with the same budget, and the CLIP hidden states against the CPU's; a
+ * build without CUDA refuses the device. */
+static void test_encoders_cuda(void **state)
+{
+	struct fx_device dev = { .kind = FX_DEV_CUDA, .index = 0, .desc = "cuda:0" };
+	const struct fx_tensor *ids5 = ref("t5.ids"), *want5 = ref("t5.out");
+	const struct fx_tensor *idsc = ref("clip.ids"), *wantc = ref("clip.pooled");
+	struct fx_t5 *t5 = NULL;
+	struct fx_clip *cl = NULL;
+	struct fx_err err = {0};
+	float *out, *pooled, *hid, *hid_cpu;
+	size_t nh;
+	double e;
+
+	(void)state;
+	if (fx_t5_open(&t5, fix.t5_dir, &err) < 0 || fx_clip_open(&cl, fix.clip_dir, &err) < 0)
+		fail_msg("%s", err.msg);
+	if (!fx_cuda_built()) {
+		assert_int_equal(fx_t5_set_device(t5, &dev, &err), FX_E_UNSUPPORTED);
+		assert_non_null(strstr(err.msg, "CUDA=1"));
+		assert_int_equal(fx_clip_set_device(cl, &dev, &err), FX_E_UNSUPPORTED);
+		fx_t5_close(t5);
+		fx_clip_close(cl);
+		return;
+	}
+	if (fx_cuda_device_count() < 1) {
+		/* passes: tests/run.sh counts cmocka's "not ok # SKIP" as a failure */
+		printf("# skip: CUDA build without a GPU\n");
+		fx_t5_close(t5);
+		fx_clip_close(cl);
+		return;
+	}
+	out = malloc((size_t)fx_tensor_numel(want5) * sizeof(float));
+	pooled = malloc((size_t)fx_tensor_numel(wantc) * sizeof(float));
+	nh = (size_t)fix.np * FX_CLIP_LEN * (size_t)fx_clip_config(cl)->hidden;
+	hid = malloc(nh * sizeof(float));
+	hid_cpu = malloc(nh * sizeof(float));
+	assert_true(out && pooled && hid && hid_cpu);
+	if (fx_clip_encode(cl, idsc->data, fix.np, FX_CLIP_LEN, pooled, hid_cpu, NULL, NULL, &err) < 0 ||
+	    fx_t5_set_device(t5, &dev, &err) < 0 || fx_clip_set_device(cl, &dev, &err) < 0 ||
+	    fx_t5_encode(t5, ids5->data, fix.np, fix.t5_len, out, NULL, NULL, &err) < 0 ||
+	    fx_clip_encode(cl, idsc->data, fix.np, FX_CLIP_LEN, pooled, hid, NULL, NULL, &err) < 0)
+		fail_msg("%s", err.msg);
+	e = rel_err(out, want5->data, (size_t)fx_tensor_numel(want5));
+	printf("# T5 encoder on cuda:0: max relative error %.3g (budget %g)\n", e, REL_BUDGET);
+	assert_true(e <= REL_BUDGET);
+	e = rel_err(pooled, wantc->data, (size_t)fx_tensor_numel(wantc));
+	printf("# CLIP text model on cuda:0: pooled max relative error %.3g (budget %g)\n", e, REL_BUDGET);
+	assert_true(e <= REL_BUDGET);
+	e = rel_err(hid, hid_cpu, nh);
+	printf("# CLIP hidden states, cuda:0 vs cpu: max relative error %.3g\n", e);
+	assert_true(e <= REL_BUDGET);
+	free(out);
+	free(pooled);
+	free(hid);
+	free(hid_cpu);
+	fx_t5_close(t5);
+	fx_clip_close(cl);
+}
+
 static void test_encoder_errors(void **state)
 {
 	struct fx_t5 *t5 = NULL;
@@ -405,6 +466,7 @@ int main(void)
 		cmocka_unit_test(test_t5_buckets),
 		cmocka_unit_test(test_t5_encoder),
 		cmocka_unit_test(test_clip_encoder),
+		cmocka_unit_test(test_encoders_cuda),
 		cmocka_unit_test(test_encoder_errors),
 	};
 
