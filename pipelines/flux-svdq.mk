@@ -46,7 +46,7 @@ all: verify
 encode: | $(OUT)
 ifneq ($(PROMPTS_FILE),)
 	$(FX)/fx-encode $(FXFLAGS) --t5 $(T5) --clip $(CLIP) --prompts $(PROMPTS_FILE) \
-		$(if $(MAX_LEN),--max-len $(MAX_LEN)) -o $(COND)
+		$(if $(MAX_LEN),--max-len $(MAX_LEN)) $(if $(DEVICE),--device $(DEVICE)) -o $(COND)
 endif
 
 calib: encode | $(OUT)
