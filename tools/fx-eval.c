@@ -23,6 +23,90 @@ static const struct fx_opt opts[] = {
 	{ 0 }
 };
 
+static json_t *reals(const double *v, int n)
+{
+	json_t *a = json_array();
+	int i;
+
+	for (i = 0; i < n; i++)
+		json_array_append_new(a, json_real(v[i]));
+	return a;
+}
+
+static void print_json(const struct fx_eval_opts *o, const struct fx_eval_result *r)
+{
+	json_t *root = json_pack("{s:s, s:i, s:i}", "schema", "fx-eval/1", "prompts", r->nprompts,
+				 "steps", r->nsteps);
+	json_t *arr = json_array();
+	int i, p, l, P = r->nprompts, S = r->nsteps;
+	char *s;
+
+	for (i = 0; i < r->nckpt; i++) {
+		json_t *sp = json_array(), *sc = json_array(), *layers = json_array();
+
+		for (p = 0; p < P; p++) {
+			json_array_append_new(sp, reals(&r->step_psnr[((size_t)i * P + p) * S], S));
+			json_array_append_new(sc, reals(&r->step_cosine[((size_t)i * P + p) * S], S));
+		}
+		for (l = 0; l < r->nlayers; l++)
+			json_array_append_new(layers, json_pack("{s:s, s:f}", "layer", r->layer[l], "snr",
+								r->layer_snr[(size_t)i * r->nlayers + l]));
+		json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:o, s:o, s:o, s:o, s:o, s:o}",
+						     "checkpoint", o->ckpt[i], "mean_psnr", r->mean_psnr[i],
+						     "mean_cosine", r->mean_cosine[i],
+						     "psnr", reals(&r->psnr[i * P], P),
+						     "cosine", reals(&r->cosine[i * P], P),
+						     "mean_step_psnr", reals(&r->mean_step_psnr[i * S], S),
+						     "step_psnr", sp, "step_cosine", sc, "layers", layers));
+	}
+	json_object_set_new(root, "checkpoints", arr);
+	s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	if (s)
+		puts(s);
+	free(s);
+	json_decref(root);
+}
+
+/* Worst layers first. */
+static const double *g_snr;
+
+static int by_snr(const void *a, const void *b)
+{
+	double x = g_snr[*(const int *)a], y = g_snr[*(const int *)b];
+
+	return (x > y) - (x < y);
+}
+
+static void print_human(const struct fx_eval_opts *o, const struct fx_eval_result *r)
+{
+	int i, p, s, l, P = r->nprompts, S = r->nsteps;
+	int *order = malloc((r->nlayers + 1) * sizeof(int));
+
+	printf("%-48s %10s %10s\n", "checkpoint", "PSNR dB", "cosine");
+	for (i = 0; i < r->nckpt; i++) {
+		printf("%-48s %10.2f %10.5f\n", o->ckpt[i], r->mean_psnr[i], r->mean_cosine[i]);
+		for (p = 0; p < P; p++)
+			printf("  prompt %-39d %10.2f %10.5f\n", p, r->psnr[i * P + p], r->cosine[i * P + p]);
+		printf("  PSNR after each step:");
+		for (s = 0; s < S; s++)
+			printf(" %.2f", r->mean_step_psnr[i * S + s]);
+		printf("\n");
+		if (!order)
+			continue;
+		for (l = 0; l < r->nlayers; l++)
+			order[l] = l;
+		g_snr = &r->layer_snr[(size_t)i * r->nlayers];
+		qsort(order, r->nlayers, sizeof(int), by_snr);
+		printf("  worst layers (output SNR dB):");
+		for (l = 0; l < r->nlayers && l < 5; l++)
+			printf("%s %s %.1f", l ? "," : "", r->layer[order[l]], g_snr[order[l]]);
+		printf("\n");
+	}
+	printf("PSNR and cosine of the latents against the source weights on the same noise; "
+	       "layer SNR on the sampler's own activations\n");
+	free(order);
+}
+
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
@@ -36,7 +120,7 @@ int main(int argc, char **argv)
 	struct fx_err err = {0};
 	const char *arg, *plot = NULL;
 	long v;
-	int id, ret, i, p;
+	int id, ret, i;
 
 	fx_cli_init(&cli, argc, argv);
 	fx_io_install_signal_cleanup();
@@ -88,40 +172,13 @@ int main(int argc, char **argv)
 		ret = fx_eval_plot(plot, &r, &err);
 	if (ret < 0) {
 		fx_log_error("%s", err.msg);
+		fx_eval_result_release(&r);
 		return fx_status_exit(ret);
 	}
-	if (cli.c.json) {
-		json_t *root = json_pack("{s:s, s:i}", "schema", "fx-eval/1", "prompts", r.nprompts);
-		json_t *arr = json_array();
-		char *s;
-
-		for (i = 0; i < r.nckpt; i++) {
-			json_t *ps = json_array(), *cs = json_array();
-
-			for (p = 0; p < r.nprompts; p++) {
-				json_array_append_new(ps, json_real(r.psnr[i * r.nprompts + p]));
-				json_array_append_new(cs, json_real(r.cosine[i * r.nprompts + p]));
-			}
-			json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:o, s:o}", "checkpoint", o.ckpt[i],
-							     "mean_psnr", r.mean_psnr[i], "mean_cosine",
-							     r.mean_cosine[i], "psnr", ps, "cosine", cs));
-		}
-		json_object_set_new(root, "checkpoints", arr);
-		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-		if (s)
-			puts(s);
-		free(s);
-		json_decref(root);
-	} else {
-		printf("%-48s %10s %10s\n", "checkpoint", "PSNR dB", "cosine");
-		for (i = 0; i < r.nckpt; i++) {
-			printf("%-48s %10.2f %10.5f\n", o.ckpt[i], r.mean_psnr[i], r.mean_cosine[i]);
-			for (p = 0; p < r.nprompts; p++)
-				printf("  prompt %-39d %10.2f %10.5f\n", p, r.psnr[i * r.nprompts + p],
-				       r.cosine[i * r.nprompts + p]);
-		}
-		printf("final latents after the sampler, against the source weights on the same noise\n");
-	}
+	if (cli.c.json)
+		print_json(&o, &r);
+	else
+		print_human(&o, &r);
 	fx_eval_result_release(&r);
 	return FX_EXIT_OK;
 }
