@@ -106,7 +106,7 @@ $(B)/tests/fuzz-%-replay: $(B)/obj/tests/fuzz/fuzz-%.o $(B)/obj/tests/fuzz/repla
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 example: tools
-	@FX_BIN=$(abspath $(BIN)) bash pipelines/example.sh $(B)/example
+	+@FX_BIN=$(abspath $(BIN)) bash pipelines/example.sh $(B)/example
 
 check: tools $(UNITS) $(FUZZ_REPLAY)
 	@FX_BIN=$(abspath $(BIN)) FX_TESTS=$(abspath $(B)/tests) bash tests/run.sh
