@@ -322,3 +322,14 @@ int fx_shards_id(char out[65], const struct fx_st *const *files, int n, struct f
 	json_decref(crcs);
 	return ret;
 }
+
+int fx_file_input_is(const struct fx_st *st, const char *role, const char *id)
+{
+	const char *txt = fx_st_meta(st, "fx.inputs");
+	json_t *j = txt ? json_loads(txt, 0, NULL) : NULL;
+	const char *have = json_is_object(j) ? json_string_value(json_object_get(j, role)) : NULL;
+	int ret = !have ? -1 : !strcmp(have, id);
+
+	json_decref(j);
+	return ret;
+}

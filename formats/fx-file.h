@@ -58,6 +58,10 @@ int fx_file_up_to_date(const char *path, const char *format, const char *recipe,
  * over several shards: SHA-256 over the shards' hashes in name order. */
 int fx_input_id(char out[65], const char *path, struct fx_err *err);
 
+/* What fx.inputs records for a role: 1 when it is id, 0 when it is another
+ * id, -1 when the role (or fx.inputs itself) is missing or unreadable. */
+int fx_file_input_is(const struct fx_st *st, const char *role, const char *id);
+
 /* Identity of a set of fx files that together cover some layers (block
  * shards): SHA-256 over their merged fx.layers and fx.crc32 maps, so the
  * same content split differently has the same identity. A layer present in

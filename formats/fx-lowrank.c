@@ -70,20 +70,15 @@ static int find_calib(struct calib_entry *ce, const struct fx_st *calib, const s
 /* The calib file must have been recorded from this very model. */
 static int check_calib_model(const struct fx_st *calib, const char *model_id, struct fx_err *err)
 {
-	const char *inputs = fx_st_meta(calib, "fx.inputs");
-	json_t *j = inputs ? json_loads(inputs, 0, NULL) : NULL;
-	const char *have = json_is_object(j) ? json_string_value(json_object_get(j, "model")) : NULL;
-	int ret = 0;
+	int is = fx_file_input_is(calib, "model", model_id);
 
-	if (!have)
-		ret = fx_error(err, FX_E_FORMAT, "'%s': fx.inputs names no model; rerun fx-calib",
-			       fx_st_path(calib));
-	else if (strcmp(have, model_id))
-		ret = fx_error(err, FX_E_HASH, "'%s' was calibrated on another model (model %.12s, "
-			       "this one is %.12s); rerun fx-calib on this model", fx_st_path(calib),
-			       have, model_id);
-	json_decref(j);
-	return ret;
+	if (is < 0)
+		return fx_error(err, FX_E_FORMAT, "'%s': fx.inputs names no model; rerun fx-calib",
+				fx_st_path(calib));
+	if (!is)
+		return fx_error(err, FX_E_HASH, "'%s' was calibrated on another model (this one is "
+				"%.12s); rerun fx-calib on this model", fx_st_path(calib), model_id);
+	return 0;
 }
 
 static void hash_tensor(struct fx_layer_hash *h, const struct fx_tensor *t)

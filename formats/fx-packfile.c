@@ -407,28 +407,22 @@ static int open_shards(struct shards *s, const char *const *paths, int n, const 
 		       const char *model_id, struct fx_stage *stage, const char *role,
 		       struct fx_err *err)
 {
-	char needle[80], id[65];
+	char id[65];
 	int i, ret;
 
-	snprintf(needle, sizeof(needle), "\"model\":\"%s\"", model_id);
 	for (i = 0; i < n; i++) {
-		const char *inputs;
-
 		if ((ret = fx_st_open(&s->st[s->n], paths[i], err)) < 0)
 			return ret;
 		s->n++;
 		if ((ret = fx_file_expect(s->st[i], fmt, "fx-pack", err)) < 0)
 			return ret;
-		inputs = fx_st_meta(s->st[i], "fx.inputs");
-		if (!inputs || !strstr(inputs, needle))
+		if (fx_file_input_is(s->st[i], "model", model_id) != 1)
 			return fx_error(err, FX_E_HASH, "'%s' was made from another model than '%s' "
 					"(stale %s; rerun the stage that wrote it)",
 					paths[i], "the one given", fmt);
+		/* also drops the pages the checksum pass touched */
 		if ((ret = fx_file_check_crc(s->st[i], err)) < 0)
 			return ret;
-		/* the checksum pass touched every page: let them go until needed */
-		for (size_t t = 0; t < fx_st_count(s->st[i]); t++)
-			fx_tensor_release(fx_st_at(s->st[i], t));
 	}
 	/* one identity for the set, whatever the sharding */
 	if (n > 0) {

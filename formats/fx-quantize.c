@@ -306,10 +306,8 @@ static int check_model_of(const struct fx_st *st, const char *model_id, const ch
 			  struct fx_err *err)
 {
 	const char *inputs = fx_st_meta(st, "fx.inputs");
-	char needle[80];
 
-	snprintf(needle, sizeof(needle), "\"model\":\"%s\"", model_id);
-	if (!inputs || !strstr(inputs, needle))
+	if (fx_file_input_is(st, "model", model_id) != 1)
 		return fx_error(err, FX_E_HASH, "'%s': this %s was made from another model "
 				"(fx.inputs %s); rerun the stage that wrote it",
 				fx_st_path(st), what, inputs ? inputs : "missing");
