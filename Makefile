@@ -26,7 +26,7 @@ BIN := $(B)/bin
 CPPFLAGS += -D_GNU_SOURCE -Icommon -Iformats -Ikernels -MMD -MP
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -Wall -Wextra -fopenmp
-LDLIBS   += -llapacke -lopenblas -ljansson -lcrypto -lz -lm
+LDLIBS   += -llapacke -lopenblas -ljansson -lcrypto -lisal -lxxhash -lz -lm
 LDFLAGS  += -fopenmp
 
 ifeq ($(DEVELOPER),1)

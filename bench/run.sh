@@ -12,7 +12,8 @@
 #   FX_BENCH_STEPS   sampling steps of the longer fx-calib run (default 3)
 #
 # Benchmarks (the targets are those of the stage issues):
-#   quant    fx-quant + fx-pack on FLUX-width models of two sizes: input GB/s,
+#   quant    fx-quant + fx-pack on FLUX-width models of two sizes (best of two
+#            rounds, the I/O floor likewise): input GB/s,
 #            ratio to the I/O floor (cat of the input + durable copies of the
 #            outputs), peak RSS (target >= 0.5 of the floor, < 2 GiB, flat in
 #            the number of blocks)
@@ -93,26 +94,36 @@ bench_quant() {
 		cpu_mark
 		note "$key: hidden 3072, $nd double + $ns single blocks, input $(bytes_h "$in_b") in ${#shards[@]} shard(s)"
 
-		measure "quant-$key" "$FX_BIN/fx-quant" --model "$m" --precision fp4 -o "$q" --force
-		local tq=$M_SEC rq=$M_RSS_KB aq=$M_ANON_KB
-		detail "fx-quant" "$(tail -n 1 "$BENCH_WORK/quant-$key.log" | sed 's|/[^ ]*/||')"
-		measure "pack-$key" "$FX_BIN/fx-pack" --model "$m" --quant "$q" -o "$p" --force
-		local tp=$M_SEC rp=$M_RSS_KB ap=$M_ANON_KB
-		detail "fx-pack" "$(tail -n 1 "$BENCH_WORK/pack-$key.log" | sed 's|/[^ ]*/||')"
-		local q_b p_b
-		q_b=$(file_bytes "$q")
-		p_b=$(file_bytes "$p")
-
-		# I/O floor: read the input once, write both outputs durably (the
-		# tools fsync their outputs, so the copies are synced too).
-		local t0 t1
-		t0=$(date +%s%N)
-		cat -- "${shards[@]}" >/dev/null
-		cp -- "$q" "$BENCH_WORK/floor-q" && sync -- "$BENCH_WORK/floor-q"
-		cp -- "$p" "$BENCH_WORK/floor-p" && sync -- "$BENCH_WORK/floor-p"
-		t1=$(date +%s%N)
-		rm -f -- "$BENCH_WORK/floor-q" "$BENCH_WORK/floor-p"
-		t_floor=$(calc "($t1 - $t0) / 1e9")
+		# Two rounds of tools and floor, interleaved; the best of each counts.
+		# Pages this VM has not touched for a while cost up to 10x more to
+		# fill, whoever fills them, so a single round swings by 2-3x.
+		local tq= tp= rq=0 rp=0 aq=0 ap=0 t_floor= q_b p_b round t0 t1 tf sq
+		for round in 1 2; do
+			measure "quant-$key" "$FX_BIN/fx-quant" --model "$m" --precision fp4 -o "$q" --force
+			sq=$M_SEC
+			[[ -z $tq ]] || (($(calc "$M_SEC < $tq" '%d'))) && tq=$M_SEC
+			((M_RSS_KB > rq)) && rq=$M_RSS_KB
+			((M_ANON_KB > aq)) && aq=$M_ANON_KB
+			measure "pack-$key" "$FX_BIN/fx-pack" --model "$m" --quant "$q" -o "$p" --force
+			[[ -z $tp ]] || (($(calc "$M_SEC < $tp" '%d'))) && tp=$M_SEC
+			((M_RSS_KB > rp)) && rp=$M_RSS_KB
+			((M_ANON_KB > ap)) && ap=$M_ANON_KB
+			q_b=$(file_bytes "$q")
+			p_b=$(file_bytes "$p")
+			# I/O floor: read the input once, write both outputs durably (the
+			# tools fsync their outputs, so the copies are synced too).
+			t0=$(date +%s%N)
+			cat -- "${shards[@]}" >/dev/null
+			cp -- "$q" "$BENCH_WORK/floor-q" && sync -- "$BENCH_WORK/floor-q"
+			cp -- "$p" "$BENCH_WORK/floor-p" && sync -- "$BENCH_WORK/floor-p"
+			t1=$(date +%s%N)
+			rm -f -- "$BENCH_WORK/floor-q" "$BENCH_WORK/floor-p"
+			tf=$(calc "($t1 - $t0) / 1e9")
+			[[ -z $t_floor ]] || (($(calc "$tf < $t_floor" '%d'))) && t_floor=$tf
+			note "round $round: fx-quant $(secs_h "$sq"), fx-pack $(secs_h "$M_SEC") I/O floor $(secs_h "$tf")"
+		done
+		note "fx-quant best $(secs_h "$tq"), peak RSS $(kib_h "$rq") (anon $(kib_h "$aq")): $(tail -n 1 "$BENCH_WORK/quant-$key.log" | sed 's|/[^ ]*/||')"
+		note "fx-pack best $(secs_h "$tp"), peak RSS $(kib_h "$rp") (anon $(kib_h "$ap")): $(tail -n 1 "$BENCH_WORK/pack-$key.log" | sed 's|/[^ ]*/||')"
 		t_tools=$(calc "$tq + $tp")
 		cpu_report "$key"
 		note "I/O floor: cat input ($(bytes_h "$in_b")) + cp&sync quant ($(bytes_h "$q_b")) + packed ($(bytes_h "$p_b")): $(secs_h "$t_floor"), $(calc "$in_b / $t_floor / 1e9" '%.2f') GB/s of input"

@@ -14,7 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <isa-l/crc.h>
+#include <xxhash.h>
 
 #define CACHE_NAME ".fx-hash-cache"
 #define CACHE_MAX (64u << 20)     /* larger caches are ignored and rewritten */
@@ -83,19 +84,42 @@ void fx_sha256_hex(char hex[65], const void *data, size_t n)
 		hex[0] = '\0';
 }
 
+/* ISA-L's folding CRC (PCLMULQDQ) is zlib's CRC32 at ~5x the speed. */
 uint32_t fx_crc32(uint32_t crc, const void *data, size_t n)
 {
-	const Bytef *p = data;
-	uLong c = crc;
+	const unsigned char *p = data;
 
 	while (n) {
-		uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+		uint64_t k = n > (1u << 30) ? (1u << 30) : n;
 
-		c = crc32(c, p, k);
+		crc = crc32_gzip_refl(crc, p, k);
 		p += k;
 		n -= k;
 	}
-	return (uint32_t)c;
+	return crc;
+}
+
+void fx_content_digest(struct fx_sha256 *h, const void *data, size_t n)
+{
+	const unsigned char *p = data;
+	size_t nchunk = n ? (n + FX_DIGEST_CHUNK - 1) / FX_DIGEST_CHUNK : 1;
+	XXH128_canonical_t *d = malloc(nchunk * sizeof(*d));
+	uint64_t len = n;
+
+	fx_sha256_update(h, &len, sizeof(len));
+	if (!d) {
+		fx_sha256_update(h, data, n);  /* slow, still a content hash */
+		return;
+	}
+#pragma omp parallel for schedule(dynamic, 1) if (nchunk > 1)
+	for (size_t i = 0; i < nchunk; i++) {
+		size_t off = i * FX_DIGEST_CHUNK;
+		size_t len_i = n - off < FX_DIGEST_CHUNK ? n - off : FX_DIGEST_CHUNK;
+
+		XXH128_canonicalFromHash(&d[i], XXH3_128bits(p + off, len_i));
+	}
+	fx_sha256_update(h, d, nchunk * sizeof(*d));
+	free(d);
 }
 
 /* Hash cache: lines "sha256 size mtime_ns inode abspath". */

@@ -167,16 +167,15 @@ struct fx_layer_hash *fx_layer_hash_new(void)
 
 void fx_layer_hash_update(struct fx_layer_hash *h, const void *data, size_t n)
 {
-	uint64_t len = n;
-
-	/* length-prefixed so that field boundaries are unambiguous */
-	fx_sha256_update(h->h, &len, sizeof(len));
-	fx_sha256_update(h->h, data, n);
+	fx_content_digest(h->h, data, n);   /* length-prefixed: boundaries unambiguous */
 }
 
 void fx_layer_hash_str(struct fx_layer_hash *h, const char *s)
 {
-	fx_layer_hash_update(h, s, strlen(s));
+	uint64_t len = strlen(s);
+
+	fx_sha256_update(h->h, &len, sizeof(len));
+	fx_sha256_update(h->h, s, len);
 }
 
 void fx_layer_hash_final(struct fx_layer_hash *h, char out[65])

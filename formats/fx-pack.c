@@ -46,15 +46,20 @@ static int w4a4_weight(uint8_t *dst, const uint8_t *src, int64_t n, int64_t k, b
 	int ret = check_w4a4("w4a4 qweight", n, k, err);
 	if (ret < 0)
 		return ret;
-	for (int64_t r = 0; r < n; r++)
+	/* w4a4_word(r, kk) = w4a4_word(r, 0) + w4a4_word(0, kk): the row and
+	 * column digits occupy separate places of the mixed radix */
+#pragma omp parallel for schedule(static) if (n * k > (1 << 20))
+	for (int64_t r = 0; r < n; r++) {
+		size_t rw = w4a4_word(r, 0, k / 64);
 		for (int64_t kk = 0; kk < k; kk += 8) {
 			size_t plain = (size_t)r * (size_t)(k / 2) + (size_t)(kk / 2);
-			size_t tiled = 4 * w4a4_word(r, kk, k / 64);
+			size_t tiled = 4 * (rw + w4a4_word(0, kk, k / 64));
 			if (pack)
 				memcpy(dst + tiled, src + plain, 4);
 			else
 				memcpy(dst + plain, src + tiled, 4);
 		}
+	}
 	return 0;
 }
 
@@ -278,17 +283,6 @@ static int check_w4a16(const char *what, int64_t n, int64_t k, struct fx_err *er
 	return 0;
 }
 
-static unsigned nib(const uint8_t *row, int64_t kk)
-{
-	return (row[kk / 2] >> ((kk & 1) * 4)) & 15u;
-}
-
-static void set_nib(uint8_t *row, int64_t kk, unsigned v)
-{
-	uint8_t *b = row + kk / 2;
-	*b = (kk & 1) ? (uint8_t)((*b & 0x0fu) | (v << 4)) : (uint8_t)((*b & 0xf0u) | v);
-}
-
 /* 16-bit element [o][kc*64 + s*16 + t] holds codes k = kc*64 + (t/8)*32 +
  * t%8 + 8a of row 4o+s in nibble a. */
 static int w4a16_weight(uint8_t *dst, const uint8_t *src, int64_t n, int64_t k, bool pack,
@@ -297,26 +291,38 @@ static int w4a16_weight(uint8_t *dst, const uint8_t *src, int64_t n, int64_t k, 
 	int ret = check_w4a16("w4a16 qweight", n, k, err);
 	if (ret < 0)
 		return ret;
-	if (!pack)
-		memset(dst, 0, (size_t)n * (size_t)(k / 2));
+#pragma omp parallel for schedule(static) if (n * k > (1 << 20))
 	for (int64_t o = 0; o < n / 4; o++)
-		for (int64_t kc = 0; kc < k / 64; kc++)
-			for (int64_t s = 0; s < 4; s++)
-				for (int64_t t = 0; t < 16; t++) {
-					int64_t row = 4 * o + s, k0 = kc * 64 + (t / 8) * 32 + t % 8;
-					size_t e = 2 * (size_t)(o * k + kc * 64 + s * 16 + t);
-					if (pack) {
-						const uint8_t *c = src + row * (k / 2);
-						dst[e] = (uint8_t)(nib(c, k0) | nib(c, k0 + 8) << 4);
-						dst[e + 1] = (uint8_t)(nib(c, k0 + 16) | nib(c, k0 + 24) << 4);
-					} else {
-						uint8_t *c = dst + row * (k / 2);
-						set_nib(c, k0, src[e] & 15u);
-						set_nib(c, k0 + 8, src[e] >> 4);
-						set_nib(c, k0 + 16, src[e + 1] & 15u);
-						set_nib(c, k0 + 24, src[e + 1] >> 4);
+		for (int64_t s = 0; s < 4; s++)
+			for (int64_t kc = 0; kc < k / 64; kc++) {
+				uint8_t *c = (pack ? (uint8_t *)(uintptr_t)src : dst) +
+					     (4 * o + s) * (k / 2) + kc * 32;
+				uint8_t *e = (pack ? dst : (uint8_t *)(uintptr_t)src) +
+					     2 * (size_t)(o * k + kc * 64 + s * 16);
+				uint8_t q[64];   /* the chunk's 64 codes, one per byte */
+
+				if (pack) {
+					for (int i = 0; i < 32; i++) {
+						q[2 * i] = c[i] & 15u;
+						q[2 * i + 1] = c[i] >> 4;
 					}
+					for (int t = 0; t < 16; t++) {
+						int k0 = (t / 8) * 32 + t % 8;
+						e[2 * t] = (uint8_t)(q[k0] | q[k0 + 8] << 4);
+						e[2 * t + 1] = (uint8_t)(q[k0 + 16] | q[k0 + 24] << 4);
+					}
+				} else {
+					for (int t = 0; t < 16; t++) {
+						int k0 = (t / 8) * 32 + t % 8;
+						q[k0] = e[2 * t] & 15u;
+						q[k0 + 8] = e[2 * t] >> 4;
+						q[k0 + 16] = e[2 * t + 1] & 15u;
+						q[k0 + 24] = e[2 * t + 1] >> 4;
+					}
+					for (int i = 0; i < 32; i++)
+						c[i] = (uint8_t)(q[2 * i] | q[2 * i + 1] << 4);
 				}
+			}
 	return 0;
 }
 

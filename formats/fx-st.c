@@ -7,13 +7,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
+#include "../common/fx-hash.h"
 
 #include "../common/fx-io.h"
 
@@ -377,6 +378,60 @@ static struct fx_st *st_alloc(const char *name)
 	return st;
 }
 
+/* Read-only file mappings of open files. fx_tensor_release unmaps pages
+ * only inside one of them: MADV_DONTNEED on a PROT_READ private file mapping
+ * drops our page-table entries (resident memory) and leaves the pages in the
+ * page cache for the next stage, while on a caller's buffer (fx_st_open_mem)
+ * it would zero the data. (MADV_PAGEOUT evicted the input from the page cache,
+ * so every stage re-read its model from disk.) */
+static pthread_mutex_t maps_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct { const void *base; size_t size; } *maps;
+static size_t nmaps, capmaps;
+
+static void map_register(const void *base, size_t size, bool add)
+{
+	size_t i;
+
+	pthread_mutex_lock(&maps_lock);
+	if (add) {
+		if (nmaps == capmaps) {
+			size_t cap = capmaps ? 2 * capmaps : 16;
+			void *p = realloc(maps, cap * sizeof(*maps));
+
+			if (!p)
+				goto out;   /* unregistered: its pages are just never released */
+			maps = p;
+			capmaps = cap;
+		}
+		maps[nmaps].base = base;
+		maps[nmaps++].size = size;
+	} else {
+		for (i = 0; i < nmaps; i++)
+			if (maps[i].base == base) {
+				maps[i] = maps[--nmaps];
+				break;
+			}
+	}
+out:
+	pthread_mutex_unlock(&maps_lock);
+}
+
+static bool map_contains(const void *p, size_t n)
+{
+	uintptr_t a = (uintptr_t)p;
+	bool in = false;
+	size_t i;
+
+	pthread_mutex_lock(&maps_lock);
+	for (i = 0; i < nmaps && !in; i++) {
+		uintptr_t b = (uintptr_t)maps[i].base;
+
+		in = a >= b && a - b <= maps[i].size && n <= maps[i].size - (a - b);
+	}
+	pthread_mutex_unlock(&maps_lock);
+	return in;
+}
+
 int fx_st_open_mem(struct fx_st **out, const void *buf, size_t len, const char *name,
 		   struct fx_err *err)
 {
@@ -435,6 +490,7 @@ int fx_st_open(struct fx_st **out, const char *path, struct fx_err *err)
 		}
 		st->base = map;
 		st->mapped = true;
+		map_register(map, st->size, true);
 	}
 	ret = parse(st, err);
 out:
@@ -453,8 +509,10 @@ void fx_st_close(struct fx_st *st)
 
 	if (!st)
 		return;
-	if (st->mapped)
+	if (st->mapped) {
+		map_register(st->base, st->size, false);
 		munmap((void *)(uintptr_t)st->base, st->size);
+	}
 	if (st->ents)
 		for (i = 0; i < st->n; i++)
 			free(st->ents[i].name);
@@ -990,7 +1048,25 @@ struct wt {
 	uint32_t crc;
 };
 
+/* Tensor bytes are copied into a ring of slots and written by a thread, so
+ * that the kernel's copy into the page cache overlaps the next layer's
+ * work; writeback is started per slot so the final fsync has little left. */
+#define STW_SLOTS 8
+#define STW_SLOT ((size_t)4 << 20)
+
+struct stw_async {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned char *pool;              /* STW_SLOTS * STW_SLOT */
+	struct { uint64_t off; size_t n; } job[STW_SLOTS];
+	unsigned head, tail;              /* written / queued slots (tail - head in flight) */
+	bool stop, failed;
+	struct fx_err err;                /* the first failed write */
+};
+
 struct fx_stw {
+	struct stw_async *as;             /* NULL: synchronous writes */
 	unsigned flags;
 	size_t spare;
 	struct wt *t;         /* layout order after begin */
@@ -1034,12 +1110,15 @@ int fx_stw_new(struct fx_stw **out, unsigned flags, struct fx_err *err)
 	return 0;
 }
 
+static void async_stop(struct fx_stw *w);
+
 void fx_stw_free(struct fx_stw *w)
 {
 	size_t i;
 
 	if (!w)
 		return;
+	async_stop(w);
 	for (i = 0; i < w->n; i++)
 		free(w->t[i].name);
 	free(w->t);
@@ -1182,6 +1261,135 @@ static int pwrite_loop(struct fx_stw *w, const void *buf, size_t n, uint64_t off
 	return 0;
 }
 
+static void *async_main(void *arg)
+{
+	struct fx_stw *w = arg;
+	struct stw_async *a = w->as;
+
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		unsigned slot;
+		struct fx_err e = { 0 };
+		int ret = 0;
+
+		while (a->head == a->tail && !a->stop)
+			pthread_cond_wait(&a->cv, &a->mu);
+		if (a->head == a->tail)
+			break;
+		slot = a->head % STW_SLOTS;
+		pthread_mutex_unlock(&a->mu);
+		if (!a->failed) {
+			ret = pwrite_loop(w, a->pool + slot * STW_SLOT, a->job[slot].n,
+					  a->job[slot].off, &e);
+#ifdef SYNC_FILE_RANGE_WRITE
+			if (ret == 0)
+				sync_file_range(w->fd, (off_t)a->job[slot].off, (off_t)a->job[slot].n,
+						SYNC_FILE_RANGE_WRITE);
+#endif
+		}
+		pthread_mutex_lock(&a->mu);
+		if (ret < 0 && !a->failed) {
+			a->failed = true;
+			a->err = e;
+		}
+		a->head++;
+		pthread_cond_broadcast(&a->cv);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* Starts the writer thread; without memory or a thread, writes stay synchronous. */
+static void async_start(struct fx_stw *w)
+{
+	struct stw_async *a = calloc(1, sizeof(*a));
+
+	if (!a || !(a->pool = malloc(STW_SLOTS * STW_SLOT))) {
+		free(a);
+		return;
+	}
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->cv, NULL);
+	w->as = a;
+	if (pthread_create(&a->th, NULL, async_main, w) != 0) {
+		pthread_mutex_destroy(&a->mu);
+		pthread_cond_destroy(&a->cv);
+		free(a->pool);
+		free(a);
+		w->as = NULL;
+	}
+}
+
+/* Waits for every queued slot; returns the first write error, if any. */
+static int async_drain(struct fx_stw *w, struct fx_err *err)
+{
+	struct stw_async *a = w->as;
+	int ret = 0;
+
+	if (!a)
+		return 0;
+	pthread_mutex_lock(&a->mu);
+	while (a->head != a->tail)
+		pthread_cond_wait(&a->cv, &a->mu);
+	if (a->failed)
+		ret = fx_error(err, a->err.code, "%s", a->err.msg);
+	pthread_mutex_unlock(&a->mu);
+	return ret;
+}
+
+static void async_stop(struct fx_stw *w)
+{
+	struct stw_async *a = w->as;
+
+	if (!a)
+		return;
+	pthread_mutex_lock(&a->mu);
+	a->stop = true;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+	pthread_join(a->th, NULL);
+	pthread_mutex_destroy(&a->mu);
+	pthread_cond_destroy(&a->cv);
+	free(a->pool);
+	free(a);
+	w->as = NULL;
+}
+
+/* Queues n bytes for offset off, slot by slot. */
+static int async_write(struct fx_stw *w, const uint8_t *p, size_t n, uint64_t off,
+		       struct fx_err *err)
+{
+	struct stw_async *a = w->as;
+
+	while (n) {
+		size_t k = n < STW_SLOT ? n : STW_SLOT;
+		unsigned slot;
+
+		pthread_mutex_lock(&a->mu);
+		while (a->tail - a->head == STW_SLOTS && !a->failed)
+			pthread_cond_wait(&a->cv, &a->mu);
+		if (a->failed) {
+			int ret = fx_error(err, a->err.code, "%s", a->err.msg);
+
+			pthread_mutex_unlock(&a->mu);
+			return ret;
+		}
+		slot = a->tail % STW_SLOTS;
+		pthread_mutex_unlock(&a->mu);
+		memcpy(a->pool + slot * STW_SLOT, p, k);   /* the slot is ours until queued */
+		pthread_mutex_lock(&a->mu);
+		a->job[slot].off = off;
+		a->job[slot].n = k;
+		a->tail++;
+		pthread_cond_broadcast(&a->cv);
+		pthread_mutex_unlock(&a->mu);
+		p += k;
+		off += k;
+		n -= k;
+	}
+	return 0;
+}
+
 /* 8-byte length + text + spaces up to hdr_len. */
 static int write_header(struct fx_stw *w, const char *text, struct fx_err *err)
 {
@@ -1258,6 +1466,7 @@ int fx_stw_begin(struct fx_stw *w, int fd, struct fx_err *err)
 	if (ret < 0)
 		goto out;
 	w->begun = true;
+	async_start(w);
 out:
 	free(text);
 	return ret;
@@ -1286,7 +1495,6 @@ int fx_stw_write(struct fx_stw *w, const char *name, const void *data, size_t n,
 {
 	const uint8_t *p = data;
 	struct wt *e;
-	size_t left;
 	int ret;
 
 	if (!w->begun || w->finished)
@@ -1304,16 +1512,13 @@ int fx_stw_write(struct fx_stw *w, const char *name, const void *data, size_t n,
 		return 0;
 	if (!data)
 		return fx_error(err, FX_E_ARG, "'%s': no data for tensor '%s'", w->path, name);
-	ret = pwrite_loop(w, data, n, 8 + w->hdr_len + e->off + e->done, err);
+	if (w->as)
+		ret = async_write(w, data, n, 8 + w->hdr_len + e->off + e->done, err);
+	else
+		ret = pwrite_loop(w, data, n, 8 + w->hdr_len + e->off + e->done, err);
 	if (ret < 0)
 		return ret;
-	for (left = n; left; ) {
-		uInt k = left > (1u << 30) ? (1u << 30) : (uInt)left;
-
-		e->crc = (uint32_t)crc32(e->crc, p, k);
-		p += k;
-		left -= k;
-	}
+	e->crc = fx_crc32(e->crc, p, n);
 	e->done += n;
 	return 0;
 }
@@ -1326,6 +1531,10 @@ int fx_stw_finish(struct fx_stw *w, struct fx_err *err)
 
 	if (!w->begun || w->finished)
 		return fx_error(err, FX_E_ARG, "'%s': finish without begin, or twice", w->path);
+	ret = async_drain(w, err);
+	async_stop(w);
+	if (ret < 0)
+		goto out;
 	for (i = 0; i < w->n; i++)
 		if (w->t[i].done != w->t[i].nbytes) {
 			ret = fx_error(err, FX_E_ARG, "'%s': tensor '%s' is incomplete: %llu of %llu bytes written",
@@ -1349,22 +1558,16 @@ out:
 	return ret;
 }
 
-/* MADV_PAGEOUT drops clean file pages and never loses data (anonymous
- * memory would be swapped, not zeroed as with MADV_DONTNEED). */
-#ifndef MADV_PAGEOUT
-#define MADV_PAGEOUT 21
-#endif
-
 void fx_tensor_release(const struct fx_tensor *t)
 {
 	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a, b;
 
-	if (!t || !t->nbytes)
+	if (!t || !t->nbytes || !map_contains(t->data, t->nbytes))
 		return;
 	/* only whole pages inside the tensor: neighbours may still be in use */
 	a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
 	b = ((uintptr_t)t->data + t->nbytes) & ~(pg - 1);
 	if (b > a)
-		madvise((void *)a, b - a, MADV_PAGEOUT);
+		madvise((void *)a, b - a, MADV_DONTNEED);
 }
 

@@ -33,9 +33,10 @@ void fx_st_meta_at(const struct fx_st *st, size_t i, const char **key, const cha
 uint64_t fx_st_header_len(const struct fx_st *st);   /* the 8-byte length value */
 uint64_t fx_st_file_size(const struct fx_st *st);
 
-/* Drops the mapped pages of a tensor read from a file (whole pages inside
- * it only); a later read faults them back in. Keeps resident memory near
- * what a stage works on. Never changes the data (heap memory is left). */
+/* Drops our mappings of a tensor read from a file (whole pages inside it
+ * only): resident memory stays near what a stage works on, the pages stay in
+ * the page cache, a later read maps them again. Data in a caller's buffer
+ * (fx_st_open_mem) is left alone. */
 void fx_tensor_release(const struct fx_tensor *t);
 
 /* ---- a model spread over shards -------------------------------------- */

@@ -46,6 +46,10 @@ static inline int64_t fxq_find_nonfinite(const float *w, size_t count)
 	return -1;
 }
 
+/* The CPU quantizer's branch-free NVFP4 group scale code of v >= 0 (finite):
+ * fx_f32_to_e4m3(bf16(v)), with 0 mapped to 0x01. Exposed for its test. */
+uint8_t fxq_scale_fp4(float v);
+
 /* T = smallest bf16 value >= (amax/6)/448 (1 for an all-zero tensor). */
 static inline float fxq_nvfp4_tscale(float amax)
 {

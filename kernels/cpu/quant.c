@@ -7,6 +7,7 @@
 #include "../../common/fx-tensor.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -225,6 +226,14 @@ int fx_quant_w4a16_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const 
 
 /* ---- NVFP4 ----------------------------------------------------------- */
 
+/* Hot loops compiled twice: AVX2 where the CPU has it, baseline otherwise
+ * (same IEEE operations, so the same bytes). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define FXQ_CLONES __attribute__((target_clones("avx2", "default"), noinline))
+#else
+#define FXQ_CLONES
+#endif
+
 static inline uint8_t fp4_scale(float gmax, float a, float t)
 {
 	uint8_t sf = fx_f32_to_e4m3(fx_bf16_to_f32(fx_f32_to_bf16(((a * gmax) / 6.0f) / t)));
@@ -238,6 +247,115 @@ static inline void fp4_codes(const float *restrict w, float t, float s, uint8_t 
 		c[i] = (uint8_t)e2m1_lowtie((w[i] / t) / s);
 }
 
+static inline uint32_t bits_of(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+
+static inline float float_of(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* fp4_scale for a finite v = ((a·gmax)/6)/t >= 0 without branches, so that
+ * a row's scales vectorize: bf16 rounding, then E4M3 (subnormals below 2^-6
+ * by the add-and-subtract rounding, normals by a rounding carry on the
+ * bits, saturation at 448), 0 -> 0x01. Checked exhaustively against
+ * fx_f32_to_e4m3 in the tests (fxq_scale_fp4). */
+static inline uint32_t fp4_scale_bits(float v)
+{
+	uint32_t u = bits_of(v), code, sub, nrm;
+
+	u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;   /* bf16, RNE */
+	sub = (uint32_t)((float_of(u) * 512.0f + 8388608.0f) - 8388608.0f);
+	nrm = ((u + 0x7ffffu + ((u >> 20) & 1u)) >> 20) - (120u << 3);
+	nrm = nrm > 0x7eu ? 0x7eu : nrm;
+	code = u >= 0x43e00000u ? 0x7eu : u < 0x3c800000u ? sub : nrm;
+	return code ? code : 0x01u;
+}
+
+static inline float e4m3_pos_value(uint32_t c)
+{
+	uint32_t e = c >> 3, m = c & 7u;
+	return e ? float_of(((e + 120u) << 23) | (m << 20)) : (float)m * (1.0f / 512.0f);
+}
+
+/* max |w[i]| of 16 values as a tree (exact in any order; vectorizes as one
+ * pair of vectors where the reduction loop would not). */
+static inline float max16(const float *restrict w)
+{
+	float m[8];
+
+	for (int i = 0; i < 8; i++) {
+		float a = fabsf(w[i]), b = fabsf(w[i + 8]);
+		m[i] = a > b ? a : b;
+	}
+	for (int i = 0; i < 4; i++)
+		m[i] = m[i] > m[i + 4] ? m[i] : m[i + 4];
+	for (int i = 0; i < 2; i++)
+		m[i] = m[i] > m[i + 2] ? m[i] : m[i + 2];
+	return m[0] > m[1] ? m[0] : m[1];
+}
+
+uint8_t fxq_scale_fp4(float v)
+{
+	return (uint8_t)fp4_scale_bits(v);
+}
+
+/* One row of NVFP4 with the single scale candidate a: group maxima, scales,
+ * codes, nibbles. gm and sv are k/16 scratch entries each. */
+FXQ_CLONES
+static void nvfp4_row(uint8_t *restrict codes, uint8_t *restrict scales,
+		      const float *restrict w, int64_t k, float t, float a,
+		      float *restrict gm, float *restrict sv)
+{
+	const int64_t ng = k / 16;
+
+	for (int64_t g = 0; g < ng; g++)
+		gm[g] = max16(w + g * 16);
+#pragma omp simd
+	for (int64_t g = 0; g < ng; g++) {
+		uint32_t sf = fp4_scale_bits(((a * gm[g]) / 6.0f) / t);
+
+		/* an all-zero group keeps scale 1.0 (0x38); its codes are 0 either way */
+		sf = gm[g] > 0.0f ? sf : 0x38u;
+		scales[g] = (uint8_t)sf;
+		sv[g] = e4m3_pos_value(sf);
+	}
+	for (int64_t g = 0; g < ng; g++) {
+		const float s = sv[g];
+		uint32_t c32[16];
+
+#pragma omp simd simdlen(8)
+		for (int i = 0; i < 16; i++)
+			c32[i] = e2m1_lowtie((w[g * 16 + i] / t) / s);
+		for (int i = 0; i < 8; i++)
+			codes[g * 8 + i] = (uint8_t)(c32[2 * i] | (c32[2 * i + 1] << 4));
+	}
+}
+
+/* Row maxima of |w| and a finiteness check in one pass. */
+FXQ_CLONES
+static void row_stats(const float *restrict w, int64_t k, float *amax, bool *finite)
+{
+	const fx_u32_alias *u = (const fx_u32_alias *)w;
+	uint32_t bad = 0;
+	float m = 0.0f;
+
+#pragma omp simd reduction(|:bad) reduction(max:m)
+	for (int64_t i = 0; i < k; i++) {
+		float x = fabsf(w[i]);
+		bad |= (u[i] & 0x7f800000u) + 0x00800000u;
+		m = x > m ? x : m;
+	}
+	*amax = m;
+	*finite = !(bad & 0x80000000u);
+}
+
 int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const float *w,
 		       int64_t n, int64_t k, const int64_t *member_rows, int nmember,
 		       const struct fx_qsearch *search, struct fx_err *err)
@@ -246,7 +364,11 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 	double *h = NULL;
 	int nsh, ret;
 	const float *sh;
-	int64_t one = n, row0 = 0;
+	int64_t one = n, row0 = 0, bad_row = -1;
+	/* per thread: group maxima and scale values of one row */
+	const size_t per = ((size_t)ng * 2 * sizeof(float) + 63) & ~(size_t)63;
+	float *ramax;
+	unsigned char *scratch;
 
 	if ((ret = fxq_check("nvfp4", n, k, G, search, err)) < 0)
 		return ret;
@@ -265,24 +387,59 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 		member_rows = &one;
 		nmember = 1;
 	}
-	if ((ret = check_finite("nvfp4", w, n, k, err)) < 0)
-		return ret;
+	ramax = malloc((size_t)n * sizeof(float));
+	scratch = malloc(per * (size_t)omp_get_max_threads());
+	if (!ramax || !scratch) {
+		free(ramax);
+		free(scratch);
+		return fx_error(err, FX_E_NOMEM, "nvfp4: out of memory");
+	}
+#pragma omp parallel for schedule(static)
+	for (int64_t r = 0; r < n; r++) {
+		bool fin;
+
+		row_stats(w + r * k, k, &ramax[r], &fin);
+		if (!fin) {
+#pragma omp critical(fxq_bad)
+			if (bad_row < 0 || r < bad_row)
+				bad_row = r;
+		}
+	}
+	if (bad_row >= 0) {
+		int64_t c = fxq_find_nonfinite(w + bad_row * k, (size_t)k);
+		free(ramax);
+		free(scratch);
+		return fx_error(err, FX_E_VALUE, "nvfp4: non-finite weight at [%lld,%lld]",
+				(long long)bad_row, (long long)c);
+	}
 	sh = fxq_shrink(search, &nsh);
-	if (search && !(h = build_gram(search, k, G)))
+	if (search && !(h = build_gram(search, k, G))) {
+		free(ramax);
+		free(scratch);
 		return fx_error(err, FX_E_NOMEM, "nvfp4: no memory for the search");
+	}
 	for (int mi = 0; mi < nmember; mi++) {
 		int64_t r1 = row0 + member_rows[mi];
 		float amax = 0.0f, t;
 
-#pragma omp parallel for schedule(static) reduction(max:amax)
-		for (int64_t r = row0; r < r1; r++) {
-			float m = absmax(w + r * k, k);
-			amax = m > amax ? m : amax;
-		}
+		for (int64_t r = row0; r < r1; r++)
+			amax = ramax[r] > amax ? ramax[r] : amax;
 		t = fxq_nvfp4_tscale(amax);
+		for (int64_t r = row0; r < r1; r++)
+			rscale[r] = t;
+		if (!h) {
+#pragma omp parallel for schedule(static)
+			for (int64_t r = row0; r < r1; r++) {
+				float *gm = (float *)(scratch + (size_t)omp_get_thread_num() * per);
+
+				nvfp4_row(codes + r * (k / 2), scales + r * ng, w + r * k, k, t, sh[0],
+					  gm, gm + ng);
+			}
+			row0 = r1;
+			continue;
+		}
 #pragma omp parallel for schedule(static)
 		for (int64_t r = row0; r < r1; r++) {
-			rscale[r] = t;
 			for (int64_t g = 0; g < ng; g++) {
 				const float *wg = w + r * k + g * G;
 				float gmax = absmax(wg, G);
@@ -291,9 +448,6 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 
 				if (!(gmax > 0.0f)) {
 					memset(c, 0, sizeof(c));
-				} else if (!h) {
-					sf = fp4_scale(gmax, sh[0], t);
-					fp4_codes(wg, t, fx_e4m3_to_f32(sf), c);
 				} else {
 					double best = INFINITY;
 					for (int ci = 0; ci < nsh; ci++) {
@@ -319,6 +473,8 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 		row0 = r1;
 	}
 	free(h);
+	free(ramax);
+	free(scratch);
 	return 0;
 }
 

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "fx-cli.h"
 #include "fx-err.h"
@@ -239,6 +240,69 @@ static void test_crc32_vectors(void **state)
 	assert_int_equal(fx_crc32(0, "123456789", 9), 0xcbf43926u);
 	assert_int_equal(fx_crc32(fx_crc32(0, "1234", 4), "56789", 5), 0xcbf43926u);
 	assert_int_equal(fx_crc32(0, "", 0), 0);
+	/* against zlib's own crc32: every length and alignment up to 300 bytes,
+	 * chained pieces, and 5 MiB at once */
+	{
+		size_t n = (size_t)5 << 20;
+		unsigned char *b = malloc(n + 64);
+
+		assert_non_null(b);
+		for (size_t i = 0; i < n + 64; i++)
+			b[i] = (unsigned char)((i * 2654435761u) >> 11);
+		for (size_t len = 0; len < 300; len++)
+			for (size_t al = 0; al < 8; al++) {
+				uLong z = crc32(0L, b + al, (uInt)len);
+				uint32_t c = fx_crc32(0, b + al, len);
+
+				assert_int_equal(c, (uint32_t)z);
+				assert_int_equal(fx_crc32(c, b + 500, len * 3), (uint32_t)crc32(z, b + 500, (uInt)len * 3));
+			}
+		assert_int_equal(fx_crc32(0, b, n), (uint32_t)crc32(0L, b, (uInt)n));
+		free(b);
+	}
+}
+
+/* fx_content_digest: equal bytes give equal digests whatever the chunking,
+ * and one changed byte anywhere (also past the first 4 MiB chunk) or a
+ * different length changes it. */
+static void digest_of(char hex[65], const void *p, size_t n)
+{
+	struct fx_sha256 *h = fx_sha256_new();
+
+	assert_non_null(h);
+	fx_content_digest(h, p, n);
+	fx_sha256_final(h, hex);
+}
+
+static void test_content_digest(void **state)
+{
+	size_t n = FX_DIGEST_CHUNK * 2 + 777;
+	unsigned char *b = calloc(1, n + 1);
+	char d0[65], d1[65], d2[65];
+
+	(void)state;
+	assert_non_null(b);
+	for (size_t i = 0; i < n; i++)
+		b[i] = (unsigned char)(i * 31u);
+	digest_of(d0, b, n);
+	digest_of(d1, b, n);
+	assert_string_equal(d0, d1);
+	assert_int_equal(strlen(d0), 64);
+	b[FX_DIGEST_CHUNK + 5] ^= 1;
+	digest_of(d1, b, n);
+	assert_string_not_equal(d0, d1);
+	b[FX_DIGEST_CHUNK + 5] ^= 1;
+	b[n - 1] ^= 0x80;
+	digest_of(d1, b, n);
+	assert_string_not_equal(d0, d1);
+	b[n - 1] ^= 0x80;
+	digest_of(d1, b, n + 1);   /* one more (zero) byte */
+	assert_string_not_equal(d0, d1);
+	digest_of(d1, b, 0);
+	digest_of(d2, "", 0);
+	assert_string_equal(d1, d2);
+	assert_string_not_equal(d0, d2);
+	free(b);
 }
 
 /* Splits the single cache line into hash and rest. */
@@ -958,6 +1022,7 @@ int main(void)
 		cmocka_unit_test_setup(test_error_exit_map, setup_each),
 		cmocka_unit_test_setup(test_sha256_vectors, setup_each),
 		cmocka_unit_test_setup(test_crc32_vectors, setup_each),
+		cmocka_unit_test_setup(test_content_digest, setup_each),
 		cmocka_unit_test_setup(test_hash_cache, setup_each),
 		cmocka_unit_test_setup(test_hash_cache_env, setup_each),
 		cmocka_unit_test_setup(test_out_commit, setup_each),

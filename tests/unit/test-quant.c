@@ -23,6 +23,7 @@
 
 #include "fx-err.h"
 #include "fx-quant.h"
+#include "fx-quant-impl.h"
 #include "fx-runtime.h"
 #include "fx-st.h"
 #include "fx-tensor.h"
@@ -538,6 +539,67 @@ static void test_cpu_equals_ref(void **state)
 	check_cpu_ref(120, 384, true, NULL);
 }
 
+/* Rows spanning 2^-60..2^60 around the tensor maximum: group scales that
+ * round to E4M3 subnormals, to zero (kept as the smallest code), saturate,
+ * and whole groups of zeros or denormal floats. */
+static void test_cpu_equals_ref_range(void **state)
+{
+	const int64_t n = 120, k = 512;   /* rows split into 6 adaLN chunks */
+	float *w = make_weights(n, k, true);
+
+	(void)state;
+	for (int64_t r = 0; r < n; r++) {
+		float f = ldexpf(1.0f, (int)(r % 121) - 60);
+		for (int64_t c = 0; c < k; c++)
+			w[r * k + c] *= (c / 16) % 5 == 0 ? f * 1e-3f : f;
+	}
+	for (int64_t c = 32; c < 48; c++)
+		w[5 * k + c] = 1e-41f;   /* f32 subnormals */
+	check_cpu_ref(n, k, false, NULL);
+	free(w);
+}
+
+/* The CPU quantizer's branch-free group scale against the scalar
+ * conversions: every finite positive bf16 value, its neighbours one f32
+ * ulp away (the bf16 rounding ties), and a million random floats. */
+static uint8_t scale_want(float v)
+{
+	uint8_t e = fx_f32_to_e4m3(fx_bf16_to_f32(fx_f32_to_bf16(v)));
+	return e ? e : 0x01;
+}
+
+static void test_fp4_scale_exhaustive(void **state)
+{
+	uint64_t x = 88172645463325252ull;
+
+	(void)state;
+	for (uint32_t h = 0; h < 0x7f80u; h++)
+		for (int d = -1; d <= 1; d++) {
+			uint32_t u = (h << 16) + 0x8000u * (d != 0) + (uint32_t)d;
+			float v;
+
+			if (h == 0 && d < 0)
+				continue;
+			memcpy(&v, &u, 4);
+			if (!isfinite(v))
+				continue;
+			if (fxq_scale_fp4(v) != scale_want(v))
+				fail_msg("scale(%a) = 0x%02x, expected 0x%02x", (double)v, fxq_scale_fp4(v),
+					 scale_want(v));
+		}
+	for (int i = 0; i < 1000000; i++) {
+		uint32_t u;
+		float v;
+
+		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		u = (uint32_t)x & 0x7fffffffu;
+		memcpy(&v, &u, 4);
+		if (isfinite(v) && fxq_scale_fp4(v) != scale_want(v))
+			fail_msg("scale(%a) = 0x%02x, expected 0x%02x", (double)v, fxq_scale_fp4(v),
+				 scale_want(v));
+	}
+}
+
 static void test_cpu_equals_ref_search(void **state)
 {
 	(void)state;
@@ -990,6 +1052,8 @@ int main(void)
 		cmocka_unit_test(test_nvfp4_members),
 		cmocka_unit_test(test_w4a16_interleave),
 		cmocka_unit_test(test_cpu_equals_ref),
+		cmocka_unit_test(test_cpu_equals_ref_range),
+		cmocka_unit_test(test_fp4_scale_exhaustive),
 		cmocka_unit_test(test_cpu_equals_ref_search),
 		cmocka_unit_test(test_error_bounds),
 		cmocka_unit_test(test_search_helps),
