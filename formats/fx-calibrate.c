@@ -39,6 +39,40 @@ struct cal {
 	float sigma;
 };
 
+/* absmax[j] = max(absmax[j], |x[t,j]|) over m rows of k, in column blocks
+ * (rows read contiguously) with the finiteness check in the same pass.
+ * Returns false when x holds NaN/Inf. */
+static bool absmax_rows(float *absmax, const float *x, int64_t m, int64_t k)
+{
+	const int64_t B = 512;
+	uint32_t bad = 0;
+
+#pragma omp parallel for schedule(static) reduction(|:bad) if (m * k > 65536)
+	for (int64_t j0 = 0; j0 < k; j0 += B) {
+		int64_t nb = k - j0 < B ? k - j0 : B;
+		float mx[512];
+
+		memcpy(mx, absmax + j0, (size_t)nb * sizeof(float));
+		for (int64_t t = 0; t < m; t++) {
+			const float *xr = x + t * k + j0;
+			uint32_t b = 0;
+
+#pragma omp simd reduction(|:b)
+			for (int64_t j = 0; j < nb; j++) {
+				float v = fabsf(xr[j]);
+				uint32_t u;
+
+				memcpy(&u, &xr[j], 4);
+				b |= (u & 0x7f800000u) + 0x00800000u;   /* sign bit set: NaN/Inf */
+				mx[j] = v > mx[j] ? v : mx[j];
+			}
+			bad |= b;
+		}
+		memcpy(absmax + j0, mx, (size_t)nb * sizeof(float));
+	}
+	return !(bad & 0x80000000u);
+}
+
 static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t m, struct fx_err *err)
 {
 	struct cal *c = ctx;
@@ -54,23 +88,13 @@ static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t 
 	if (!s)
 		return 0;
 	k = s->k;
-	for (r = 0; r < m * k; r++)
-		if (!isfinite(x[r]))
-			return fx_error(err, FX_E_VALUE,
-					"non-finite activation %g entering %s (%sblock %d) at step %d of prompt %d, token %lld, channel %lld",
-					x[r], g->fused, g->single ? "single " : "", g->block, c->step, c->prompt,
-					(long long)(r / k), (long long)(r % k));
-#pragma omp parallel for
-	for (int64_t j = 0; j < k; j++) {
-		float mx = s->absmax[j];
-
-		for (int64_t t = 0; t < m; t++) {
-			float v = fabsf(x[t * k + j]);
-
-			if (v > mx)
-				mx = v;
-		}
-		s->absmax[j] = mx;
+	if (!absmax_rows(s->absmax, x, m, k)) {
+		for (r = 0; r < m * k && isfinite(x[r]); r++)
+			;
+		return fx_error(err, FX_E_VALUE,
+				"non-finite activation %g entering %s (%sblock %d) at step %d of prompt %d, token %lld, channel %lld",
+				x[r], g->fused, g->single ? "single " : "", g->block, c->step, c->prompt,
+				(long long)(r / k), (long long)(r % k));
 	}
 	/* reservoir: every row seen so far is kept with probability cap/seen */
 	for (r = 0; r < m; r++) {

@@ -974,22 +974,9 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 		uint16_t *dh = bf16 ? (uint16_t *)dst + r * dst_ld : NULL;
 		int64_t first = -1;
 
-		if (dt == FX_BF16 && df) {
-			/* hot path: widen BF16, check the exponent afterwards */
-			unsigned nonfin = 0;
-
-			for (c = 0; c < ncols; c++) {
-				uint16_t h;
-				uint32_t u;
-
-				memcpy(&h, s + 2 * c, 2);
-				u = (uint32_t)h << 16;
-				memcpy(&df[c], &u, 4);
-				nonfin |= (h & 0x7f80u) == 0x7f80u;
-			}
-			if (!nonfin)
-				continue;
-		}
+		/* hot path: widen BF16, find a bad value only when there is one */
+		if (dt == FX_BF16 && df && !fx_bf16_widen(df, s, (size_t)ncols))
+			continue;
 		for (c = 0; c < ncols; c++) {
 			uint16_t h = 0;
 			uint32_t u;

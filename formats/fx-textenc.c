@@ -18,56 +18,10 @@
 /* Rows (tokens over all sequences of a chunk) per linear layer call. */
 #define CHUNK_ROWS 2048
 
-/* Threads. OpenBLAS's pthread workers spin between calls and take the cores
- * from the OpenMP loops around them (on 2 cores T5 ran at half speed), so
- * the encoders run OpenBLAS single-threaded: every product is split into
- * panels, one per OpenMP thread (as kernels/cpu/lowrank.c does), and the
- * attention heads run in parallel. */
-static int blas_single(void)
-{
-	int prev = openblas_get_num_threads();
-
-	openblas_set_num_threads(1);
-	return prev;
-}
-
-/* y (m,n) = x (m,k) · wᵀ + b (b may be NULL), w (n,k) row-major; panels of
- * the longer of m and n over the OpenMP threads. */
-static void linear(float *y, const float *x, const float *w, const float *b, int64_t m, int64_t n,
-		   int64_t k)
-{
-	const bool by_n = n >= m;
-	const int64_t dim = by_n ? n : m;
-	float beta = b ? 1.0f : 0.0f;
-
-	if (m <= 0 || n <= 0)
-		return;
-	if (b) {
-		#pragma omp parallel for schedule(static) if (m * n > 65536)
-		for (int64_t r = 0; r < m; r++)
-			memcpy(y + r * n, b, (size_t)n * sizeof(float));
-	}
-	if (omp_get_max_threads() < 2 || dim < 64 || m * n * k < (1 << 22)) {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f,
-			    x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
-		return;
-	}
-	#pragma omp parallel
-	{
-		int t = omp_get_thread_num(), nt = omp_get_num_threads();
-		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per;
-		int64_t a1 = a0 + per < dim ? a0 + per : dim;
-
-		if (a0 < a1 && by_n)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)(a1 - a0),
-				    (blasint)k, 1.0f, x, (blasint)k, w + a0 * k, (blasint)k, beta, y + a0,
-				    (blasint)n);
-		else if (a0 < a1)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)(a1 - a0), (blasint)n,
-				    (blasint)k, 1.0f, x + a0 * k, (blasint)k, w, (blasint)k, beta, y + a0 * n,
-				    (blasint)n);
-	}
-}
+/* Threads: OpenBLAS runs single-threaded while the OpenMP threads split each
+ * product (fx_ops_linear) and run the attention heads in parallel: its own
+ * spinning workers took the cores from the OpenMP loops (T5 ran at half
+ * speed on 2 cores). */
 
 /* ---- shared helpers ----------------------------------------------------- */
 
@@ -652,7 +606,7 @@ int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out
 	if (m->cuda >= 0)
 		return t5_encode_cuda(m, ids, n, len, out, emb, rb, progress, ctx, err);
 #endif
-	blas_prev = blas_single();
+	blas_prev = fx_ops_blas_single();
 	w.qkv = big_alloc((size_t)(3 * inner * D) * sizeof(float));
 	w.o = big_alloc((size_t)(D * inner) * sizeof(float));
 	w.ln0 = malloc((size_t)D * sizeof(float));
@@ -693,15 +647,15 @@ int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out
 
 			/* self-attention */
 			rmsnorm(x, h, w.ln0, rows, D, c->eps);
-			linear(big, x, w.qkv, NULL, rows, 3 * inner, D);
+			fx_ops_linear(big, x, w.qkv, NULL, rows, 3 * inner, D);
 			for (int64_t s = 0; s < ns; s++)
 				attention(mid + s * L * inner, big + s * L * 3 * inner, L, c->heads, c->d_kv, 1.0f,
 					  bucket, bias, false, &ws);
-			linear(y, mid, w.o, NULL, rows, D, inner);
+			fx_ops_linear(y, mid, w.o, NULL, rows, D, inner);
 			fx_ops_add(h, y, (size_t)(rows * D));
 			/* feed-forward */
 			rmsnorm(x, h, w.ln1, rows, D, c->eps);
-			linear(big, x, w.wi, NULL, rows, nf, D);
+			fx_ops_linear(big, x, w.wi, NULL, rows, nf, D);
 			if (c->gated) {
 				#pragma omp parallel for schedule(static)
 				for (int64_t r = 0; r < rows; r++) {
@@ -715,7 +669,7 @@ int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out
 				activate(big, (size_t)(rows * F), c->act);
 				memcpy(mid, big, (size_t)(rows * F) * sizeof(float));
 			}
-			linear(y, mid, w.wo, NULL, rows, D, F);
+			fx_ops_linear(y, mid, w.wo, NULL, rows, D, F);
 			fx_ops_add(h, y, (size_t)(rows * D));
 		}
 		if (progress)
@@ -742,7 +696,7 @@ out:
 	free(fin);
 	free(bucket);
 	attn_ws_release(&ws);
-	openblas_set_num_threads(blas_prev);
+	fx_ops_blas_restore(blas_prev);
 	return ret;
 }
 
@@ -944,7 +898,7 @@ int fx_clip_encode(struct fx_clip *m, const int32_t *ids, int n, int len, float 
 	if ((ret = weight(m->set, tn, fx_stset_find(m->set, tn)->shape[0], D, &tok, err)) < 0 ||
 	    (ret = weight(m->set, pn, c->max_pos, D, &pos, err)) < 0)
 		return ret;
-	blas_prev = blas_single();
+	blas_prev = fx_ops_blas_single();
 	w.qkv = big_alloc((size_t)(3 * D * D) * sizeof(float));
 	w.qkv_b = malloc((size_t)(3 * D) * sizeof(float));
 	w.o = big_alloc((size_t)(D * D) * sizeof(float));
@@ -990,14 +944,14 @@ int fx_clip_encode(struct fx_clip *m, const int32_t *ids, int n, int len, float 
 			float *hs = h + s * L * D;
 
 			layernorm(x, hs, w.ln1_w, w.ln1_b, L, D, c->eps);
-			linear(big, x, w.qkv, w.qkv_b, L, 3 * D, D);
+			fx_ops_linear(big, x, w.qkv, w.qkv_b, L, 3 * D, D);
 			attention(att, big, L, c->heads, (int)dk, 1.0f / sqrtf((float)dk), NULL, NULL, true, &ws);
-			linear(y, att, w.o, w.o_b, L, D, D);
+			fx_ops_linear(y, att, w.o, w.o_b, L, D, D);
 			fx_ops_add(hs, y, (size_t)(L * D));
 			layernorm(x, hs, w.ln2_w, w.ln2_b, L, D, c->eps);
-			linear(big, x, w.fc1, w.fc1_b, L, F, D);
+			fx_ops_linear(big, x, w.fc1, w.fc1_b, L, F, D);
 			activate(big, (size_t)(L * F), c->act);
-			linear(y, big, w.fc2, w.fc2_b, L, D, F);
+			fx_ops_linear(y, big, w.fc2, w.fc2_b, L, D, F);
 			fx_ops_add(hs, y, (size_t)(L * D));
 		}
 		if (progress)
@@ -1046,6 +1000,6 @@ out:
 	free(fw);
 	free(fb);
 	attn_ws_release(&ws);
-	openblas_set_num_threads(blas_prev);
+	fx_ops_blas_restore(blas_prev);
 	return ret;
 }

@@ -6,8 +6,14 @@
 
 #include "../common/fx-err.h"
 
+/* OpenBLAS single-threaded while the callers' OpenMP threads split the
+ * work (fx_ops_linear and fx_ops_attention do this themselves); returns the
+ * previous thread count for fx_ops_blas_restore. */
+int fx_ops_blas_single(void);
+void fx_ops_blas_restore(int prev);
+
 /* y (m,n) = x (m,k) · wᵀ + b, w (n,k) row-major, b (n) or NULL. y must not
- * alias x. */
+ * alias x. Panels of the longer side over the OpenMP threads. */
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 		   int64_t m, int64_t n, int64_t k);
 

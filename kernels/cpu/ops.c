@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,10 +46,32 @@ static inline float exp_f32(float x)
 	return p * s.f;
 }
 
+/* OpenBLAS's own pthread workers spin between calls and take the cores from
+ * the OpenMP loops around them (on 2 cores the forward lost a third), so
+ * every product here runs OpenBLAS single-threaded: split into panels, one
+ * per OpenMP thread, or one attention head per thread. */
+int fx_ops_blas_single(void)
+{
+	int prev = openblas_get_num_threads();
+
+	if (prev != 1)
+		openblas_set_num_threads(1);
+	return prev;
+}
+
+void fx_ops_blas_restore(int prev)
+{
+	if (prev != 1 && prev > 0)
+		openblas_set_num_threads(prev);
+}
+
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 		   int64_t m, int64_t n, int64_t k)
 {
+	const bool by_n = n >= m;
+	const int64_t dim = by_n ? n : m;
 	float beta = 0.0f;
+	int prev;
 
 	if (m <= 0 || n <= 0)
 		return;
@@ -62,12 +86,35 @@ void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 			memset(y, 0, (size_t)(m * n) * sizeof(float));
 		return;
 	}
-	if (m == 1)
+	if (m == 1) {
 		cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)k, 1.0f, w,
 			    (blasint)k, x, 1, beta, y, 1);
-	else
+		return;
+	}
+	prev = fx_ops_blas_single();
+	if (omp_get_max_threads() < 2 || dim < 64 || m * n * k < (1 << 22) || omp_in_parallel()) {
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n,
 			    (blasint)k, 1.0f, x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
+		fx_ops_blas_restore(prev);
+		return;
+	}
+	/* panels of the longer side, multiples of 16 (whole vector registers) */
+	#pragma omp parallel
+	{
+		int t = omp_get_thread_num(), nt = omp_get_num_threads();
+		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per;
+		int64_t a1 = a0 + per < dim ? a0 + per : dim;
+
+		if (a0 < a1 && by_n)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m,
+				    (blasint)(a1 - a0), (blasint)k, 1.0f, x, (blasint)k, w + a0 * k,
+				    (blasint)k, beta, y + a0, (blasint)n);
+		else if (a0 < a1)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)(a1 - a0),
+				    (blasint)n, (blasint)k, 1.0f, x + a0 * k, (blasint)k, w, (blasint)k,
+				    beta, y + a0 * n, (blasint)n);
+	}
+	fx_ops_blas_restore(prev);
 }
 
 static void ln_row(float *y, const float *x, int64_t d, const float *shift,
@@ -178,12 +225,45 @@ void fx_ops_rope_apply(float *x, int64_t ld, int64_t n, int heads, int hd,
 	}
 }
 
+/* One head over query rows [i0, i0+mb): scores (mb, n) in s, softmax,
+ * · v, then 1/sum per row. */
+static void attn_block(float *oh, int64_t ldo, const float *qh, const float *kh,
+		       const float *vh, int64_t ld, int64_t n, int hd, float scale,
+		       int64_t mb, float *s, float *inv)
+{
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)mb, (blasint)n, hd, scale,
+		    qh, (blasint)ld, kh, (blasint)ld, 0.0f, s, (blasint)n);
+	for (int64_t r = 0; r < mb; r++) {
+		float *row = s + r * n, mx = row[0];
+		double sum = 0.0;
+
+		#pragma omp simd reduction(max:mx)
+		for (int64_t j = 0; j < n; j++)
+			mx = select_f32(row[j] > mx, row[j], mx);
+		#pragma omp simd
+		for (int64_t j = 0; j < n; j++)
+			row[j] = exp_f32(row[j] - mx);
+		#pragma omp simd reduction(+:sum)
+		for (int64_t j = 0; j < n; j++)
+			sum += row[j];
+		inv[r] = (float)(1.0 / sum);
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)mb, hd, (blasint)n, 1.0f,
+		    s, (blasint)n, vh, (blasint)ld, 0.0f, oh, (blasint)ldo);
+	for (int64_t r = 0; r < mb; r++) {
+		#pragma omp simd
+		for (int j = 0; j < hd; j++)
+			oh[r * ldo + j] *= inv[r];
+	}
+}
+
 int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 		     const float *v, int64_t ld, int64_t n, int heads, int hd,
 		     struct fx_err *err)
 {
-	int64_t bq = (int64_t)ATTN_TILE_FLOATS / (n > 0 ? n : 1);
+	int64_t bq = (int64_t)ATTN_TILE_FLOATS / (n > 0 ? n : 1), nblk;
 	float scale = 1.0f / sqrtf((float)hd);
+	int nt = omp_get_max_threads(), prev;
 	float *s = NULL, *inv = NULL;
 	int ret = 0;
 
@@ -191,51 +271,26 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 		return 0;
 	bq = bq < 64 ? 64 : bq > 1024 ? 1024 : bq;
 	bq = bq > n ? n : bq;
-	s = malloc((size_t)(bq * n) * sizeof(float));
-	inv = malloc((size_t)bq * sizeof(float));
+	nblk = (n + bq - 1) / bq;
+	s = malloc((size_t)(bq * n) * sizeof(float) * (size_t)nt);
+	inv = malloc((size_t)bq * sizeof(float) * (size_t)nt);
 	if (!s || !inv) {
-		ret = fx_error(err, FX_E_NOMEM, "out of memory for attention scores (%lld x %lld)",
-			       (long long)bq, (long long)n);
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for attention scores (%d x %lld x %lld)",
+			       nt, (long long)bq, (long long)n);
 		goto out;
 	}
-	for (int h = 0; h < heads; h++) {
-		const float *qh = q + (int64_t)h * hd, *kh = k + (int64_t)h * hd;
-		const float *vh = v + (int64_t)h * hd;
+	/* (head, query block) pairs over the threads, each with its own tile */
+	prev = fx_ops_blas_single();
+	#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+	for (int64_t job = 0; job < (int64_t)heads * nblk; job++) {
+		int h = (int)(job / nblk), tid = omp_get_thread_num();
+		int64_t i0 = (job % nblk) * bq, mb = n - i0 < bq ? n - i0 : bq;
 
-		for (int64_t i0 = 0; i0 < n; i0 += bq) {
-			int64_t mb = n - i0 < bq ? n - i0 : bq;
-			float *oh = o + i0 * ldo + (int64_t)h * hd;
-
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)mb,
-				    (blasint)n, hd, scale, qh + i0 * ld, (blasint)ld, kh,
-				    (blasint)ld, 0.0f, s, (blasint)n);
-			#pragma omp parallel for if (mb * n > 65536) schedule(static)
-			for (int64_t r = 0; r < mb; r++) {
-				float *row = s + r * n, mx = row[0];
-				double sum = 0.0;
-
-				#pragma omp simd reduction(max:mx)
-				for (int64_t j = 0; j < n; j++)
-					mx = select_f32(row[j] > mx, row[j], mx);
-				#pragma omp simd
-				for (int64_t j = 0; j < n; j++)
-					row[j] = exp_f32(row[j] - mx);
-				#pragma omp simd reduction(+:sum)
-				for (int64_t j = 0; j < n; j++)
-					sum += row[j];
-				inv[r] = (float)(1.0 / sum);
-			}
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)mb, hd,
-				    (blasint)n, 1.0f, s, (blasint)n, vh, (blasint)ld, 0.0f, oh,
-				    (blasint)ldo);
-			#pragma omp parallel for if (mb * hd > 65536) schedule(static)
-			for (int64_t r = 0; r < mb; r++) {
-				#pragma omp simd
-				for (int j = 0; j < hd; j++)
-					oh[r * ldo + j] *= inv[r];
-			}
-		}
+		attn_block(o + i0 * ldo + (int64_t)h * hd, ldo, q + i0 * ld + (int64_t)h * hd,
+			   k + (int64_t)h * hd, v + (int64_t)h * hd, ld, n, hd, scale, mb,
+			   s + (size_t)tid * (size_t)(bq * n), inv + (size_t)tid * (size_t)bq);
 	}
+	fx_ops_blas_restore(prev);
 out:
 	free(s);
 	free(inv);
@@ -251,7 +306,10 @@ void fx_ops_gelu_tanh(float *x, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		float a = x[i], u = c * (a + 0.044715f * a * a * a);
 
-		x[i] = a / (1.0f + exp_f32(-2.0f * u));
+		/* 0 below ~1e-34 (tanh(u) = -1 in f32 there, as torch computes it):
+		 * values near FLT_MIN make the next sgemm's products subnormal,
+		 * which made it 1.5x slower */
+		x[i] = select_f32(u < -40.0f, 0.0f, a / (1.0f + exp_f32(-2.0f * u)));
 	}
 }
 

@@ -26,6 +26,7 @@
 #include "fx-hash.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-tensor.h"
 
 static char g_dir[PATH_MAX];
 
@@ -259,6 +260,32 @@ static void test_crc32_vectors(void **state)
 			}
 		assert_int_equal(fx_crc32(0, b, n), (uint32_t)crc32(0L, b, (uInt)n));
 		free(b);
+	}
+}
+
+/* fx_bf16_widen against the scalar conversion: lengths around the vector
+ * width, destinations at every float alignment, and a NaN or Inf at every
+ * position reported. */
+static void test_bf16_widen(void **state)
+{
+	uint16_t src[301];
+	float dst[301 + 8];
+
+	(void)state;
+	for (int i = 0; i < 301; i++)
+		src[i] = (uint16_t)(0x3f80 + i * 37);
+	for (int n = 0; n <= 300; n += (n < 80 ? 1 : 37))
+		for (int off = 0; off < 8; off++) {
+			assert_false(fx_bf16_widen(dst + off, src + 1, (size_t)n));
+			for (int i = 0; i < n; i++)
+				assert_true(dst[off + i] == fx_bf16_to_f32(src[1 + i]));
+		}
+	for (int bad = 0; bad < 200; bad++) {
+		uint16_t keep = src[bad];
+
+		src[bad] = bad % 2 ? 0x7fc1 : 0xff80;   /* NaN, -Inf */
+		assert_true(fx_bf16_widen(dst + bad % 8, src, 200));
+		src[bad] = keep;
 	}
 }
 
@@ -1023,6 +1050,7 @@ int main(void)
 		cmocka_unit_test_setup(test_sha256_vectors, setup_each),
 		cmocka_unit_test_setup(test_crc32_vectors, setup_each),
 		cmocka_unit_test_setup(test_content_digest, setup_each),
+		cmocka_unit_test_setup(test_bf16_widen, setup_each),
 		cmocka_unit_test_setup(test_hash_cache, setup_each),
 		cmocka_unit_test_setup(test_hash_cache_env, setup_each),
 		cmocka_unit_test_setup(test_out_commit, setup_each),
