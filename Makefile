@@ -117,8 +117,12 @@ check-unit: $(UNITS)
 check-cli: tools
 	@FX_BIN=$(abspath $(BIN)) FX_TESTS=$(abspath $(B)/tests) bash tests/run.sh cli
 
-bench: tools
-	@FX_BIN=$(abspath $(BIN)) bash bench/run.sh
+bench: tools $(B)/bench/fx-forward-bench
+	@FX_BIN=$(abspath $(BIN)) FX_FORWARD_BENCH=$(abspath $(B)/bench/fx-forward-bench) bash bench/run.sh
+
+$(B)/bench/fx-forward-bench: $(B)/obj/bench/forward.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # libFuzzer builds (clang); `make check` replays the corpus with a plain driver.
 fuzz: $(LIB_SRC) $(FUZZ_SRC)

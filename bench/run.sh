@@ -17,11 +17,13 @@
 #            ratio to the I/O floor (cat of the input + durable copies of the
 #            outputs), peak RSS (target >= 0.5 of the floor, < 2 GiB, flat in
 #            the number of blocks)
-#   calib    the C forward of fx-calib at hidden 3072, 2 double + 2 single
-#            blocks, 1024 image + 256 text tokens: ms per forward, fraction of
-#            the OpenBLAS sgemm peak measured in the same run (target >= 60 %),
-#            ratio to the diffusers/torch CPU forward (target >= 1), and the
-#            projected FLUX.1-dev calibration times
+#   calib    the C forward at hidden 3072, 2 double + 2 single blocks, 1024
+#            image + 256 text tokens, alone (bench/forward.c, built by make
+#            bench as FX_FORWARD_BENCH) and as an fx-calib sampling step with
+#            activation capture: ms per forward, fraction of the OpenBLAS sgemm
+#            peak measured in the same run (target >= 60 %), ratio to the
+#            diffusers/torch CPU forward (target >= 1), and the projected
+#            FLUX.1-dev calibration times
 #   lowrank  bench/lowrank.sh (fx-lowrank per fused group, projected total)
 set -euo pipefail
 export LC_ALL=C
@@ -200,9 +202,27 @@ bench_calib() {
 	if awk -v s="$spread" -v f="$frac" -v x="$(calc "$t1 - $fwd")" 'BEGIN { exit !(s > 1.25 || f > 1 || x < 0) }'; then
 		note "WARNING: the machine's speed changed during this benchmark (probe means vary by ${spread}x): the calib numbers are unreliable, run again on a quiet machine"
 	fi
-	note "C forward (marginal cost of a sampling step, activation capture included): $(calc "$fwd * 1000" '%.0f') ms = $rate GFLOP/s = $frac of sgemm peak (target >= 0.60); fixed cost per run $(secs_h "$(calc "$t1 - $fwd")")"
-	row "fx-calib forward" "$(calc "$flops / 1e12" '%.2f') TFLOP/fwd" "$(calc "$fwd * 1000" '%.0f') ms/fwd" \
+	note "fx-calib sampling step (forward + activation capture): $(calc "$fwd * 1000" '%.0f') ms = $rate GFLOP/s = $frac of sgemm peak; fixed cost per run $(secs_h "$(calc "$t1 - $fwd")")"
+	row "fx-calib step" "$(calc "$flops / 1e12" '%.2f') TFLOP/fwd" "$(calc "$fwd * 1000" '%.0f') ms/fwd" \
 		"$rate GFLOP/s" "$frac" "sgemm peak $peak GFLOP/s" "$(kib_h "$rss") (anon $(kib_h "$anon"))" ">= 0.60"
+
+	# The forward alone, timed as torch-forward.py times torch's (warm-up,
+	# best of 2): the like-for-like comparison.
+	local fb=${FX_FORWARD_BENCH:-} fms= frate= ffrac=
+	if [[ -n $fb && -x $fb ]]; then
+		measure forward "$fb" "$m" 1024 256 2
+		fms=$(sed -n 's/^fx_forward ms=\([0-9.]*\).*/\1/p' "$BENCH_WORK/forward.log")
+		[[ -n $fms ]] || die "fx-forward-bench printed no result: $(tail -n 3 "$BENCH_WORK/forward.log")"
+		frate=$(calc "$flops / ($fms / 1000) / 1e9" '%.1f')
+		ffrac=$(calc "$frate / $peak" '%.2f')
+		detail "fx forward alone (3 calls)" "$(head -n 1 "$BENCH_WORK/forward.log")"
+		note "C forward alone (bench/forward.c, best of 2 after a warm-up): $fms ms = $frate GFLOP/s = $ffrac of sgemm peak (target >= 0.60)"
+		row "fx forward" "$(calc "$flops / 1e12" '%.2f') TFLOP/fwd" "$fms ms/fwd" "$frate GFLOP/s" "$ffrac" \
+			"sgemm peak $peak GFLOP/s" "$(kib_h "$M_RSS_KB") (anon $(kib_h "$M_ANON_KB"))" ">= 0.60"
+	else
+		note "fx forward alone: skipped (FX_FORWARD_BENCH unset; make bench builds it)"
+		fms=$(calc "$fwd * 1000" '%.1f')
+	fi
 
 	# The diffusers/torch CPU forward of the same shapes.
 	local py=${FX_BENCH_PYTHON:-python3}
@@ -216,13 +236,13 @@ bench_calib() {
 		detail "torch forward (3 calls)" "${tl#torch_forward }"
 		sgemm_probe "after torch"
 		cpu_report "the torch forward"
-		note "diffusers/torch CPU forward (float32, $NPROC threads, best of 2): $tms ms; fx is $(calc "$tms / ($fwd * 1000)" '%.2f')x torch's speed (target >= 1)"
-		row "fx-calib vs torch" "same forward" "$(calc "$fwd * 1000" '%.0f') ms/fwd" \
-			"$rate GFLOP/s" "$(calc "$tms / ($fwd * 1000)" '%.2f')" "torch CPU $tms ms/fwd" \
+		note "diffusers/torch CPU forward (float32, $NPROC threads, best of 2): $tms ms; the fx forward is $(calc "$tms / $fms" '%.2f')x torch's speed (target >= 1); an fx-calib step with capture $(calc "$tms / ($fwd * 1000)" '%.2f')x"
+		row "fx forward vs torch" "same forward" "$fms ms/fwd" \
+			"$(calc "$flops / ($fms / 1000) / 1e9" '%.1f') GFLOP/s" "$(calc "$tms / $fms" '%.2f')" "torch CPU $tms ms/fwd" \
 			"$(kib_h "$M_RSS_KB") (torch)" ">= 1"
 	else
 		note "torch: skipped (not installed: '$py -c \"import torch, diffusers\"' fails; pip install torch diffusers, or set FX_BENCH_PYTHON)"
-		row "fx-calib vs torch" "same forward" "-" "-" "n/a" "torch: skipped (not installed)" "-" ">= 1"
+		row "fx forward vs torch" "same forward" "-" "-" "n/a" "torch: skipped (not installed)" "-" ">= 1"
 	fi
 
 	# Projections for FLUX.1-dev (19 double + 38 single, 512 text tokens),

@@ -49,6 +49,7 @@ struct fx_flux {
 	const struct fx_model *m;
 	struct fx_model_config c;
 	struct fx_flux_hooks hooks;
+	struct fx_ops_ws attn_ws;       /* attention score tiles, kept between calls */
 	const struct fx_group **dg;     /* num_double x DG_COUNT */
 	const struct fx_group **sg;     /* num_single x SG_COUNT */
 	int temb_width;                 /* sinusoid width (256) */
@@ -243,6 +244,7 @@ void fx_flux_free(struct fx_flux *f)
 	free(f->sg);
 	free(f->w);
 	free(f->b);
+	fx_ops_ws_free(&f->attn_ws);
 	free(f->temb);
 	free(f->stemb);
 	free(f->mod);
@@ -273,12 +275,12 @@ static int ensure_acts(struct fx_flux *f, int64_t n, struct fx_err *err)
 	if (n <= f->cap)
 		return 0;
 	free_acts(f);
-	f->x = malloc(N * D * sizeof(float));
-	f->a = malloc(N * D * sizeof(float));
-	f->qkv = malloc(N * 3 * D * sizeof(float));
-	f->o = malloc(N * D * sizeof(float));
-	f->t = malloc(N * D * sizeof(float));
-	f->h = malloc(N * F * sizeof(float));
+	f->x = fx_ops_alloc(N * D * sizeof(float));
+	f->a = fx_ops_alloc(N * D * sizeof(float));
+	f->qkv = fx_ops_alloc(N * 3 * D * sizeof(float));
+	f->o = fx_ops_alloc(N * D * sizeof(float));
+	f->t = fx_ops_alloc(N * D * sizeof(float));
+	f->h = fx_ops_alloc(N * F * sizeof(float));
 	f->cs = malloc(N * half * sizeof(float));
 	f->sn = malloc(N * half * sizeof(float));
 	f->ids = malloc(N * 3 * sizeof(float));
@@ -295,7 +297,7 @@ static int ensure_w(struct fx_flux *f, size_t nw, size_t nb, struct fx_err *err)
 {
 	if (nw > f->wcap) {
 		free(f->w);
-		if (!(f->w = malloc(nw * sizeof(float)))) {
+		if (!(f->w = fx_ops_alloc(nw * sizeof(float)))) {
 			f->wcap = 0;
 			return fx_error(err, FX_E_NOMEM, "out of memory for a %zu-value weight", nw);
 		}
@@ -433,7 +435,8 @@ static int rope_attention(struct fx_flux *f, int64_t n, struct fx_err *err)
 
 	fx_ops_rope_apply(f->qkv, ld, n, H, hd, f->cs, f->sn);
 	fx_ops_rope_apply(f->qkv + D, ld, n, H, hd, f->cs, f->sn);
-	return fx_ops_attention(f->o, D, f->qkv, f->qkv + D, f->qkv + 2 * D, ld, n, H, hd, err);
+	return fx_ops_attention(f->o, D, f->qkv, f->qkv + D, f->qkv + 2 * D, ld, n, H, hd, &f->attn_ws,
+				err);
 }
 
 static int double_block(struct fx_flux *f, int blk, int64_t nt, int64_t ni, struct fx_err *err)

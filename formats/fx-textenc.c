@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
@@ -24,24 +23,6 @@
  * speed on 2 cores). */
 
 /* ---- shared helpers ----------------------------------------------------- */
-
-/* Large buffers (a layer's weights, activations): 2 MiB aligned and marked
- * for transparent huge pages, which saves page faults on first touch and
- * TLB misses in the products (a few per cent at T5-XXL width). free(). */
-static void *big_alloc(size_t n)
-{
-	void *p = NULL;
-
-	if (n >= (4u << 20)) {
-		if (posix_memalign(&p, 2u << 20, n) != 0)
-			return NULL;
-#ifdef MADV_HUGEPAGE
-		madvise(p, n, MADV_HUGEPAGE);
-#endif
-		return p;
-	}
-	return malloc(n);
-}
 
 static char *join(const char *dir, const char *name)
 {
@@ -519,14 +500,14 @@ static int t5_encode_cuda(struct fx_t5 *m, const int32_t *ids, int n, int len, f
 	float *bias = NULL, *pb = NULL, *fin = NULL;
 	int ret, l;
 
-	w.qkv = big_alloc((size_t)(3 * inner * D) * sizeof(float));
-	w.o = big_alloc((size_t)(D * inner) * sizeof(float));
+	w.qkv = fx_ops_alloc((size_t)(3 * inner * D) * sizeof(float));
+	w.o = fx_ops_alloc((size_t)(D * inner) * sizeof(float));
 	w.ln0 = malloc((size_t)D * sizeof(float));
 	w.ln1 = malloc((size_t)D * sizeof(float));
-	w.wi = big_alloc((size_t)(nf * D) * sizeof(float));
-	w.wo = big_alloc((size_t)(D * F) * sizeof(float));
+	w.wi = fx_ops_alloc((size_t)(nf * D) * sizeof(float));
+	w.wo = fx_ops_alloc((size_t)(D * F) * sizeof(float));
 	bias = malloc((size_t)c->buckets * c->heads * sizeof(float));
-	pb = big_alloc((size_t)(c->heads * L * L) * sizeof(float));
+	pb = fx_ops_alloc((size_t)(c->heads * L * L) * sizeof(float));
 	fin = malloc((size_t)D * sizeof(float));
 	if (!w.qkv || !w.o || !w.ln0 || !w.ln1 || !w.wi || !w.wo || !bias || !pb || !fin) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory for the T5 encoder (%d sequences of %d tokens)",
@@ -607,16 +588,16 @@ int fx_t5_encode(struct fx_t5 *m, const int32_t *ids, int n, int len, float *out
 		return t5_encode_cuda(m, ids, n, len, out, emb, rb, progress, ctx, err);
 #endif
 	blas_prev = fx_ops_blas_single();
-	w.qkv = big_alloc((size_t)(3 * inner * D) * sizeof(float));
-	w.o = big_alloc((size_t)(D * inner) * sizeof(float));
+	w.qkv = fx_ops_alloc((size_t)(3 * inner * D) * sizeof(float));
+	w.o = fx_ops_alloc((size_t)(D * inner) * sizeof(float));
 	w.ln0 = malloc((size_t)D * sizeof(float));
 	w.ln1 = malloc((size_t)D * sizeof(float));
-	w.wi = big_alloc((size_t)(nf * D) * sizeof(float));
-	w.wo = big_alloc((size_t)(D * F) * sizeof(float));
-	x = big_alloc((size_t)(R * D) * sizeof(float));
-	y = big_alloc((size_t)(R * D) * sizeof(float));
-	big = big_alloc((size_t)(R * (3 * inner > nf ? 3 * inner : nf)) * sizeof(float));
-	mid = big_alloc((size_t)(R * (inner > F ? inner : F)) * sizeof(float));
+	w.wi = fx_ops_alloc((size_t)(nf * D) * sizeof(float));
+	w.wo = fx_ops_alloc((size_t)(D * F) * sizeof(float));
+	x = fx_ops_alloc((size_t)(R * D) * sizeof(float));
+	y = fx_ops_alloc((size_t)(R * D) * sizeof(float));
+	big = fx_ops_alloc((size_t)(R * (3 * inner > nf ? 3 * inner : nf)) * sizeof(float));
+	mid = fx_ops_alloc((size_t)(R * (inner > F ? inner : F)) * sizeof(float));
 	bias = malloc((size_t)c->buckets * c->heads * sizeof(float));
 	fin = malloc((size_t)D * sizeof(float));
 	bucket = malloc((size_t)(L * L));
@@ -899,11 +880,11 @@ int fx_clip_encode(struct fx_clip *m, const int32_t *ids, int n, int len, float 
 	    (ret = weight(m->set, pn, c->max_pos, D, &pos, err)) < 0)
 		return ret;
 	blas_prev = fx_ops_blas_single();
-	w.qkv = big_alloc((size_t)(3 * D * D) * sizeof(float));
+	w.qkv = fx_ops_alloc((size_t)(3 * D * D) * sizeof(float));
 	w.qkv_b = malloc((size_t)(3 * D) * sizeof(float));
-	w.o = big_alloc((size_t)(D * D) * sizeof(float));
-	w.fc1 = big_alloc((size_t)(F * D) * sizeof(float));
-	w.fc2 = big_alloc((size_t)(D * F) * sizeof(float));
+	w.o = fx_ops_alloc((size_t)(D * D) * sizeof(float));
+	w.fc1 = fx_ops_alloc((size_t)(F * D) * sizeof(float));
+	w.fc2 = fx_ops_alloc((size_t)(D * F) * sizeof(float));
 	w.fc1_b = malloc((size_t)F * sizeof(float));
 	w.o_b = malloc((size_t)D * sizeof(float));
 	w.ln1_w = malloc((size_t)D * sizeof(float));

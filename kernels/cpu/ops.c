@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Rows per attention block: scores are a (bq, n) f32 tile. */
 #define ATTN_TILE_FLOATS (4u << 20)
@@ -44,6 +45,21 @@ static inline float exp_f32(float x)
 	p = p * r * r + r + 1.0f;
 	s.i = ((int32_t)n + 127) << 23;
 	return p * s.f;
+}
+
+void *fx_ops_alloc(size_t n)
+{
+	void *p = NULL;
+
+	if (n >= (4u << 20)) {
+		if (posix_memalign(&p, 2u << 20, n) != 0)
+			return NULL;
+#ifdef MADV_HUGEPAGE
+		madvise(p, n, MADV_HUGEPAGE);
+#endif
+		return p;
+	}
+	return malloc(n);
 }
 
 /* OpenBLAS's own pthread workers spin between calls and take the cores from
@@ -240,12 +256,11 @@ static void attn_block(float *oh, int64_t ldo, const float *qh, const float *kh,
 		#pragma omp simd reduction(max:mx)
 		for (int64_t j = 0; j < n; j++)
 			mx = select_f32(row[j] > mx, row[j], mx);
-		#pragma omp simd
-		for (int64_t j = 0; j < n; j++)
-			row[j] = exp_f32(row[j] - mx);
 		#pragma omp simd reduction(+:sum)
-		for (int64_t j = 0; j < n; j++)
+		for (int64_t j = 0; j < n; j++) {
+			row[j] = exp_f32(row[j] - mx);
 			sum += row[j];
+		}
 		inv[r] = (float)(1.0 / sum);
 	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)mb, hd, (blasint)n, 1.0f,
@@ -257,14 +272,25 @@ static void attn_block(float *oh, int64_t ldo, const float *qh, const float *kh,
 	}
 }
 
+void fx_ops_ws_free(struct fx_ops_ws *ws)
+{
+	if (ws) {
+		free(ws->buf);
+		ws->buf = NULL;
+		ws->cap = 0;
+	}
+}
+
 int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 		     const float *v, int64_t ld, int64_t n, int heads, int hd,
-		     struct fx_err *err)
+		     struct fx_ops_ws *ws, struct fx_err *err)
 {
 	int64_t bq = (int64_t)ATTN_TILE_FLOATS / (n > 0 ? n : 1), nblk;
 	float scale = 1.0f / sqrtf((float)hd);
 	int nt = omp_get_max_threads(), prev;
-	float *s = NULL, *inv = NULL;
+	struct fx_ops_ws own = { 0 };
+	float *s, *inv;
+	size_t need;
 	int ret = 0;
 
 	if (n <= 0)
@@ -272,13 +298,20 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 	bq = bq < 64 ? 64 : bq > 1024 ? 1024 : bq;
 	bq = bq > n ? n : bq;
 	nblk = (n + bq - 1) / bq;
-	s = malloc((size_t)(bq * n) * sizeof(float) * (size_t)nt);
-	inv = malloc((size_t)bq * sizeof(float) * (size_t)nt);
-	if (!s || !inv) {
-		ret = fx_error(err, FX_E_NOMEM, "out of memory for attention scores (%d x %lld x %lld)",
-			       nt, (long long)bq, (long long)n);
-		goto out;
+	/* per thread: a (bq, n) score tile and bq row sums */
+	need = (size_t)(bq * n + bq) * (size_t)nt;
+	if (!ws)
+		ws = &own;
+	if (need > ws->cap) {
+		fx_ops_ws_free(ws);
+		if (!(ws->buf = fx_ops_alloc(need * sizeof(float))))
+			return fx_error(err, FX_E_NOMEM,
+					"out of memory for attention scores (%d x %lld x %lld)", nt,
+					(long long)bq, (long long)n);
+		ws->cap = need;
 	}
+	s = ws->buf;
+	inv = s + (size_t)(bq * n) * (size_t)nt;
 	/* (head, query block) pairs over the threads, each with its own tile */
 	prev = fx_ops_blas_single();
 	#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
@@ -291,9 +324,7 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 			   s + (size_t)tid * (size_t)(bq * n), inv + (size_t)tid * (size_t)bq);
 	}
 	fx_ops_blas_restore(prev);
-out:
-	free(s);
-	free(inv);
+	fx_ops_ws_free(&own);
 	return ret;
 }
 

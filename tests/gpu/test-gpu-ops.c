@@ -273,7 +273,7 @@ static void t_attention(int64_t n, int heads, int hd)
 	char name[96];
 	int ret;
 
-	if ((ret = fx_ops_attention(o, ldo, qkv, qkv + D, qkv + 2 * D, ld, n, heads, hd, &err)) < 0) {
+	if ((ret = fx_ops_attention(o, ldo, qkv, qkv + D, qkv + 2 * D, ld, n, heads, hd, NULL, &err)) < 0) {
 		tap(false, "attention (cpu)", 0, 0, err.msg);
 		goto out;
 	}

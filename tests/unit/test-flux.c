@@ -659,7 +659,7 @@ static void test_ops_attention(void **state)
 	for (int64_t i = 0; i < n * ld; i++)
 		qkv[i] = (float)(2.0 * fx_rng_normal(&g));
 	assert_int_equal(fx_ops_attention(o, ldo, qkv, qkv + heads * hd, qkv + 2 * heads * hd, ld,
-					  n, heads, hd, &err), 0);
+					  n, heads, hd, NULL, &err), 0);
 	for (int64_t i = 0; i < n; i += 97) {
 		for (int h = 0; h < heads; h++) {
 			const float *q = qkv + i * ld + h * hd;
