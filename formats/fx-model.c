@@ -1064,6 +1064,49 @@ int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g, float
 	return 0;
 }
 
+int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, int64_t r0,
+			    int64_t nr, const int64_t *rows, float *dst, struct fx_err *err)
+{
+	int64_t bad = -1;
+	int bad_member = -1;
+
+	if (rows) {
+		/* one row each; the first bad one in row order is reported */
+		#pragma omp parallel for schedule(static) if (nr * g->k > 65536)
+		for (int64_t i = 0; i < nr; i++) {
+			int64_t r = rows[i], b;
+			int mi = 0;
+
+			while (mi + 1 < g->nmembers && r >= g->members[mi + 1].out_row0)
+				mi++;
+			b = copy_rows(dst + i * g->k, false, g->k, g->members[mi].weight,
+				      g->members[mi].row0 + (r - g->members[mi].out_row0), 1,
+				      g->members[mi].col0, g->members[mi].ncols, false);
+			if (b >= 0) {
+				#pragma omp critical(fx_model_rows)
+				if (bad_member < 0 || b < bad) {
+					bad = b;
+					bad_member = mi;
+				}
+			}
+		}
+		return bad_member >= 0 ? value_error(m, g->members[bad_member].weight, bad, err) : 0;
+	}
+	for (int i = 0; i < g->nmembers; i++) {
+		const struct fx_member *mb = &g->members[i];
+		int64_t a = r0 > mb->out_row0 ? r0 : mb->out_row0;
+		int64_t e = r0 + nr < mb->out_row0 + mb->nrows ? r0 + nr : mb->out_row0 + mb->nrows;
+
+		if (a >= e)
+			continue;
+		bad = copy_rows(dst + (a - r0) * g->k, false, g->k, mb->weight,
+				mb->row0 + (a - mb->out_row0), e - a, mb->col0, mb->ncols, false);
+		if (bad >= 0)
+			return value_error(m, mb->weight, bad, err);
+	}
+	return 0;
+}
+
 size_t fx_model_nplain(const struct fx_model *m)
 {
 	return m->nplain;

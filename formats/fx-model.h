@@ -88,6 +88,11 @@ const struct fx_group *fx_model_find_group(const struct fx_model *m, const char 
 /* Materialises a fused group in f32: w (n*k, row-major), b (n; zeros where a
  * member has no bias). Either may be NULL. Non-finite values are an error
  * naming the source tensor and index. */
+/* Rows [r0, r0+nr) of g (members stacked as in fx_model_group_f32), or with
+ * rows non-NULL the rows rows[0..nr), widened into dst (nr, k). NaN/Inf:
+ * FX_E_VALUE naming the tensor and the element. */
+int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, int64_t r0,
+			    int64_t nr, const int64_t *rows, float *dst, struct fx_err *err);
 int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g,
 		       float *w, float *b, struct fx_err *err);
 

@@ -88,39 +88,55 @@ static int declare(struct fx_stage *s, const struct fx_group *g, bool fp4, struc
 }
 
 struct bufs {
-	float *w, *x, *tmp;
+	float *w, *x, *ramax;
 	uint8_t *codes, *scales8;
 	uint16_t *scales16, *zeros;
 	float *rscale, *tscale;
-	size_t cap_w, cap_x;
+	int64_t *perm;
+	size_t cap_w, cap_nk, cap_n, cap_x;
 };
 
 static void bufs_free(struct bufs *b)
 {
-	free(b->w); free(b->x); free(b->tmp); free(b->codes); free(b->scales8);
-	free(b->scales16); free(b->zeros); free(b->rscale); free(b->tscale);
+	free(b->w); free(b->x); free(b->ramax); free(b->codes); free(b->scales8);
+	free(b->scales16); free(b->zeros); free(b->rscale); free(b->tscale); free(b->perm);
 }
 
-static int bufs_fit(struct bufs *b, int64_t n, int64_t k, int64_t m, struct fx_err *err)
+/* Grow-only: outputs for an (n, k) layer, wrows rows of f32 weights, m
+ * calibration rows. */
+static int bufs_fit(struct bufs *b, int64_t n, int64_t k, int64_t wrows, int64_t m,
+		    struct fx_err *err)
 {
-	size_t nk = (size_t)n * k;
+	size_t nk = (size_t)n * k, wk = (size_t)wrows * k;
 
-	if (nk > b->cap_w) {
-		bufs_free(b);
-		memset(b, 0, sizeof(*b));
-		b->w = malloc(nk * sizeof(float));
-		b->tmp = malloc(nk * sizeof(float) > (size_t)k * sizeof(float) ? nk * sizeof(float) : (size_t)k * sizeof(float));
+	if (nk > b->cap_nk || (size_t)n > b->cap_n) {
+		free(b->codes); free(b->scales8); free(b->scales16); free(b->zeros);
+		free(b->rscale); free(b->ramax); free(b->perm);
 		b->codes = malloc(nk / 2);
 		b->scales8 = malloc(nk / 16);
 		b->scales16 = malloc(nk / 64 * 2);
 		b->zeros = malloc(nk / 64 * 2);
-		b->rscale = malloc(n * sizeof(float));
-		b->tscale = malloc(FX_GROUP_MAX_MEMBERS * sizeof(float));
-		if (!b->w || !b->tmp || !b->codes || !b->scales8 || !b->scales16 || !b->zeros ||
-		    !b->rscale || !b->tscale)
+		b->rscale = malloc((size_t)n * sizeof(float));
+		b->ramax = malloc((size_t)n * sizeof(float));
+		b->perm = malloc((size_t)n * sizeof(int64_t));
+		b->cap_nk = b->cap_n = 0;
+		if (!b->codes || !b->scales8 || !b->scales16 || !b->zeros || !b->rscale || !b->ramax ||
+		    !b->perm)
 			return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer",
 					(long long)n, (long long)k);
-		b->cap_w = nk;
+		b->cap_nk = nk;
+		b->cap_n = (size_t)n;
+	}
+	if (!b->tscale && !(b->tscale = malloc(FX_GROUP_MAX_MEMBERS * sizeof(float))))
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	if (wk > b->cap_w) {
+		free(b->w);
+		if (!(b->w = malloc(wk * sizeof(float)))) {
+			b->cap_w = 0;
+			return fx_error(err, FX_E_NOMEM, "out of memory for %lld rows of %lld weights",
+					(long long)wrows, (long long)k);
+		}
+		b->cap_w = wk;
 	}
 	if ((size_t)m * k > b->cap_x) {
 		free(b->x);
@@ -165,17 +181,157 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct fx
 	fx_layer_hash_final(h, out);
 }
 
+/* The branch of a W4A4 group: smooth (k), down (r,k), up (n,r). */
+struct branch_t {
+	const float *smooth, *down, *up;
+	int64_t r;
+};
+
+static int get_branch(const struct fx_st *branch, const struct fx_group *g, struct branch_t *br,
+		      struct fx_err *err)
+{
+	const struct fx_tensor *ts, *td, *tu;
+	int64_t shp[2];
+	int ret;
+
+	shp[0] = g->k;
+	if ((ret = get_f32(branch, g->name, "smooth", 1, shp, FX_F32, &ts, err)) < 0)
+		return ret;
+	shp[0] = -1; shp[1] = g->k;
+	if ((ret = get_f32(branch, g->name, "down", 2, shp, FX_F32, &td, err)) < 0)
+		return ret;
+	shp[0] = g->n; shp[1] = td->shape[0];
+	if ((ret = get_f32(branch, g->name, "up", 2, shp, FX_F32, &tu, err)) < 0)
+		return ret;
+	br->smooth = ts->data;
+	br->down = td->data;
+	br->up = tu->data;
+	br->r = td->shape[0];
+	if ((ret = check_finite(br->smooth, g->k, branch, "smooth", err)) < 0)
+		return ret;
+	for (int64_t i = 0; i < g->k; i++)
+		if (!(br->smooth[i] > 0))
+			return fx_error(err, FX_E_VALUE, "'%s': tensor '%s.smooth' has %g at %lld (must be > 0)",
+					fx_st_path(branch), g->name, br->smooth[i], (long long)i);
+	return 0;
+}
+
+/* Rows [r0, r0+nr) of what is quantized (rows[] instead when given): the
+ * weights, or with a branch the residual R = W·diag(s) − up·down. */
+static int produce(const struct fx_model *m, const struct fx_group *g, const struct branch_t *br,
+		   int64_t r0, int64_t nr, const int64_t *rows, float *w, struct fx_err *err)
+{
+	const int64_t k = g->k;
+	int ret = fx_model_group_rows_f32(m, g, r0, nr, rows, w, err);
+
+	if (ret < 0 || !br)
+		return ret;
+#pragma omp parallel for if (nr * k > 65536)
+	for (int64_t row = 0; row < nr; row++)
+		for (int64_t c = 0; c < k; c++)
+			w[row * k + c] *= br->smooth[c];
+	if (br->r > 0)
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)k, (int)br->r, -1.0f,
+			    br->up + r0 * br->r, (int)br->r, br->down, (int)k, 1.0f, w, (int)k);
+	return 0;
+}
+
+/* ramax[0..nr) of produced rows; a NaN/Inf (possible in a residual) is named. */
+static int block_absmax(float *ramax, const float *w, int64_t r0, int64_t nr, int64_t k,
+			const struct fx_group *g, struct fx_err *err)
+{
+	int64_t r = 0, c = -1;
+
+	if (fx_quant_row_absmax(ramax, w, nr, k))
+		return 0;
+	for (; r < nr && c < 0; r++)
+		for (c = 0; c < k && isfinite(w[r * k + c]); c++)
+			;
+	return fx_error(err, FX_E_VALUE, "layer '%s': non-finite weight at [%lld,%lld]", g->name,
+			(long long)(r0 + r - 1), (long long)c);
+}
+
+/* Without a clipping search a layer streams through a few MiB of f32 rows:
+ * NVFP4 reads it twice (row maxima for T, then the codes), INT4 and W4A16
+ * once. The same bytes as quantizing the whole matrix. */
+static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
+			   const struct branch_t *br, bool fp4, int64_t blk, struct bufs *b,
+			   struct fx_err *err)
+{
+	const int64_t n = g->n, k = g->k;
+	const int64_t *rows = NULL;
+	int ret = 0;
+
+	if (g->kind == FX_GROUP_ADALN) {
+		for (int64_t r = 0; r < n; r++)
+			b->perm[r] = fx_quant_adaln_src_row(r, n, g->adaln_chunks);
+		rows = b->perm;
+	}
+	if (g->kind == FX_GROUP_W4A4 && fp4) {
+		for (int64_t r0 = 0; r0 < n && ret == 0; r0 += blk) {
+			int64_t nr = n - r0 < blk ? n - r0 : blk;
+
+			if ((ret = produce(m, g, br, r0, nr, NULL, b->w, err)) == 0)
+				ret = block_absmax(b->ramax + r0, b->w, r0, nr, k, g, err);
+		}
+		for (int i = 0; i < g->nmembers && ret == 0; i++) {
+			const struct fx_member *mb = &g->members[i];
+			float amax = 0.0f;
+
+			for (int64_t r = mb->out_row0; r < mb->out_row0 + mb->nrows; r++)
+				amax = b->ramax[r] > amax ? b->ramax[r] : amax;
+			b->tscale[i] = fx_quant_nvfp4_tscale(amax);
+			for (int64_t r = mb->out_row0; r < mb->out_row0 + mb->nrows; r++)
+				b->rscale[r] = b->tscale[i];
+		}
+	}
+	for (int64_t r0 = 0; r0 < n && ret == 0; r0 += blk) {
+		int64_t nr = n - r0 < blk ? n - r0 : blk;
+
+		if ((ret = produce(m, g, br, r0, nr, rows ? rows + r0 : NULL, b->w, err)) < 0)
+			break;
+		if (g->kind == FX_GROUP_ADALN) {
+			if ((ret = block_absmax(b->ramax, b->w, r0, nr, k, g, err)) < 0)
+				break;
+			fx_quant_w4a16_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64),
+						b->zeros + r0 * (k / 64), b->w, nr, k);
+		} else if (fp4) {
+			/* a block may straddle members: each part with its member's T */
+			for (int64_t a = r0; a < r0 + nr && ret == 0; ) {
+				int64_t e = a + 1;
+
+				while (e < r0 + nr && b->rscale[e] == b->rscale[a])
+					e++;
+				ret = fx_quant_nvfp4_rows_cpu(b->codes + a * (k / 2), b->scales8 + a * (k / 16),
+							      b->w + (a - r0) * k, e - a, k, b->rscale[a], err);
+				a = e;
+			}
+		} else {
+			if ((ret = block_absmax(b->ramax, b->w, r0, nr, k, g, err)) < 0)
+				break;
+			fx_quant_int4_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64), b->w,
+					       nr, k);
+		}
+	}
+	return ret;
+}
+
 static int quantize_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
 			  const struct fx_st *branch, const struct fx_st *calib, bool fp4,
 			  struct bufs *b, struct fx_err *err)
 {
-	int64_t n = g->n, k = g->k, msamp = 0, shp[2];
-	const struct fx_tensor *ts = NULL, *td = NULL, *tu = NULL, *tx = NULL;
-	struct fx_qsearch search = {0}, *sp = NULL;
-	const float *smooth = NULL;
+	int64_t n = g->n, k = g->k, msamp = 0;
+	const struct fx_tensor *tx = NULL;
+	struct fx_qsearch search = {0};
+	struct branch_t br = {0}, *brp = NULL;
+	/* streamed rows: about 4 MiB of f32 at a time */
+	int64_t blk = (int64_t)((1u << 20) / (size_t)k);
 	char name[160];
 	int ret, i;
 
+	if (getenv("FX_QUANT_ROWS"))   /* tests: blocks that straddle members */
+		blk = atoll(getenv("FX_QUANT_ROWS"));
+	blk = blk < 1 ? 1 : blk > n ? n : blk;
 	if (calib) {
 		snprintf(name, sizeof(name), "%s.samples", g->name);
 		tx = fx_st_find(calib, name);
@@ -186,56 +342,49 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if (tx)
 			msamp = tx->shape[0];
 	}
-	if ((ret = bufs_fit(b, n, k, msamp, err)) < 0)
+	if ((ret = bufs_fit(b, n, k, msamp ? n : blk, msamp, err)) < 0)
 		return ret;
-	if ((ret = fx_model_group_f32(m, g, b->w, NULL, err)) < 0)
-		return ret;
-	if (tx && (ret = fx_to_f32(b->x, tx->data, tx->dtype, (size_t)msamp * k)) < 0)
-		return fx_error(err, ret, "'%s': tensor '%s' is not a float tensor", fx_st_path(calib), name);
 	if (g->kind == FX_GROUP_W4A4 && branch) {
-		int64_t r;
-
-		shp[0] = k;
-		if ((ret = get_f32(branch, g->name, "smooth", 1, shp, FX_F32, &ts, err)) < 0)
+		if ((ret = get_branch(branch, g, &br, err)) < 0)
 			return ret;
-		shp[0] = -1; shp[1] = k;
-		if ((ret = get_f32(branch, g->name, "down", 2, shp, FX_F32, &td, err)) < 0)
+		brp = &br;
+	}
+	if (!msamp) {
+		if ((ret = quantize_stream(m, g, brp, fp4, blk, b, err)) < 0)
 			return ret;
-		r = td->shape[0];
-		shp[0] = n; shp[1] = r;
-		if ((ret = get_f32(branch, g->name, "up", 2, shp, FX_F32, &tu, err)) < 0)
+	} else {
+		/* the clipping search needs the whole layer and its inputs */
+		if ((ret = produce(m, g, brp, 0, n, NULL, b->w, err)) < 0)
 			return ret;
-		smooth = ts->data;
-		if ((ret = check_finite(smooth, k, branch, "smooth", err)) < 0)
-			return ret;
-		for (i = 0; i < k; i++)
-			if (!(smooth[i] > 0))
-				return fx_error(err, FX_E_VALUE, "'%s': tensor '%s.smooth' has %g at %d (must be > 0)",
-						fx_st_path(branch), g->name, smooth[i], i);
-		/* R = W·diag(s) − up·down */
-#pragma omp parallel for
-		for (int64_t row = 0; row < n; row++)
-			for (int64_t c = 0; c < k; c++)
-				b->w[row * k + c] *= smooth[c];
-		if (r > 0)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, (int)r,
-				    -1.0f, tu->data, (int)r, td->data, (int)k, 1.0f, b->w, (int)k);
-		if (smooth && msamp) {
+		if ((ret = fx_to_f32(b->x, tx->data, tx->dtype, (size_t)msamp * k)) < 0)
+			return fx_error(err, ret, "'%s': tensor '%s' is not a float tensor", fx_st_path(calib), name);
+		if (brp) {
 #pragma omp parallel for
 			for (int64_t row = 0; row < msamp; row++)
 				for (int64_t c = 0; c < k; c++)
-					b->x[row * k + c] /= smooth[c];
+					b->x[row * k + c] /= br.smooth[c];
 		}
-	}
-	if (msamp) {
 		search.x = b->x;
 		search.m = msamp;
-		sp = &search;
-	}
-	if (g->kind == FX_GROUP_ADALN) {
-		ret = fx_quant_w4a16_cpu(b->codes, b->scales16, b->zeros, b->w, n, k, g->adaln_chunks, sp, err);
+		if (g->kind == FX_GROUP_ADALN) {
+			ret = fx_quant_w4a16_cpu(b->codes, b->scales16, b->zeros, b->w, n, k, g->adaln_chunks,
+						 &search, err);
+		} else if (fp4) {
+			int64_t rows[FX_GROUP_MAX_MEMBERS];
+
+			for (i = 0; i < g->nmembers; i++)
+				rows[i] = g->members[i].nrows;
+			ret = fx_quant_nvfp4_cpu(b->codes, b->scales8, b->rscale, b->w, n, k, rows,
+						 g->nmembers, &search, err);
+			for (i = 0; ret == 0 && i < g->nmembers; i++)
+				b->tscale[i] = b->rscale[g->members[i].out_row0];
+		} else {
+			ret = fx_quant_int4_cpu(b->codes, b->scales16, b->w, n, k, &search, err);
+		}
 		if (ret < 0)
 			return fx_error_prefix(err, "layer '%s'", g->name);
+	}
+	if (g->kind == FX_GROUP_ADALN) {
 		snprintf(name, sizeof(name), "%s.zeros", g->name);
 		if ((ret = fx_stage_write(s, name, b->zeros, (size_t)n * (k / 64) * 2, err)) < 0)
 			return ret;
@@ -243,16 +392,6 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if ((ret = fx_stage_write(s, name, b->scales16, (size_t)n * (k / 64) * 2, err)) < 0)
 			return ret;
 	} else if (fp4) {
-		int64_t rows[FX_GROUP_MAX_MEMBERS];
-
-		for (i = 0; i < g->nmembers; i++)
-			rows[i] = g->members[i].nrows;
-		ret = fx_quant_nvfp4_cpu(b->codes, b->scales8, b->rscale, b->w, n, k, rows, g->nmembers,
-					 sp, err);
-		if (ret < 0)
-			return fx_error_prefix(err, "layer '%s'", g->name);
-		for (i = 0; i < g->nmembers; i++)
-			b->tscale[i] = b->rscale[g->members[i].out_row0];
 		snprintf(name, sizeof(name), "%s.scales", g->name);
 		if ((ret = fx_stage_write(s, name, b->scales8, (size_t)n * (k / 16), err)) < 0)
 			return ret;
@@ -260,9 +399,6 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if ((ret = fx_stage_write(s, name, b->tscale, (size_t)g->nmembers * 4, err)) < 0)
 			return ret;
 	} else {
-		ret = fx_quant_int4_cpu(b->codes, b->scales16, b->w, n, k, sp, err);
-		if (ret < 0)
-			return fx_error_prefix(err, "layer '%s'", g->name);
 		snprintf(name, sizeof(name), "%s.scales", g->name);
 		if ((ret = fx_stage_write(s, name, b->scales16, (size_t)n * (k / 64) * 2, err)) < 0)
 			return ret;

@@ -82,6 +82,20 @@ int fx_quant_w4a16_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const 
 		       int64_t n, int64_t k, int nchunk, const struct fx_qsearch *search,
 		       struct fx_err *err);
 
+/* Streaming forms for callers that build a layer a block of rows at a time
+ * (no clipping search): the same bytes as the whole-matrix _cpu functions.
+ * The caller checks finiteness and picks NVFP4's T from the maxima of all
+ * of a member's rows first. W4A16 rows come already in the output
+ * (interleaved) order. */
+bool fx_quant_row_absmax(float *amax, const float *w, int64_t nrows, int64_t k);  /* false: NaN/Inf */
+float fx_quant_nvfp4_tscale(float amax);
+int fx_quant_nvfp4_rows_cpu(uint8_t *codes, uint8_t *scales, const float *w, int64_t nrows,
+			    int64_t k, float t, struct fx_err *err);
+void fx_quant_int4_rows_cpu(uint8_t *codes, uint16_t *scales, const float *w, int64_t nrows,
+			    int64_t k);
+void fx_quant_w4a16_rows_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const float *w,
+			     int64_t nrows, int64_t k);
+
 /* adaLN bias in the runtime's order: out[i*S+j] = bf16(b[j*D+i] + d_j), d_j = 1
  * for the scale chunks j = 1 and j = S-2, else 0 (spec §2.4.1). */
 int fx_quant_adaln_bias(uint16_t *out, const float *b, int64_t n, int nchunk, struct fx_err *err);

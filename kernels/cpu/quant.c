@@ -163,6 +163,54 @@ static uint16_t int_group_best(const float *wg, const double *hg, const float *s
 	return best_sb;
 }
 
+/* One row of k: scales of its k/64 groups, codes. */
+static void int4_row(uint8_t *codes, uint16_t *scales, const float *w, int64_t k, const double *h,
+		     const float *sh, int nsh)
+{
+	const int64_t G = FX_QUANT_INT4_GROUP;
+	float q[64];
+
+	for (int64_t g = 0; g < k / G; g++) {
+		scales[g] = int_group_best(w + g * G, h ? h + g * G * G : NULL, sh, nsh, false, q);
+		store_nibbles(codes + g * (G / 2), q, (int)G, 0, 15u);
+	}
+}
+
+static void w4a16_row(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const float *w,
+		      int64_t k, const double *h, const float *sh, int nsh)
+{
+	const int64_t G = FX_QUANT_W4A16_GROUP;
+	float q[64];
+
+	for (int64_t g = 0; g < k / G; g++) {
+		uint16_t sb = int_group_best(w + g * G, h ? h + g * G * G : NULL, sh, nsh, true, q);
+
+		scales[g] = sb;
+		zeros[g] = fx_f32_to_bf16(-7.0f * fx_bf16_to_f32(sb));
+		store_nibbles(codes + g * (G / 2), q, (int)G, 7, 15u);
+	}
+}
+
+void fx_quant_int4_rows_cpu(uint8_t *codes, uint16_t *scales, const float *w, int64_t nrows,
+			    int64_t k)
+{
+#pragma omp parallel for schedule(static) if (nrows * k > 65536)
+	for (int64_t r = 0; r < nrows; r++)
+		int4_row(codes + r * (k / 2), scales + r * (k / FX_QUANT_INT4_GROUP), w + r * k, k,
+			 NULL, fxq_default_shrink, 1);
+}
+
+void fx_quant_w4a16_rows_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const float *w,
+			     int64_t nrows, int64_t k)
+{
+	const int64_t ng = k / FX_QUANT_W4A16_GROUP;
+
+#pragma omp parallel for schedule(static) if (nrows * k > 65536)
+	for (int64_t r = 0; r < nrows; r++)
+		w4a16_row(codes + r * (k / 2), scales + r * ng, zeros + r * ng, w + r * k, k, NULL,
+			  fxq_default_shrink, 1);
+}
+
 int fx_quant_int4_cpu(uint8_t *codes, uint16_t *scales, const float *w, int64_t n, int64_t k,
 		      const struct fx_qsearch *search, struct fx_err *err)
 {
@@ -178,14 +226,8 @@ int fx_quant_int4_cpu(uint8_t *codes, uint16_t *scales, const float *w, int64_t 
 	if (search && !(h = build_gram(search, k, G)))
 		return fx_error(err, FX_E_NOMEM, "int4: no memory for the search");
 #pragma omp parallel for schedule(static)
-	for (int64_t r = 0; r < n; r++) {
-		float q[64];
-		for (int64_t g = 0; g < ng; g++) {
-			const float *wg = w + r * k + g * G;
-			scales[r * ng + g] = int_group_best(wg, h ? h + g * G * G : NULL, sh, nsh, false, q);
-			store_nibbles(codes + r * (k / 2) + g * (G / 2), q, (int)G, 0, 15u);
-		}
-	}
+	for (int64_t r = 0; r < n; r++)
+		int4_row(codes + r * (k / 2), scales + r * ng, w + r * k, k, h, sh, nsh);
 	free(h);
 	return 0;
 }
@@ -210,16 +252,9 @@ int fx_quant_w4a16_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const 
 	if (search && !(h = build_gram(search, k, G)))
 		return fx_error(err, FX_E_NOMEM, "w4a16: no memory for the search");
 #pragma omp parallel for schedule(static)
-	for (int64_t r = 0; r < n; r++) {
-		const float *wr = w + fx_quant_adaln_src_row(r, n, nchunk) * k;
-		float q[64];
-		for (int64_t g = 0; g < ng; g++) {
-			uint16_t sb = int_group_best(wr + g * G, h ? h + g * G * G : NULL, sh, nsh, true, q);
-			scales[r * ng + g] = sb;
-			zeros[r * ng + g] = fx_f32_to_bf16(-7.0f * fx_bf16_to_f32(sb));
-			store_nibbles(codes + r * (k / 2) + g * (G / 2), q, (int)G, 7, 15u);
-		}
-	}
+	for (int64_t r = 0; r < n; r++)
+		w4a16_row(codes + r * (k / 2), scales + r * ng, zeros + r * ng,
+			  w + fx_quant_adaln_src_row(r, n, nchunk) * k, k, h, sh, nsh);
 	free(h);
 	return 0;
 }
@@ -356,6 +391,49 @@ static void row_stats(const float *restrict w, int64_t k, float *amax, bool *fin
 	*finite = !(bad & 0x80000000u);
 }
 
+bool fx_quant_row_absmax(float *amax, const float *w, int64_t nrows, int64_t k)
+{
+	bool ok = true;
+
+#pragma omp parallel for schedule(static) reduction(&&:ok) if (nrows * k > 65536)
+	for (int64_t r = 0; r < nrows; r++) {
+		bool fin;
+
+		row_stats(w + r * k, k, &amax[r], &fin);
+		ok = ok && fin;
+	}
+	return ok;
+}
+
+float fx_quant_nvfp4_tscale(float amax)
+{
+	return fxq_nvfp4_tscale(amax);
+}
+
+int fx_quant_nvfp4_rows_cpu(uint8_t *codes, uint8_t *scales, const float *w, int64_t nrows,
+			    int64_t k, float t, struct fx_err *err)
+{
+	const int64_t ng = k / FX_QUANT_FP4_GROUP;
+	/* per thread: group maxima and scale values of one row */
+	const size_t per = ((size_t)ng * 2 * sizeof(float) + 63) & ~(size_t)63;
+	unsigned char *scratch;
+	int ret;
+
+	if ((ret = fxq_check("nvfp4", nrows > 0 ? nrows : 1, k, FX_QUANT_FP4_GROUP, NULL, err)) < 0)
+		return ret;
+	if (!(scratch = malloc(per * (size_t)omp_get_max_threads())))
+		return fx_error(err, FX_E_NOMEM, "nvfp4: out of memory");
+#pragma omp parallel for schedule(static) if (nrows * k > 65536)
+	for (int64_t r = 0; r < nrows; r++) {
+		float *gm = (float *)(scratch + (size_t)omp_get_thread_num() * per);
+
+		nvfp4_row(codes + r * (k / 2), scales + r * ng, w + r * k, k, t, fxq_default_shrink[0],
+			  gm, gm + ng);
+	}
+	free(scratch);
+	return 0;
+}
+
 int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const float *w,
 		       int64_t n, int64_t k, const int64_t *member_rows, int nmember,
 		       const struct fx_qsearch *search, struct fx_err *err)
@@ -364,11 +442,8 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 	double *h = NULL;
 	int nsh, ret;
 	const float *sh;
-	int64_t one = n, row0 = 0, bad_row = -1;
-	/* per thread: group maxima and scale values of one row */
-	const size_t per = ((size_t)ng * 2 * sizeof(float) + 63) & ~(size_t)63;
+	int64_t one = n, row0 = 0;
 	float *ramax;
-	unsigned char *scratch;
 
 	if ((ret = fxq_check("nvfp4", n, k, G, search, err)) < 0)
 		return ret;
@@ -387,35 +462,21 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 		member_rows = &one;
 		nmember = 1;
 	}
-	ramax = malloc((size_t)n * sizeof(float));
-	scratch = malloc(per * (size_t)omp_get_max_threads());
-	if (!ramax || !scratch) {
-		free(ramax);
-		free(scratch);
+	if (!(ramax = malloc((size_t)n * sizeof(float))))
 		return fx_error(err, FX_E_NOMEM, "nvfp4: out of memory");
-	}
-#pragma omp parallel for schedule(static)
-	for (int64_t r = 0; r < n; r++) {
-		bool fin;
+	if (!fx_quant_row_absmax(ramax, w, n, k)) {
+		int64_t r = 0, c;
 
-		row_stats(w + r * k, k, &ramax[r], &fin);
-		if (!fin) {
-#pragma omp critical(fxq_bad)
-			if (bad_row < 0 || r < bad_row)
-				bad_row = r;
-		}
-	}
-	if (bad_row >= 0) {
-		int64_t c = fxq_find_nonfinite(w + bad_row * k, (size_t)k);
+		while (fxq_find_nonfinite(w + r * k, (size_t)k) < 0)
+			r++;
+		c = fxq_find_nonfinite(w + r * k, (size_t)k);
 		free(ramax);
-		free(scratch);
 		return fx_error(err, FX_E_VALUE, "nvfp4: non-finite weight at [%lld,%lld]",
-				(long long)bad_row, (long long)c);
+				(long long)r, (long long)c);
 	}
 	sh = fxq_shrink(search, &nsh);
 	if (search && !(h = build_gram(search, k, G))) {
 		free(ramax);
-		free(scratch);
 		return fx_error(err, FX_E_NOMEM, "nvfp4: no memory for the search");
 	}
 	for (int mi = 0; mi < nmember; mi++) {
@@ -428,13 +489,10 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 		for (int64_t r = row0; r < r1; r++)
 			rscale[r] = t;
 		if (!h) {
-#pragma omp parallel for schedule(static)
-			for (int64_t r = row0; r < r1; r++) {
-				float *gm = (float *)(scratch + (size_t)omp_get_thread_num() * per);
-
-				nvfp4_row(codes + r * (k / 2), scales + r * ng, w + r * k, k, t, sh[0],
-					  gm, gm + ng);
-			}
+			ret = fx_quant_nvfp4_rows_cpu(codes + row0 * (k / 2), scales + row0 * ng,
+						      w + row0 * k, r1 - row0, k, t, err);
+			if (ret < 0)
+				break;
 			row0 = r1;
 			continue;
 		}
@@ -474,8 +532,7 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 	}
 	free(h);
 	free(ramax);
-	free(scratch);
-	return 0;
+	return ret;
 }
 
 /* ---- dequantizers ---------------------------------------------------- */

@@ -499,6 +499,14 @@ static void check_cpu_ref(int64_t n, int64_t k, bool outliers, const struct fx_q
 	assert_int_equal(fx_quant_int4_cpu(c2, s2, w, n, k, search, &err), 0);
 	assert_memory_equal(c1, c2, cb);
 	assert_memory_equal(s1, s2, (size_t)(n * k / 64) * 2);
+	if (!search) {
+		/* the streaming form, in two uneven blocks */
+		memset(c2, 0, cb);
+		fx_quant_int4_rows_cpu(c2, s2, w, 5, k);
+		fx_quant_int4_rows_cpu(c2 + 5 * (k / 2), s2 + 5 * (k / 64), w + 5 * k, n - 5, k);
+		assert_memory_equal(c1, c2, cb);
+		assert_memory_equal(s1, s2, (size_t)(n * k / 64) * 2);
+	}
 	assert_int_equal(fx_dequant_int4_ref(d1, c1, s1, n, k, &err), 0);
 	assert_int_equal(fx_dequant_int4_cpu(d2, c1, s1, n, k, &err), 0);
 	assert_memory_equal(d1, d2, (size_t)(n * k) * 4);
@@ -524,6 +532,18 @@ static void check_cpu_ref(int64_t n, int64_t k, bool outliers, const struct fx_q
 		assert_memory_equal(c1, c2, cb);
 		assert_memory_equal(s1, s2, (size_t)(n * k / 64) * 2);
 		assert_memory_equal(z1, z2, (size_t)(n * k / 64) * 2);
+		if (!search) {
+			/* the streaming form on the rows in output order */
+			float *wp = xmalloc((size_t)(n * k) * 4);
+
+			for (int64_t r = 0; r < n; r++)
+				memcpy(wp + r * k, w + fx_quant_adaln_src_row(r, n, S) * k, (size_t)k * 4);
+			fx_quant_w4a16_rows_cpu(c2, s2, z2, wp, n, k);
+			assert_memory_equal(c1, c2, cb);
+			assert_memory_equal(s1, s2, (size_t)(n * k / 64) * 2);
+			assert_memory_equal(z1, z2, (size_t)(n * k / 64) * 2);
+			free(wp);
+		}
 		assert_int_equal(fx_dequant_w4a16_ref(d1, c1, s1, z1, n, k, &err), 0);
 		assert_int_equal(fx_dequant_w4a16_cpu(d2, c1, s1, z1, n, k, &err), 0);
 		assert_memory_equal(d1, d2, (size_t)(n * k) * 4);
