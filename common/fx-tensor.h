@@ -36,8 +36,9 @@ const char *fx_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 float fx_bf16_to_f32(uint16_t h);
 uint16_t fx_f32_to_bf16(float f);
 /* n BF16 values (src needs no alignment) widened into dst; returns true when
- * any of them is NaN or Inf. */
-bool fx_bf16_widen(float *dst, const void *src, size_t n);
+ * any of them is NaN or Inf. stream: dst is part of a buffer much larger
+ * than the caches, read back only later (streaming stores, 2x faster). */
+bool fx_bf16_widen(float *dst, const void *src, size_t n, bool stream);
 float fx_f16_to_f32(uint16_t h);
 uint16_t fx_f32_to_f16(float f);
 float fx_e4m3_to_f32(uint8_t c);

@@ -964,6 +964,8 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 	int64_t bad = INT64_MAX, r;
 	enum fx_dtype dt = t->dtype;
 	size_t es = dt == FX_F32 ? 4 : 2;
+	/* more than the caches hold: streaming stores */
+	bool stream = (size_t)(nrows * ncols) * sizeof(float) > ((size_t)16 << 20);
 
 #pragma omp parallel for schedule(static) reduction(min : bad) if (nrows * ncols > 65536)
 	for (r = 0; r < nrows; r++) {
@@ -975,7 +977,7 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 		int64_t first = -1;
 
 		/* hot path: widen BF16, find a bad value only when there is one */
-		if (dt == FX_BF16 && df && !fx_bf16_widen(df, s, (size_t)ncols))
+		if (dt == FX_BF16 && df && !fx_bf16_widen(df, s, (size_t)ncols, stream))
 			continue;
 		for (c = 0; c < ncols; c++) {
 			uint16_t h = 0;

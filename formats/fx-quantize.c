@@ -5,9 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cblas.h>
+#include <omp.h>
 
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
+#include "../kernels/fx-ops.h"
 #include "../kernels/fx-quant.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
@@ -251,68 +253,106 @@ static int block_absmax(float *ramax, const float *w, int64_t r0, int64_t nr, in
 			(long long)(r0 + r - 1), (long long)c);
 }
 
-/* Without a clipping search a layer streams through a few MiB of f32 rows:
- * NVFP4 reads it twice (row maxima for T, then the codes), INT4 and W4A16
- * once. The same bytes as quantizing the whole matrix. */
+/* One chunk of rows [r0, r0+nr) of a streamed layer, on the calling thread:
+ * pass 0 records the row maxima (NVFP4's tensor scale), pass 1 writes the
+ * codes and scales. */
+static int stream_chunk(const struct fx_model *m, const struct fx_group *g,
+			const struct branch_t *br, bool fp4, int pass, int64_t r0, int64_t nr,
+			float *w, float *amax, struct bufs *b, struct fx_err *err)
+{
+	const int64_t k = g->k;
+	const int64_t *rows = g->kind == FX_GROUP_ADALN ? b->perm + r0 : NULL;
+	int ret;
+
+	if ((ret = produce(m, g, br, r0, nr, rows, w, err)) < 0)
+		return ret;
+	if (pass == 0)
+		return block_absmax(b->ramax + r0, w, r0, nr, k, g, err);
+	if (g->kind == FX_GROUP_ADALN) {
+		if ((ret = block_absmax(amax, w, r0, nr, k, g, err)) < 0)
+			return ret;
+		fx_quant_w4a16_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64),
+					b->zeros + r0 * (k / 64), w, nr, k);
+		return 0;
+	}
+	if (!fp4) {
+		if ((ret = block_absmax(amax, w, r0, nr, k, g, err)) < 0)
+			return ret;
+		fx_quant_int4_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64), w, nr, k);
+		return 0;
+	}
+	/* a chunk may straddle members: each part with its member's T */
+	for (int64_t a = r0; a < r0 + nr; ) {
+		int64_t e = a + 1;
+
+		while (e < r0 + nr && b->rscale[e] == b->rscale[a])
+			e++;
+		ret = fx_quant_nvfp4_rows_cpu(b->codes + a * (k / 2), b->scales8 + a * (k / 16),
+					      w + (a - r0) * k, e - a, k, b->rscale[a], err);
+		if (ret < 0)
+			return ret;
+		a = e;
+	}
+	return 0;
+}
+
+/* Without a clipping search a layer streams: each thread builds a chunk of
+ * rows small enough to stay in its cache (weights, or the residual with a
+ * branch) and quantizes it; NVFP4 goes over the layer twice (row maxima for
+ * T, then the codes). The same bytes as quantizing the whole matrix. */
 static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
-			   const struct branch_t *br, bool fp4, int64_t blk, struct bufs *b,
+			   const struct branch_t *br, bool fp4, int64_t chunk, struct bufs *b,
 			   struct fx_err *err)
 {
-	const int64_t n = g->n, k = g->k;
-	const int64_t *rows = NULL;
-	int ret = 0;
+	const int64_t n = g->n, k = g->k, nchunk = (n + chunk - 1) / chunk;
+	int64_t bad_chunk = -1;
+	struct fx_err first = { 0 };
+	int blas, ret = 0;
 
-	if (g->kind == FX_GROUP_ADALN) {
+	if (g->kind == FX_GROUP_ADALN)
 		for (int64_t r = 0; r < n; r++)
 			b->perm[r] = fx_quant_adaln_src_row(r, n, g->adaln_chunks);
-		rows = b->perm;
-	}
-	if (g->kind == FX_GROUP_W4A4 && fp4) {
-		for (int64_t r0 = 0; r0 < n && ret == 0; r0 += blk) {
-			int64_t nr = n - r0 < blk ? n - r0 : blk;
+	blas = fx_ops_blas_single();   /* the residual's products run per thread */
+	for (int pass = g->kind == FX_GROUP_W4A4 && fp4 ? 0 : 1; pass < 2 && bad_chunk < 0; pass++) {
+#pragma omp parallel
+		{
+			float *w = b->w + (size_t)omp_get_thread_num() * (size_t)(chunk * k);
+			float *amax = malloc((size_t)chunk * sizeof(float));   /* row maxima scratch */
+			struct fx_err e = { 0 };
 
-			if ((ret = produce(m, g, br, r0, nr, NULL, b->w, err)) == 0)
-				ret = block_absmax(b->ramax + r0, b->w, r0, nr, k, g, err);
-		}
-		for (int i = 0; i < g->nmembers && ret == 0; i++) {
-			const struct fx_member *mb = &g->members[i];
-			float amax = 0.0f;
+#pragma omp for schedule(static)
+			for (int64_t c = 0; c < nchunk; c++) {
+				int64_t r0 = c * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
+				int rc = amax ? stream_chunk(m, g, br, fp4, pass, r0, nr, w, amax, b, &e)
+					      : fx_error(&e, FX_E_NOMEM, "out of memory");
 
-			for (int64_t r = mb->out_row0; r < mb->out_row0 + mb->nrows; r++)
-				amax = b->ramax[r] > amax ? b->ramax[r] : amax;
-			b->tscale[i] = fx_quant_nvfp4_tscale(amax);
-			for (int64_t r = mb->out_row0; r < mb->out_row0 + mb->nrows; r++)
-				b->rscale[r] = b->tscale[i];
-		}
-	}
-	for (int64_t r0 = 0; r0 < n && ret == 0; r0 += blk) {
-		int64_t nr = n - r0 < blk ? n - r0 : blk;
-
-		if ((ret = produce(m, g, br, r0, nr, rows ? rows + r0 : NULL, b->w, err)) < 0)
-			break;
-		if (g->kind == FX_GROUP_ADALN) {
-			if ((ret = block_absmax(b->ramax, b->w, r0, nr, k, g, err)) < 0)
-				break;
-			fx_quant_w4a16_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64),
-						b->zeros + r0 * (k / 64), b->w, nr, k);
-		} else if (fp4) {
-			/* a block may straddle members: each part with its member's T */
-			for (int64_t a = r0; a < r0 + nr && ret == 0; ) {
-				int64_t e = a + 1;
-
-				while (e < r0 + nr && b->rscale[e] == b->rscale[a])
-					e++;
-				ret = fx_quant_nvfp4_rows_cpu(b->codes + a * (k / 2), b->scales8 + a * (k / 16),
-							      b->w + (a - r0) * k, e - a, k, b->rscale[a], err);
-				a = e;
+				if (rc < 0) {
+#pragma omp critical(fx_quant_stream)
+					if (bad_chunk < 0 || c < bad_chunk) {
+						bad_chunk = c;
+						first = e;
+					}
+				}
 			}
-		} else {
-			if ((ret = block_absmax(b->ramax, b->w, r0, nr, k, g, err)) < 0)
-				break;
-			fx_quant_int4_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64), b->w,
-					       nr, k);
+			free(amax);
 		}
+		if (bad_chunk >= 0)
+			break;
+		if (pass == 0)
+			for (int i = 0; i < g->nmembers; i++) {
+				const struct fx_member *mb = &g->members[i];
+				float amax = 0.0f;
+
+				for (int64_t r = mb->out_row0; r < mb->out_row0 + mb->nrows; r++)
+					amax = b->ramax[r] > amax ? b->ramax[r] : amax;
+				b->tscale[i] = fx_quant_nvfp4_tscale(amax);
+				for (int64_t r = mb->out_row0; r < mb->out_row0 + mb->nrows; r++)
+					b->rscale[r] = b->tscale[i];
+			}
 	}
+	fx_ops_blas_restore(blas);
+	if (bad_chunk >= 0)
+		ret = fx_error(err, first.code, "%s", first.msg);
 	return ret;
 }
 
@@ -324,8 +364,9 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 	const struct fx_tensor *tx = NULL;
 	struct fx_qsearch search = {0};
 	struct branch_t br = {0}, *brp = NULL;
-	/* streamed rows: about 4 MiB of f32 at a time */
-	int64_t blk = (int64_t)((1u << 20) / (size_t)k);
+	/* streamed rows per thread: about 512 KiB of f32, well inside L2 */
+	int64_t blk = (int64_t)((128u << 10) / (size_t)k);
+	int nthr = omp_get_max_threads();
 	char name[160];
 	int ret, i;
 
@@ -342,7 +383,7 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if (tx)
 			msamp = tx->shape[0];
 	}
-	if ((ret = bufs_fit(b, n, k, msamp ? n : blk, msamp, err)) < 0)
+	if ((ret = bufs_fit(b, n, k, msamp ? n : blk * nthr, msamp, err)) < 0)
 		return ret;
 	if (g->kind == FX_GROUP_W4A4 && branch) {
 		if ((ret = get_branch(branch, g, &br, err)) < 0)

@@ -275,16 +275,18 @@ static void test_bf16_widen(void **state)
 	for (int i = 0; i < 301; i++)
 		src[i] = (uint16_t)(0x3f80 + i * 37);
 	for (int n = 0; n <= 300; n += (n < 80 ? 1 : 37))
-		for (int off = 0; off < 8; off++) {
-			assert_false(fx_bf16_widen(dst + off, src + 1, (size_t)n));
-			for (int i = 0; i < n; i++)
-				assert_true(dst[off + i] == fx_bf16_to_f32(src[1 + i]));
-		}
+		for (int off = 0; off < 8; off++)
+			for (int st = 0; st < 2; st++) {
+				assert_false(fx_bf16_widen(dst + off, src + 1, (size_t)n, st));
+				for (int i = 0; i < n; i++)
+					assert_true(dst[off + i] == fx_bf16_to_f32(src[1 + i]));
+			}
 	for (int bad = 0; bad < 200; bad++) {
 		uint16_t keep = src[bad];
 
 		src[bad] = bad % 2 ? 0x7fc1 : 0xff80;   /* NaN, -Inf */
-		assert_true(fx_bf16_widen(dst + bad % 8, src, 200));
+		assert_true(fx_bf16_widen(dst + bad % 8, src, 200, true));
+		assert_true(fx_bf16_widen(dst + bad % 8, src, 200, false));
 		src[bad] = keep;
 	}
 }
