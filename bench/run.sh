@@ -12,7 +12,7 @@
 #   FX_BENCH_STEPS   sampling steps of the longer fx-calib run (default 3)
 #
 # Benchmarks (the targets are those of the stage issues):
-#   quant    fx-quant + fx-pack on FLUX-width models of two sizes (best of two
+#   quant    fx-quant + fx-pack on FLUX-width models of two sizes (best of three
 #            rounds, the I/O floor likewise): input GB/s,
 #            ratio to the I/O floor (cat of the input + durable copies of the
 #            outputs), peak RSS (target >= 0.5 of the floor, < 2 GiB, flat in
@@ -96,11 +96,14 @@ bench_quant() {
 		cpu_mark
 		note "$key: hidden 3072, $nd double + $ns single blocks, input $(bytes_h "$in_b") in ${#shards[@]} shard(s)"
 
-		# Two rounds of tools and floor, interleaved; the best of each counts.
-		# Pages this VM has not touched for a while cost up to 10x more to
-		# fill, whoever fills them, so a single round swings by 2-3x.
+		# Three rounds of tools and floor, interleaved; the best of each
+		# counts. Pages this VM has not touched for a while cost up to 10x
+		# more to fill, whoever fills them, so a single round swings by 2-3x.
+		# Every round writes new files, as the floor's copies are new files
+		# (replacing an old output frees its blocks inside the rename).
 		local tq= tp= rq=0 rp=0 aq=0 ap=0 t_floor= q_b p_b round t0 t1 tf sq
-		for round in 1 2; do
+		for round in 1 2 3; do
+			rm -f -- "$q" "$p"
 			measure "quant-$key" "$FX_BIN/fx-quant" --model "$m" --precision fp4 -o "$q" --force
 			sq=$M_SEC
 			[[ -z $tq ]] || (($(calc "$M_SEC < $tq" '%d'))) && tq=$M_SEC
