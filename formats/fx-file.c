@@ -167,6 +167,7 @@ struct fx_layer_hash *fx_layer_hash_new(void)
 
 void fx_layer_hash_update(struct fx_layer_hash *h, const void *data, size_t n)
 {
+	fx_mem_prefault(data, n);
 	fx_content_digest(h->h, data, n);   /* length-prefixed: boundaries unambiguous */
 }
 

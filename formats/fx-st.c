@@ -1558,6 +1558,22 @@ out:
 	return ret;
 }
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+void fx_mem_prefault(const void *p, size_t n)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a, b;
+
+	if (!n || !map_contains(p, n))
+		return;
+	/* the mapping starts at offset 0 of the file: whole pages stay inside */
+	a = (uintptr_t)p & ~(pg - 1);
+	b = ((uintptr_t)p + n + pg - 1) & ~(pg - 1);
+	madvise((void *)a, b - a, MADV_POPULATE_READ);   /* older kernels: EINVAL, harmless */
+}
+
 void fx_tensor_release(const struct fx_tensor *t)
 {
 	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a, b;

@@ -33,6 +33,11 @@ void fx_st_meta_at(const struct fx_st *st, size_t i, const char **key, const cha
 uint64_t fx_st_header_len(const struct fx_st *st);   /* the 8-byte length value */
 uint64_t fx_st_file_size(const struct fx_st *st);
 
+/* Maps the pages of [p, p+n) inside an open file's mapping in one call
+ * (MADV_POPULATE_READ) instead of a fault per few pages on first read; no-op
+ * elsewhere or where the kernel lacks it. */
+void fx_mem_prefault(const void *p, size_t n);
+
 /* Drops our mappings of a tensor read from a file (whole pages inside it
  * only): resident memory stays near what a stage works on, the pages stay in
  * the page cache, a later read maps them again. Data in a caller's buffer

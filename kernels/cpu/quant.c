@@ -49,6 +49,14 @@ static inline float absmax(const float *restrict v, int64_t count)
 
 typedef uint32_t fx_u32_alias __attribute__((may_alias));
 
+/* Hot loops compiled twice: AVX2 where the CPU has it, baseline otherwise
+ * (same IEEE operations, so the same bytes). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define FXQ_CLONES __attribute__((target_clones("avx2", "default"), noinline))
+#else
+#define FXQ_CLONES
+#endif
+
 /* Any NaN/Inf in w: the exponent field is all ones. */
 static bool row_finite(const float *w, int64_t k)
 {
@@ -163,6 +171,90 @@ static uint16_t int_group_best(const float *wg, const double *hg, const float *s
 	return best_sb;
 }
 
+/* c ? a : b on the bits (a float ?: does not vectorize under -ftrapping-math) */
+static inline float sel_f32(int c, float a, float b)
+{
+	uint32_t ua, ub, m = -(uint32_t)(c != 0), r;
+	float f;
+
+	memcpy(&ua, &a, 4);
+	memcpy(&ub, &b, 4);
+	r = (ua & m) | (ub & ~m);
+	memcpy(&f, &r, 4);
+	return f;
+}
+
+/* One row of INT4 or W4A16 (zero7) with the single scale candidate a,
+ * vectorized like nvfp4_row: group maxima, scales (bf16 rounding on the
+ * bits), codes. The operations of int_group_best's plain path. */
+FXQ_CLONES
+static void int_row_plain(uint8_t *restrict codes, uint16_t *restrict scales,
+			  uint16_t *restrict zeros, const float *restrict w, int64_t k, float a,
+			  bool zero7)
+{
+	const float lo = zero7 ? -7.0f : -8.0f, hi = zero7 ? 8.0f : 7.0f;
+	const unsigned bias = zero7 ? 7u : 0u;
+	float gm[64], sv[64];
+
+	for (int64_t g0 = 0; g0 < k / 64; g0 += 64) {
+		int64_t ng = k / 64 - g0 < 64 ? k / 64 - g0 : 64;
+
+		for (int64_t g = 0; g < ng; g++) {
+			const float *wg = w + (g0 + g) * 64;
+			float m[16];
+
+			for (int j = 0; j < 16; j++) {
+				float x0 = fabsf(wg[j]), x1 = fabsf(wg[16 + j]);
+				float x2 = fabsf(wg[32 + j]), x3 = fabsf(wg[48 + j]);
+
+				x0 = sel_f32(x1 > x0, x1, x0);
+				x2 = sel_f32(x3 > x2, x3, x2);
+				m[j] = sel_f32(x2 > x0, x2, x0);
+			}
+			for (int wdt = 8; wdt >= 1; wdt /= 2)
+				for (int j = 0; j < wdt; j++)
+					m[j] = sel_f32(m[j + wdt] > m[j], m[j + wdt], m[j]);
+			gm[g] = m[0];
+		}
+#pragma omp simd
+		for (int64_t g = 0; g < ng; g++) {
+			float x = (a * gm[g]) / 7.0f, s;
+			uint32_t u;
+
+			memcpy(&u, &x, 4);
+			u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;   /* bf16, RNE */
+			/* an all-zero group, or a scale that rounds to 0: scale 1.0 */
+			u = gm[g] > 0.0f && u != 0 ? u : 0x3f800000u;
+			memcpy(&s, &u, 4);
+			sv[g] = s;
+			scales[g0 + g] = (uint16_t)(u >> 16);
+			if (zeros) {
+				float z = -7.0f * s;
+				uint32_t uz;
+
+				memcpy(&uz, &z, 4);
+				uz = uz + 0x7fffu + ((uz >> 16) & 1u);
+				zeros[g0 + g] = (uint16_t)(uz >> 16);
+			}
+		}
+		for (int64_t g = 0; g < ng; g++) {
+			const float *wg = w + (g0 + g) * 64, s = sv[g];
+			uint32_t c32[64];
+
+#pragma omp simd simdlen(8)
+			for (int i = 0; i < 64; i++) {
+				float v = wg[i] / s;
+
+				v = sel_f32(v < lo, lo, v);
+				v = sel_f32(v > hi, hi, v);
+				c32[i] = ((uint32_t)(int32_t)((v + RNE_MAGIC) - RNE_MAGIC) + bias) & 15u;
+			}
+			for (int i = 0; i < 32; i++)
+				codes[(g0 + g) * 32 + i] = (uint8_t)(c32[2 * i] | (c32[2 * i + 1] << 4));
+		}
+	}
+}
+
 /* One row of k: scales of its k/64 groups, codes. */
 static void int4_row(uint8_t *codes, uint16_t *scales, const float *w, int64_t k, const double *h,
 		     const float *sh, int nsh)
@@ -170,8 +262,12 @@ static void int4_row(uint8_t *codes, uint16_t *scales, const float *w, int64_t k
 	const int64_t G = FX_QUANT_INT4_GROUP;
 	float q[64];
 
+	if (!h) {
+		int_row_plain(codes, scales, NULL, w, k, sh[0], false);
+		return;
+	}
 	for (int64_t g = 0; g < k / G; g++) {
-		scales[g] = int_group_best(w + g * G, h ? h + g * G * G : NULL, sh, nsh, false, q);
+		scales[g] = int_group_best(w + g * G, h + g * G * G, sh, nsh, false, q);
 		store_nibbles(codes + g * (G / 2), q, (int)G, 0, 15u);
 	}
 }
@@ -182,8 +278,12 @@ static void w4a16_row(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const f
 	const int64_t G = FX_QUANT_W4A16_GROUP;
 	float q[64];
 
+	if (!h) {
+		int_row_plain(codes, scales, zeros, w, k, sh[0], true);
+		return;
+	}
 	for (int64_t g = 0; g < k / G; g++) {
-		uint16_t sb = int_group_best(w + g * G, h ? h + g * G * G : NULL, sh, nsh, true, q);
+		uint16_t sb = int_group_best(w + g * G, h + g * G * G, sh, nsh, true, q);
 
 		scales[g] = sb;
 		zeros[g] = fx_f32_to_bf16(-7.0f * fx_bf16_to_f32(sb));
@@ -261,13 +361,6 @@ int fx_quant_w4a16_cpu(uint8_t *codes, uint16_t *scales, uint16_t *zeros, const 
 
 /* ---- NVFP4 ----------------------------------------------------------- */
 
-/* Hot loops compiled twice: AVX2 where the CPU has it, baseline otherwise
- * (same IEEE operations, so the same bytes). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define FXQ_CLONES __attribute__((target_clones("avx2", "default"), noinline))
-#else
-#define FXQ_CLONES
-#endif
 
 static inline uint8_t fp4_scale(float gmax, float a, float t)
 {
