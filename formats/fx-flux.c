@@ -317,10 +317,28 @@ static int ensure_w(struct fx_flux *f, size_t nw, size_t nb, struct fx_err *err)
 int fx_flux_linear_dense(struct fx_flux *f, const struct fx_group *g, const float *x,
 			 int64_t m, float *y, struct fx_err *err)
 {
-	int ret;
+	bool bf16 = m == 1;
+	int ret, i;
 
 	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)
 		return ret;
+	for (i = 0; i < g->nmembers; i++)
+		bf16 = bf16 && g->members[i].weight->dtype == FX_BF16 && g->members[i].weight->ndim == 2;
+	/* one token (the modulations): the BF16 weight in place, each read once */
+	if (bf16 && (ret = fx_model_group_f32(f->m, g, NULL, f->b, err)) == 0) {
+		for (i = 0; i < g->nmembers && bf16; i++) {
+			const struct fx_member *mb = &g->members[i];
+			const struct fx_tensor *t = mb->weight;
+			const unsigned char *w0 = (const unsigned char *)t->data +
+						  (size_t)(mb->row0 * t->shape[1] + mb->col0) * 2;
+
+			bf16 = fx_ops_gemv_bf16(y + mb->out_row0, x, w0, t->shape[1], f->b + mb->out_row0,
+						mb->nrows, mb->ncols);
+		}
+		if (bf16)
+			return 0;
+		/* NaN/Inf somewhere: the widening below names the tensor and element */
+	}
 	if ((ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
 		return ret;
 	fx_ops_linear(y, x, f->w, f->b, m, g->n, g->k);

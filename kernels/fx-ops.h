@@ -6,6 +6,8 @@
 
 #include "../common/fx-err.h"
 
+#include <stdbool.h>
+
 /* Large buffers (a layer's weights, activations): 2 MiB aligned and marked
  * for transparent huge pages, which saves page faults on first touch and TLB
  * misses in the products' packing (a few per cent). Release with free(). */
@@ -21,6 +23,12 @@ void fx_ops_blas_restore(int prev);
  * alias x. Panels of the longer side over the OpenMP threads. */
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 		   int64_t m, int64_t n, int64_t k);
+
+/* y (n) = W x + b for one input row, W (n,k) BF16 with row stride ldw
+ * elements, read in place (the adaLN modulations: a weight read once needs
+ * no widened copy). Returns false, y unspecified, when W holds NaN/Inf. */
+bool fx_ops_gemv_bf16(float *y, const float *x, const void *w, int64_t ldw, const float *b,
+		      int64_t n, int64_t k);
 
 /* Per row of d: y = (x − mean) / sqrt(var + eps), biased variance, no
  * affine. y may equal x. */

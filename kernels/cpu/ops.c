@@ -133,6 +133,63 @@ void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 	fx_ops_blas_restore(prev);
 }
 
+/* One BF16 row dot x over k, 16 partial sums; also ORs the exponent bits'
+ * all-ones test into *bad. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static float dot_bf16(const unsigned char *w, const float *x, int64_t k, unsigned *bad)
+{
+	float acc[16] = { 0 }, tail = 0.0f;
+	unsigned nf = 0;
+	int64_t c = 0;
+
+	for (; c + 16 <= k; c += 16)
+		for (int j = 0; j < 16; j++) {
+			uint16_t h;
+			uint32_t u;
+			float f;
+
+			memcpy(&h, w + 2 * (c + j), 2);
+			u = (uint32_t)h << 16;
+			memcpy(&f, &u, 4);
+			nf |= (h & 0x7f80u) == 0x7f80u;
+			acc[j] += f * x[c + j];
+		}
+	for (; c < k; c++) {
+		uint16_t h;
+		uint32_t u;
+		float f;
+
+		memcpy(&h, w + 2 * c, 2);
+		u = (uint32_t)h << 16;
+		memcpy(&f, &u, 4);
+		nf |= (h & 0x7f80u) == 0x7f80u;
+		tail += f * x[c];
+	}
+	for (int wdt = 8; wdt >= 1; wdt /= 2)
+		for (int j = 0; j < wdt; j++)
+			acc[j] += acc[j + wdt];
+	*bad |= nf;
+	return acc[0] + tail;
+}
+
+bool fx_ops_gemv_bf16(float *y, const float *x, const void *w, int64_t ldw, const float *b,
+		      int64_t n, int64_t k)
+{
+	unsigned bad = 0;
+
+	#pragma omp parallel for schedule(static) reduction(|:bad) if (n * k > 65536)
+	for (int64_t r = 0; r < n; r++) {
+		unsigned br = 0;
+		float d = dot_bf16((const unsigned char *)w + (size_t)(r * ldw) * 2, x, k, &br);
+
+		y[r] = b ? b[r] + d : d;
+		bad |= br;
+	}
+	return bad == 0;
+}
+
 static void ln_row(float *y, const float *x, int64_t d, const float *shift,
 		   const float *scale, float eps)
 {

@@ -763,6 +763,47 @@ static void test_ops_elementwise(void **state)
 	}
 }
 
+/* The in-place BF16 GEMV of the modulations: rows with a stride, odd k (the
+ * tail after 16-wide steps), bias or none, against f64; NaN/Inf reported. */
+static void test_ops_gemv_bf16(void **state)
+{
+	const int64_t n = 300, k = 1037, ld = 1100;
+	uint16_t *w = malloc((size_t)(n * ld) * 2);
+	float *x = malloc((size_t)k * 4), *b = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
+	struct fx_rng g;
+
+	(void)state;
+	assert_true(w && x && b && y);
+	fx_rng_init(&g, 5);
+	for (int64_t i = 0; i < n * ld; i++)
+		w[i] = fx_f32_to_bf16((float)fx_rng_normal(&g));
+	for (int64_t i = 0; i < k; i++)
+		x[i] = (float)fx_rng_normal(&g);
+	for (int64_t i = 0; i < n; i++)
+		b[i] = (float)i * 0.5f;
+	for (int nb = 0; nb < 2; nb++) {
+		assert_true(fx_ops_gemv_bf16(y, x, w, ld, nb ? NULL : b, n, k));
+		for (int64_t r = 0; r < n; r++) {
+			double s = nb ? 0.0 : b[r];
+
+			for (int64_t c = 0; c < k; c++)
+				s += (double)fx_bf16_to_f32(w[r * ld + c]) * x[c];
+			assert_true(fabs(s - y[r]) < 1e-3);
+		}
+	}
+	w[77 * ld + 1030] = 0x7fc0;   /* NaN in the tail of a row */
+	assert_false(fx_ops_gemv_bf16(y, x, w, ld, b, n, k));
+	w[77 * ld + 1030] = 0xff80;   /* -Inf */
+	assert_false(fx_ops_gemv_bf16(y, x, w, ld, b, n, k));
+	w[77 * ld + 1030] = 0;
+	w[12 * ld + 3] = 0x7f80;      /* +Inf in the 16-wide part */
+	assert_false(fx_ops_gemv_bf16(y, x, w, ld, b, n, k));
+	free(w);
+	free(x);
+	free(b);
+	free(y);
+}
+
 /* Products large enough to be split over the threads, panels of n (n >= m)
  * and of m (m > n), with sizes that do not divide: against f64. */
 static void test_ops_linear_panels(void **state)
@@ -850,6 +891,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_ops_elementwise),
 		cmocka_unit_test(test_ops_linear_panels),
+		cmocka_unit_test(test_ops_gemv_bf16),
 		cmocka_unit_test(test_ops_rope_rms),
 		cmocka_unit_test(test_ops_attention),
 		cmocka_unit_test(test_rng),
