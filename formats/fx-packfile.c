@@ -550,8 +550,8 @@ static int write_part(const char *path, const struct fx_st *st, bool blocks, str
 	ret = fx_out_commit(out, err);
 	out = NULL;
 out:
+	fx_stw_free(w);   /* its writer thread first: it may still hold the fd */
 	fx_out_abort(out);
-	fx_stw_free(w);
 	return ret;
 }
 

@@ -238,19 +238,23 @@ static int produce(const struct fx_model *m, const struct fx_group *g, const str
 	return 0;
 }
 
-/* ramax[0..nr) of produced rows; a NaN/Inf (possible in a residual) is named. */
+/* ramax[0..nr) of produced rows; a NaN/Inf (possible in a residual) is named
+ * by its weight row (rows[]: the source row of each produced row). */
 static int block_absmax(float *ramax, const float *w, int64_t r0, int64_t nr, int64_t k,
-			const struct fx_group *g, struct fx_err *err)
+			const int64_t *rows, const struct fx_group *g, struct fx_err *err)
 {
-	int64_t r = 0, c = -1;
+	int64_t r, c = k;
 
 	if (fx_quant_row_absmax(ramax, w, nr, k))
 		return 0;
-	for (; r < nr && c < 0; r++)
+	for (r = 0; r < nr; r++) {
 		for (c = 0; c < k && isfinite(w[r * k + c]); c++)
 			;
+		if (c < k)
+			break;
+	}
 	return fx_error(err, FX_E_VALUE, "layer '%s': non-finite weight at [%lld,%lld]", g->name,
-			(long long)(r0 + r - 1), (long long)c);
+			(long long)(rows ? rows[r] : r0 + r), (long long)c);
 }
 
 /* One chunk of rows [r0, r0+nr) of a streamed layer, on the calling thread:
@@ -267,16 +271,16 @@ static int stream_chunk(const struct fx_model *m, const struct fx_group *g,
 	if ((ret = produce(m, g, br, r0, nr, rows, w, err)) < 0)
 		return ret;
 	if (pass == 0)
-		return block_absmax(b->ramax + r0, w, r0, nr, k, g, err);
+		return block_absmax(b->ramax + r0, w, r0, nr, k, rows, g, err);
 	if (g->kind == FX_GROUP_ADALN) {
-		if ((ret = block_absmax(amax, w, r0, nr, k, g, err)) < 0)
+		if ((ret = block_absmax(amax, w, r0, nr, k, rows, g, err)) < 0)
 			return ret;
 		fx_quant_w4a16_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64),
 					b->zeros + r0 * (k / 64), w, nr, k);
 		return 0;
 	}
 	if (!fp4) {
-		if ((ret = block_absmax(amax, w, r0, nr, k, g, err)) < 0)
+		if ((ret = block_absmax(amax, w, r0, nr, k, rows, g, err)) < 0)
 			return ret;
 		fx_quant_int4_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64), w, nr, k);
 		return 0;
@@ -370,7 +374,7 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 	char name[160];
 	int ret, i;
 
-	if (getenv("FX_QUANT_ROWS"))   /* tests: blocks that straddle members */
+	if (getenv("FX_QUANT_ROWS") && *getenv("FX_QUANT_ROWS"))   /* tests: chunks that straddle members */
 		blk = atoll(getenv("FX_QUANT_ROWS"));
 	blk = blk < 1 ? 1 : blk > n ? n : blk;
 	if (calib) {

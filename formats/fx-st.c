@@ -416,18 +416,26 @@ out:
 	pthread_mutex_unlock(&maps_lock);
 }
 
-static bool map_contains(const void *p, size_t n)
+static bool map_contains_locked(const void *p, size_t n)
 {
 	uintptr_t a = (uintptr_t)p;
-	bool in = false;
 	size_t i;
 
-	pthread_mutex_lock(&maps_lock);
-	for (i = 0; i < nmaps && !in; i++) {
+	for (i = 0; i < nmaps; i++) {
 		uintptr_t b = (uintptr_t)maps[i].base;
 
-		in = a >= b && a - b <= maps[i].size && n <= maps[i].size - (a - b);
+		if (a >= b && a - b <= maps[i].size && n <= maps[i].size - (a - b))
+			return true;
 	}
+	return false;
+}
+
+static bool map_contains(const void *p, size_t n)
+{
+	bool in;
+
+	pthread_mutex_lock(&maps_lock);
+	in = map_contains_locked(p, n);
 	pthread_mutex_unlock(&maps_lock);
 	return in;
 }
@@ -1061,12 +1069,13 @@ struct stw_async {
 	unsigned char *pool;              /* STW_SLOTS * STW_SLOT */
 	struct { uint64_t off; size_t n; } job[STW_SLOTS];
 	unsigned head, tail;              /* written / queued slots (tail - head in flight) */
-	bool stop, failed;
+	bool stop, failed, discard;       /* discard: freed unfinished, skip what is queued */
 	struct fx_err err;                /* the first failed write */
 };
 
 struct fx_stw {
 	struct stw_async *as;             /* NULL: synchronous writes */
+	struct fx_err failed;             /* a write that failed: every later call reports it */
 	unsigned flags;
 	size_t spare;
 	struct wt *t;         /* layout order after begin */
@@ -1110,7 +1119,7 @@ int fx_stw_new(struct fx_stw **out, unsigned flags, struct fx_err *err)
 	return 0;
 }
 
-static void async_stop(struct fx_stw *w);
+static void async_stop(struct fx_stw *w, bool discard);
 
 void fx_stw_free(struct fx_stw *w)
 {
@@ -1118,7 +1127,7 @@ void fx_stw_free(struct fx_stw *w)
 
 	if (!w)
 		return;
-	async_stop(w);
+	async_stop(w, true);
 	for (i = 0; i < w->n; i++)
 		free(w->t[i].name);
 	free(w->t);
@@ -1278,7 +1287,7 @@ static void *async_main(void *arg)
 			break;
 		slot = a->head % STW_SLOTS;
 		pthread_mutex_unlock(&a->mu);
-		if (!a->failed) {
+		if (!a->failed && !a->discard) {
 			ret = pwrite_loop(w, a->pool + slot * STW_SLOT, a->job[slot].n,
 					  a->job[slot].off, &e);
 #ifdef SYNC_FILE_RANGE_WRITE
@@ -1337,7 +1346,8 @@ static int async_drain(struct fx_stw *w, struct fx_err *err)
 	return ret;
 }
 
-static void async_stop(struct fx_stw *w)
+/* discard: the output is being abandoned; queued slots are not written. */
+static void async_stop(struct fx_stw *w, bool discard)
 {
 	struct stw_async *a = w->as;
 
@@ -1345,6 +1355,7 @@ static void async_stop(struct fx_stw *w)
 		return;
 	pthread_mutex_lock(&a->mu);
 	a->stop = true;
+	a->discard = discard;
 	pthread_cond_broadcast(&a->cv);
 	pthread_mutex_unlock(&a->mu);
 	pthread_join(a->th, NULL);
@@ -1512,12 +1523,19 @@ int fx_stw_write(struct fx_stw *w, const char *name, const void *data, size_t n,
 		return 0;
 	if (!data)
 		return fx_error(err, FX_E_ARG, "'%s': no data for tensor '%s'", w->path, name);
+	if (w->failed.code)
+		return fx_error(err, w->failed.code, "%s", w->failed.msg);
 	if (w->as)
 		ret = async_write(w, data, n, 8 + w->hdr_len + e->off + e->done, err);
 	else
 		ret = pwrite_loop(w, data, n, 8 + w->hdr_len + e->off + e->done, err);
-	if (ret < 0)
+	if (ret < 0) {
+		if (err)
+			w->failed = *err;
+		else
+			w->failed.code = ret;
 		return ret;
+	}
 	e->crc = fx_crc32(e->crc, p, n);
 	e->done += n;
 	return 0;
@@ -1531,10 +1549,19 @@ int fx_stw_finish(struct fx_stw *w, struct fx_err *err)
 
 	if (!w->begun || w->finished)
 		return fx_error(err, FX_E_ARG, "'%s': finish without begin, or twice", w->path);
-	ret = async_drain(w, err);
-	async_stop(w);
-	if (ret < 0)
-		goto out;
+	if (w->failed.code)
+		return fx_error(err, w->failed.code, "%s", w->failed.msg);
+	{
+		struct fx_err e = { 0 };
+
+		ret = async_drain(w, &e);
+		async_stop(w, false);
+		if (ret < 0) {
+			w->failed = e;   /* a later finish must not pass */
+			ret = fx_error(err, e.code, "%s", e.msg);
+			goto out;
+		}
+	}
 	for (i = 0; i < w->n; i++)
 		if (w->t[i].done != w->t[i].nbytes) {
 			ret = fx_error(err, FX_E_ARG, "'%s': tensor '%s' is incomplete: %llu of %llu bytes written",
@@ -1578,12 +1605,16 @@ void fx_tensor_release(const struct fx_tensor *t)
 {
 	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a, b;
 
-	if (!t || !t->nbytes || !map_contains(t->data, t->nbytes))
+	if (!t || !t->nbytes)
 		return;
 	/* only whole pages inside the tensor: neighbours may still be in use */
 	a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
 	b = ((uintptr_t)t->data + t->nbytes) & ~(pg - 1);
-	if (b > a)
+	/* under the lock: a file closed meanwhile must not leave the range to
+	 * someone else's memory */
+	pthread_mutex_lock(&maps_lock);
+	if (b > a && map_contains_locked(t->data, t->nbytes))
 		madvise((void *)a, b - a, MADV_DONTNEED);
+	pthread_mutex_unlock(&maps_lock);
 }
 

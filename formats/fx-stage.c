@@ -71,8 +71,8 @@ void fx_stage_free(struct fx_stage *s)
 {
 	if (!s)
 		return;
+	fx_stw_free(s->w);   /* its writer thread first: it may still hold the fd */
 	fx_out_abort(s->out);
-	fx_stw_free(s->w);
 	fx_st_close(s->old);
 	json_decref(s->old_layers);
 	json_decref(s->params);

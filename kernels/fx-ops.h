@@ -15,7 +15,8 @@ void *fx_ops_alloc(size_t n);
 
 /* OpenBLAS single-threaded while the callers' OpenMP threads split the
  * work (fx_ops_linear and fx_ops_attention do this themselves); returns the
- * previous thread count for fx_ops_blas_restore. */
+ * previous thread count for fx_ops_blas_restore (0: nothing was changed, as
+ * inside a parallel region or with an OpenMP build of OpenBLAS). */
 int fx_ops_blas_single(void);
 void fx_ops_blas_restore(int prev);
 

@@ -68,8 +68,13 @@ void *fx_ops_alloc(size_t n)
  * per OpenMP thread, or one attention head per thread. */
 int fx_ops_blas_single(void)
 {
-	int prev = openblas_get_num_threads();
+	int prev;
 
+	/* an OpenMP build of OpenBLAS already runs single-threaded inside our
+	 * parallel regions, and its set_num_threads would shrink them too */
+	if (openblas_get_parallel() == 2 || omp_in_parallel())
+		return 0;
+	prev = openblas_get_num_threads();
 	if (prev != 1)
 		openblas_set_num_threads(1);
 	return prev;
@@ -107,8 +112,13 @@ void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 			    (blasint)k, x, 1, beta, y, 1);
 		return;
 	}
+	if (omp_in_parallel()) {   /* a caller's thread: its own product, settings untouched */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n,
+			    (blasint)k, 1.0f, x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
+		return;
+	}
 	prev = fx_ops_blas_single();
-	if (omp_get_max_threads() < 2 || dim < 64 || m * n * k < (1 << 22) || omp_in_parallel()) {
+	if (omp_get_max_threads() < 2 || dim < 64 || m * n * k < (1 << 22)) {
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n,
 			    (blasint)k, 1.0f, x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
 		fx_ops_blas_restore(prev);
@@ -346,6 +356,7 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 	float scale = 1.0f / sqrtf((float)hd);
 	int nt = omp_get_max_threads(), prev;
 	struct fx_ops_ws own = { 0 };
+	int64_t njobs;
 	float *s, *inv;
 	size_t need;
 	int ret = 0;
@@ -355,6 +366,8 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 	bq = bq < 64 ? 64 : bq > 1024 ? 1024 : bq;
 	bq = bq > n ? n : bq;
 	nblk = (n + bq - 1) / bq;
+	njobs = (int64_t)heads * nblk;
+	nt = njobs < nt ? (int)njobs : nt;   /* no tiles for threads without a job */
 	/* per thread: a (bq, n) score tile and bq row sums */
 	need = (size_t)(bq * n + bq) * (size_t)nt;
 	if (!ws)

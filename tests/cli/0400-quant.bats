@@ -180,3 +180,39 @@ PY
 		done
 	done
 }
+
+@test "a residual that overflows is named by layer and weight row, whatever the row blocks (exit 3)" {
+	W=$BATS_TEST_TMPDIR
+	fx-synth -q -o "$W/m2" --cond "$W/cond.safetensors" --prompts 1 --txt-len 16
+	fx-calib -q --model "$W/m2" --cond "$W/cond.safetensors" --steps 1 --res 128x128 --samples 64 -o "$W/calib.safetensors"
+	fx-lowrank -q --model "$W/m2" --calib "$W/calib.safetensors" --rank 32 --precision fp4 --alpha-grid 2 --iters 0 -o "$W/branch.safetensors"
+	# up[5,:] and down[0,:] = 3e38: R[5,c] = W s - up·down overflows to -inf;
+	# the CRCs are updated so that only the values are wrong
+	python3 - "$W/branch.safetensors" <<'PY'
+import json, struct, sys, zlib
+p = sys.argv[1]
+raw = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+crcs = json.loads(hdr["__metadata__"]["fx.crc32"])
+def patch(name, row):
+    t = hdr[name]
+    b, e = t["data_offsets"]
+    cols = t["shape"][1]
+    for c in range(cols):
+        struct.pack_into("<f", raw, 8 + n + b + 4 * (row * cols + c), 3e38)
+    crcs[name] = "%08x" % (zlib.crc32(raw[8 + n + b:8 + n + e]) & 0xffffffff)
+patch("transformer_blocks.0.qkv_proj.up", 5)
+patch("transformer_blocks.0.qkv_proj.down", 0)
+hdr["__metadata__"]["fx.crc32"] = json.dumps(crcs, sort_keys=True, separators=(",", ":"))
+text = json.dumps(hdr, separators=(",", ":")).encode()
+assert len(text) <= n
+raw[8:8 + n] = text + b" " * (n - len(text))
+open(p, "wb").write(raw)
+PY
+	for rows in "" 2; do
+		FX_QUANT_ROWS=$rows run -3 --separate-stderr fx-quant --model "$W/m2" --branch "$W/branch.safetensors" --precision fp4 -o "$W/q.safetensors"
+		[[ "$stderr" == *"layer 'transformer_blocks.0.qkv_proj': non-finite weight at [5,0]"* ]]
+		[ ! -e "$W/q.safetensors" ]
+	done
+}
