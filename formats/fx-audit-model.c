@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/fx-quant.h"
 #include "../kernels/fx-runtime.h"
 #include "fx-file.h"
 #include "fx-model.h"
@@ -90,9 +91,23 @@ int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct
 
 struct num_row {
 	char where[96];
-	double werr, berr, snr;
+	double werr, berr, snr, rerr;   /* rerr: weight error re-quantized from its own smoothing and branch */
 	bool has_snr;
 };
+
+static double snr_db(const float *y, const float *yr, const float *b, int64_t m, int64_t n)
+{
+	double num = 0, den = 0;
+
+	for (int64_t i = 0; i < m; i++)
+		for (int64_t j = 0; j < n; j++) {
+			double r = (double)yr[i * n + j] + b[j], d = (double)y[i * n + j] - r;
+
+			num += d * d;
+			den += r * r;
+		}
+	return num > 0 ? 10 * log10(den / num) : 999;
+}
 
 static double rel_err(const float *a, const float *b, size_t n)
 {
@@ -108,13 +123,59 @@ static double rel_err(const float *a, const float *b, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* The weight error of the module re-quantized (round-to-nearest, the
+ * precision it has) from its own smoothing and branch: R = (W − Lu·Ldᵀ)·s.
+ * What fx-quant without --search would have packed; a module far worse
+ * than that has codes or scales that do not belong to its smoothing. */
+static int requant_err(double *out, const struct fx_group *g, const struct fx_rt_w4a4 *pmod,
+		       const float *w, struct fx_err *err)
+{
+	const int64_t n = g->n, k = g->k, r = pmod->r;
+	float *res = malloc((size_t)(n * k) * 4), *weff = malloc((size_t)(n * k) * 4);
+	float *rs = malloc((size_t)n * 4), *ct = malloc((size_t)n * 4);
+	uint8_t *codes = malloc((size_t)(n * k / 2));
+	void *sc = malloc((size_t)(n * k / 16));   /* >= INT4's n*k/64 bf16 */
+	struct fx_rt_w4a4 mod = *pmod;
+	int64_t rows[FX_GROUP_MAX_MEMBERS];
+	int ret;
+
+	if (!res || !weff || !rs || !ct || !codes || !sc) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(res, w, (size_t)(n * k) * 4);
+	if (r > 0)   /* Ld is stored (k, r), already divided by s */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)k, (int)r, -1.0f,
+			    pmod->lora_up, (int)r, pmod->lora_down, (int)r, 1.0f, res, (int)k);
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t c = 0; c < k; c++)
+			res[i * k + c] *= pmod->smooth[c];
+	for (int i = 0; i < g->nmembers; i++)
+		rows[i] = g->members[i].nrows;
+	ret = pmod->prec == FX_QPREC_NVFP4
+		      ? fx_quant_nvfp4_cpu(codes, sc, rs, res, n, k, rows, g->nmembers, NULL, err)
+		      : fx_quant_int4_cpu(codes, sc, res, n, k, NULL, err);
+	if (ret < 0)
+		goto out;
+	mod.codes = codes;
+	mod.wscales = sc;
+	mod.wtscale = 0.0f;
+	mod.wcscales = pmod->prec == FX_QPREC_NVFP4 ? rs : NULL;
+	if ((ret = fx_rt_w4a4_effective(weff, ct, &mod, err)) < 0)
+		goto out;
+	*out = rel_err(weff, w, (size_t)(n * k));
+out:
+	free(res); free(weff); free(rs); free(ct); free(codes); free(sc);
+	return ret;
+}
+
 /* W4A4: W_eff and constant term against W and b, and with calibration rows
  * the emulated runtime output against X·Wᵀ + b. adaLN: the dequantized
  * weights against the source rows. Returns 1 when the module is incomplete. */
 static int num_module(const struct fx_st *st, const struct fx_model *m, const struct fx_group *g,
 		      const struct fx_st *calib, bool fp4, struct num_row *row, struct fx_err *err)
 {
-	int64_t n = g->n, k = g->k, i, j;
+	int64_t n = g->n, k = g->k, i;
 	struct fx_packed_module pm;
 	float *w = NULL, *b = NULL, *weff = NULL, *cterm = NULL, *x = NULL, *y = NULL, *yr = NULL;
 	int ret = fx_packed_module_load(&pm, st, g, fp4, err);
@@ -147,6 +208,8 @@ static int num_module(const struct fx_st *st, const struct fx_model *m, const st
 		goto out;
 	row->werr = rel_err(weff, w, n * k);
 	row->berr = rel_err(cterm, b, n);
+	if ((ret = requant_err(&row->rerr, g, &pm.mod, w, err)) < 0)
+		goto out;
 	if (calib) {
 		char name[200];
 		const struct fx_tensor *tx;
@@ -155,7 +218,6 @@ static int num_module(const struct fx_st *st, const struct fx_model *m, const st
 		tx = fx_st_find(calib, name);
 		if (tx && tx->ndim == 2 && tx->shape[1] == k && tx->shape[0] > 0) {
 			int64_t mr = tx->shape[0] > 256 ? 256 : tx->shape[0];
-			double num = 0, den = 0;
 
 			x = malloc(mr * k * 4);
 			y = malloc(mr * n * 4);
@@ -169,14 +231,7 @@ static int num_module(const struct fx_st *st, const struct fx_model *m, const st
 				goto out;
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mr, (int)n, (int)k, 1.0f,
 				    x, (int)k, w, (int)k, 0.0f, yr, (int)n);
-			for (i = 0; i < mr; i++)
-				for (j = 0; j < n; j++) {
-					double d = (double)y[i * n + j] - (yr[i * n + j] + b[j]);
-
-					num += d * d;
-					den += (double)(yr[i * n + j] + b[j]) * (yr[i * n + j] + b[j]);
-				}
-			row->snr = num > 0 ? 10 * log10(den / num) : 999;
+			row->snr = snr_db(y, yr, b, mr, n);
 			row->has_snr = true;
 		}
 	}
@@ -200,7 +255,7 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 	struct fx_st *calib = NULL;
 	struct num_row *rows = NULL;
 	size_t i, nr = 0;
-	bool fp4 = false;
+	bool fp4 = false, ours;
 	double sum = 0;
 	int ret;
 
@@ -211,6 +266,7 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 	if (o->calib && (ret = fx_st_open(&calib, o->calib, err)) < 0)
 		goto out;
 	fp4 = fx_packed_is_fp4(st);
+	ours = fx_st_meta(st, "fx.format") != NULL;
 	rows = calloc(fx_model_ngroups(m), sizeof(*rows));
 	if (!rows) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
@@ -232,6 +288,14 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 			fx_audit_add(a, FX_SEV_ERROR, "numerics", row->where,
 				     "does not reproduce the source layer: relative weight error %.3g "
 				     "(a wrong layout, fusion order, smoothing or low-rank branch)", row->werr);
+		else if (row->rerr > 0 && row->werr > FX_AUDIT_MAX_REQUANT_RATIO * row->rerr)
+			/* another tool's quantizer (GPTQ-like) may trade weight error
+			 * for output error: a warning there */
+			fx_audit_add(a, ours ? FX_SEV_ERROR : FX_SEV_WARN, "numerics", row->where,
+				     "relative weight error %.3g, %.1fx the %.3g of the same module "
+				     "re-quantized from its own smoothing and branch (codes, scales or "
+				     "smoothing scrambled%s)", row->werr, row->werr / row->rerr, row->rerr,
+				     ours ? "" : ", or another tool's quantizer");
 		sum += row->werr;
 		nr++;
 	}
@@ -241,8 +305,11 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 		      o->model, nr, nr ? sum / nr : 0.0, calib ? ", output SNR on calibration rows" : "");
 	for (i = 0; i < nr; i++) {
 		if (rows[i].has_snr)
-			fx_audit_line(a, "[NUM] %-40s weight %.4f  bias %.4f  SNR %.1f dB", rows[i].where,
-				      rows[i].werr, rows[i].berr, rows[i].snr);
+			fx_audit_line(a, "[NUM] %-40s weight %.4f (requant %.4f)  bias %.4f  SNR %.1f dB",
+				      rows[i].where, rows[i].werr, rows[i].rerr, rows[i].berr, rows[i].snr);
+		else if (rows[i].rerr > 0)
+			fx_audit_line(a, "[NUM] %-40s weight %.4f (requant %.4f)  bias %.4f", rows[i].where,
+				      rows[i].werr, rows[i].rerr, rows[i].berr);
 		else
 			fx_audit_line(a, "[NUM] %-40s weight %.4f  bias %.4f", rows[i].where, rows[i].werr,
 				      rows[i].berr);

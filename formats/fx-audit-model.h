@@ -12,6 +12,13 @@
  * gives about 1 or more. */
 #define FX_AUDIT_MAX_WEIGHT_ERR 0.5
 
+/* A W4A4 module's weight error may be this many times that of the same
+ * module re-quantized (round-to-nearest) from its own smoothing and branch:
+ * fx-quant packs exactly that without --search, and the search changes it
+ * little; half-swapped scales or smoothing pass the absolute bound above
+ * but land at 3x or more. */
+#define FX_AUDIT_MAX_REQUANT_RATIO 1.6
+
 /* With --model/--calib/--branch: their identities against fx.inputs; a
  * mismatch names the stage to rerun. <0 when an input cannot be read. */
 int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,

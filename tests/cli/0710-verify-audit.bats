@@ -131,6 +131,24 @@ c = json.loads(meta["fx.crc32"]); c["transformer_blocks.1.mlp_fc1.qweight"] = "%
 	assert_output --partial "mlp_fc1 (block 1): does not reproduce the source layer"
 }
 
+# swap HALF of tensor T's data halves, CRC updated: structurally valid
+swap_halves() {
+	edit "b, e = tensor('$1'); h = (e - b) // 2; h -= h % 4; data[b:b + 2 * h] = data[b + h:b + 2 * h] + data[b:b + h]
+import zlib
+c = json.loads(meta['fx.crc32']); c['$1'] = '%08x' % zlib.crc32(data[b:e]); meta['fx.crc32'] = json.dumps(c, separators=(',', ':'), sort_keys=True)"
+}
+
+@test "half-swapped smoothing or group scales pass the weight bound but not the re-quantization check" {
+	run -0 fx-verify "$W/good.safetensors" --model "$W/model"
+	assert_output --partial "(requant "
+	for t in transformer_blocks.0.qkv_proj.smooth transformer_blocks.1.mlp_fc1.wscales; do
+		swap_halves "$t"
+		run -1 fx-verify "$BATS_TEST_TMPDIR/bad.safetensors" --model "$W/model"
+		refute_output --partial "does not reproduce the source layer"
+		assert_output --regexp "error: numerics (qkv_proj \(block 0\)|mlp_fc1 \(block 1\)): relative weight error [0-9.]+, [0-9.]+x the [0-9.]+ of the same module re-quantized from its own smoothing and branch"
+	done
+}
+
 @test "fx-eval: SVDQuant keeps the sampler closer to the source weights than plain RTN" {
 	fx-quant -q --model "$W/model" --precision int4 -o "$BATS_TEST_TMPDIR/rq.safetensors"
 	fx-pack -q --model "$W/model" --quant "$BATS_TEST_TMPDIR/rq.safetensors" -o "$BATS_TEST_TMPDIR/rtn.safetensors"
