@@ -7,25 +7,11 @@
 extern "C" {
 #include "fx-device.h"
 }
+#include "fx-cuda-check.h"
 
-#define FX_CUDA_CHECK(stmt)                                                            \
-	do {                                                                           \
-		cudaError_t e_ = (stmt);                                               \
-		if (e_ != cudaSuccess) {                                               \
-			ret = fx_error(err, FX_E_CUDA, "cuda: %s in %s at %s:%d (device %d)", \
-				       cudaGetErrorString(e_), #stmt, __FILE__, __LINE__, index); \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
-#define FX_CUBLAS_CHECK(stmt)                                                          \
-	do {                                                                           \
-		cublasStatus_t s_ = (stmt);                                            \
-		if (s_ != CUBLAS_STATUS_SUCCESS) {                                     \
-			ret = fx_error(err, FX_E_CUDA, "cublas: status %d in %s at %s:%d (device %d)", \
-				       (int)s_, #stmt, __FILE__, __LINE__, index);      \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
+#define FX_CUDA_CHECK(stmt) FX_CUDA_CHECK_DEV(index, stmt)
+#define FX_CUBLAS_CHECK(stmt) FX_CUBLAS_CHECK_DEV(index, stmt)
+
 
 extern "C" bool fx_cuda_built(void) { return true; }
 

@@ -23,34 +23,10 @@ extern "C" {
 #include "../../common/fx-tensor.h"
 }
 
-#define CK(stmt)                                                                       \
-	do {                                                                           \
-		cudaError_t e_ = (stmt);                                               \
-		if (e_ != cudaSuccess) {                                               \
-			ret = fx_error(err, FX_E_CUDA, "cuda: %s in %s at %s:%d (device %d)", \
-				       cudaGetErrorString(e_), #stmt, __FILE__, __LINE__,       \
-				       g->dev);                                        \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
-#define CB(stmt)                                                                       \
-	do {                                                                           \
-		cublasStatus_t s_ = (stmt);                                            \
-		if (s_ != CUBLAS_STATUS_SUCCESS) {                                     \
-			ret = fx_error(err, FX_E_CUDA, "cublas: status %d in %s at %s:%d (device %d)", \
-				       (int)s_, #stmt, __FILE__, __LINE__, g->dev);    \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
-#define CS(stmt)                                                                       \
-	do {                                                                           \
-		cusolverStatus_t s_ = (stmt);                                          \
-		if (s_ != CUSOLVER_STATUS_SUCCESS) {                                   \
-			ret = fx_error(err, FX_E_CUDA, "cusolver: status %d in %s at %s:%d (device %d)", \
-				       (int)s_, #stmt, __FILE__, __LINE__, g->dev);    \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
+#include "fx-cuda-check.h"
+#define CK(stmt) FX_CUDA_CHECK_DEV(g->dev, stmt)
+#define CB(stmt) FX_CUBLAS_CHECK_DEV(g->dev, stmt)
+#define CS(stmt) FX_CUSOLVER_CHECK_DEV(g->dev, stmt)
 #define KCHECK() CK(cudaGetLastError())
 #define TRY(expr) do { if ((ret = (expr)) < 0) goto out; } while (0)
 

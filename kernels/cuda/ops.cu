@@ -26,35 +26,11 @@ struct fx_cuda_ctx {
 	struct fx_dev_buf scratch;   // attention scores
 };
 
-#define FX_CUDA_CHECK(stmt)                                                            \
-	do {                                                                           \
-		cudaError_t e_ = (stmt);                                               \
-		if (e_ != cudaSuccess) {                                               \
-			ret = fx_error(err, FX_E_CUDA, "cuda: %s in %s at %s:%d (device %d)", \
-				       cudaGetErrorString(e_), #stmt, __FILE__, __LINE__, dev_); \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
-#define FX_CUBLAS_CHECK(stmt)                                                          \
-	do {                                                                           \
-		cublasStatus_t s_ = (stmt);                                            \
-		if (s_ != CUBLAS_STATUS_SUCCESS) {                                     \
-			ret = fx_error(err, FX_E_CUDA, "cublas: status %d in %s at %s:%d (device %d)", \
-				       (int)s_, #stmt, __FILE__, __LINE__, dev_);       \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
-// A kernel launch: the launch text is the statement named in the message.
-#define FX_CUDA_LAUNCH(...)                                                            \
-	do {                                                                           \
-		__VA_ARGS__;                                                           \
-		cudaError_t e_ = cudaGetLastError();                                   \
-		if (e_ != cudaSuccess) {                                               \
-			ret = fx_error(err, FX_E_CUDA, "cuda: %s in %s at %s:%d (device %d)", \
-				       cudaGetErrorString(e_), #__VA_ARGS__, __FILE__, __LINE__, dev_); \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
+
+#include "fx-cuda-check.h"
+#define FX_CUDA_CHECK(stmt) FX_CUDA_CHECK_DEV(dev_, stmt)
+#define FX_CUBLAS_CHECK(stmt) FX_CUBLAS_CHECK_DEV(dev_, stmt)
+#define FX_CUDA_LAUNCH(...) FX_CUDA_LAUNCH_DEV(dev_, __VA_ARGS__)
 
 // Opens an entry point: the device for messages, current on this thread.
 #define ENTER(cx)                                                                      \

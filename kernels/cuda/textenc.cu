@@ -19,24 +19,9 @@ extern "C" {
 #include "../fx-textenc-cuda.h"
 }
 
-#define CHECK(stmt)                                                                    \
-	do {                                                                           \
-		cudaError_t e_ = (stmt);                                               \
-		if (e_ != cudaSuccess) {                                               \
-			ret = fx_error(err, FX_E_CUDA, "cuda: %s in %s at %s:%d (device %d)", \
-				       cudaGetErrorString(e_), #stmt, __FILE__, __LINE__, dev_); \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
-#define BLAS(stmt)                                                                     \
-	do {                                                                           \
-		cublasStatus_t s_ = (stmt);                                            \
-		if (s_ != CUBLAS_STATUS_SUCCESS) {                                     \
-			ret = fx_error(err, FX_E_CUDA, "cublas: status %d in %s at %s:%d (device %d)", \
-				       (int)s_, #stmt, __FILE__, __LINE__, dev_);       \
-			goto out;                                                      \
-		}                                                                      \
-	} while (0)
+#include "fx-cuda-check.h"
+#define CHECK(stmt) FX_CUDA_CHECK_DEV(dev_, stmt)
+#define BLAS(stmt) FX_CUBLAS_CHECK_DEV(dev_, stmt)
 #define LAUNCH(...)                                                                    \
 	do {                                                                           \
 		__VA_ARGS__;                                                           \
