@@ -77,6 +77,9 @@ forward_flops() {
 }
 
 # ---------------------------------------------------------------------------
+# min_of A B: the smaller number; an empty A counts as none.
+min_of() { [[ -z $1 ]] && echo "$2" || awk -v a="$1" -v b="$2" 'BEGIN { print (b < a ? b : a) }'; }
+
 bench_quant() {
 	section "fx-quant + fx-pack (issue 3): FLUX-width models, NVFP4, no branch (plain RTN)"
 	need_space 8
@@ -106,11 +109,11 @@ bench_quant() {
 			rm -f -- "$q" "$p"
 			measure "quant-$key" "$FX_BIN/fx-quant" --model "$m" --precision fp4 -o "$q" --force
 			sq=$M_SEC
-			[[ -z $tq ]] || (($(calc "$M_SEC < $tq" '%d'))) && tq=$M_SEC
+			tq=$(min_of "$tq" "$M_SEC")
 			((M_RSS_KB > rq)) && rq=$M_RSS_KB
 			((M_ANON_KB > aq)) && aq=$M_ANON_KB
 			measure "pack-$key" "$FX_BIN/fx-pack" --model "$m" --quant "$q" -o "$p" --force
-			[[ -z $tp ]] || (($(calc "$M_SEC < $tp" '%d'))) && tp=$M_SEC
+			tp=$(min_of "$tp" "$M_SEC")
 			((M_RSS_KB > rp)) && rp=$M_RSS_KB
 			((M_ANON_KB > ap)) && ap=$M_ANON_KB
 			q_b=$(file_bytes "$q")
@@ -124,7 +127,7 @@ bench_quant() {
 			t1=$(date +%s%N)
 			rm -f -- "$BENCH_WORK/floor-q" "$BENCH_WORK/floor-p"
 			tf=$(calc "($t1 - $t0) / 1e9")
-			[[ -z $t_floor ]] || (($(calc "$tf < $t_floor" '%d'))) && t_floor=$tf
+			t_floor=$(min_of "$t_floor" "$tf")
 			note "round $round: fx-quant $(secs_h "$sq"), fx-pack $(secs_h "$M_SEC") I/O floor $(secs_h "$tf")"
 		done
 		note "fx-quant best $(secs_h "$tq"), peak RSS $(kib_h "$rq") (anon $(kib_h "$aq")): $(tail -n 1 "$BENCH_WORK/quant-$key.log" | sed 's|/[^ ]*/||')"
