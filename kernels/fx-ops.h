@@ -20,8 +20,14 @@ void *fx_ops_alloc(size_t n);
 int fx_ops_blas_single(void);
 void fx_ops_blas_restore(int prev);
 
+/* Row-major C (M,N) = alpha·op(A)·op(B) + beta·C, split into panels of the
+ * longer of M and N, one per OpenMP thread, each a single-threaded sgemm
+ * (inside a parallel region: one sgemm on the calling thread). */
+void fx_ops_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+		 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
 /* y (m,n) = x (m,k) · wᵀ + b, w (n,k) row-major, b (n) or NULL. y must not
- * alias x. Panels of the longer side over the OpenMP threads. */
+ * alias x. fx_ops_gemm's panels. */
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 		   int64_t m, int64_t n, int64_t k);
 

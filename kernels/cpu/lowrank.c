@@ -6,6 +6,7 @@
  * Definitions: kernels/fx-lowrank.h. */
 #include "../fx-lowrank.h"
 #include "../../common/fx-tensor.h"
+#include "../fx-ops.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -28,46 +29,10 @@
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* BLAS threading. OpenBLAS's pthread workers spin (sched_yield) between
- * calls and take the cores from the OpenMP loops around them, so the search
- * runs OpenBLAS single-threaded and splits each large product into panels,
- * one per OpenMP thread. */
-static int blas_single(void)
-{
-	int prev = openblas_get_num_threads();
-
-	openblas_set_num_threads(1);
-	return prev;
-}
-
-/* Row-major C (M,N) = alpha·op(A)·op(B) + beta·C; panels of the longer of
- * M and N. Call with OpenBLAS single-threaded. */
-static void pgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-		  int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
-{
-	const enum CBLAS_TRANSPOSE oa = ta ? CblasTrans : CblasNoTrans, ob = tb ? CblasTrans : CblasNoTrans;
-	const bool by_n = N >= M;
-	const int64_t dim = by_n ? N : M;
-
-	if (omp_get_max_threads() < 2 || dim < 64 || !BIG(M * N * K / 64)) {
-		cblas_sgemm(CblasRowMajor, oa, ob, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
-			    (int)ldb, beta, C, (int)ldc);
-		return;
-	}
-#pragma omp parallel
-	{
-		int t = omp_get_thread_num(), nt = omp_get_num_threads();
-		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per, a1 = min64(dim, a0 + per);
-
-		if (a0 < a1 && by_n)
-			cblas_sgemm(CblasRowMajor, oa, ob, (int)M, (int)(a1 - a0), (int)K, alpha, A,
-				    (int)lda, tb ? B + a0 * ldb : B + a0, (int)ldb, beta, C + a0, (int)ldc);
-		else if (a0 < a1)
-			cblas_sgemm(CblasRowMajor, oa, ob, (int)(a1 - a0), (int)N, (int)K, alpha,
-				    ta ? A + a0 : A + a0 * lda, (int)lda, B, (int)ldb, beta, C + a0 * ldc,
-				    (int)ldc);
-	}
-}
+/* BLAS threading: OpenBLAS single-threaded (its spinning workers took the
+ * cores from the OpenMP loops around them); large products split into
+ * panels over the OpenMP threads by fx_ops_gemm. */
+#define pgemm fx_ops_gemm
 
 void fx_lowrank_opts_init(struct fx_lowrank_opts *o)
 {
@@ -722,9 +687,9 @@ int fx_lowrank_rsvd_cpu(float *up, float *down, float *basis, bool warm, const f
 		return fx_error(err, FX_E_ARG, "warm start without a basis");
 	if ((ret = rsvd_ws_init(&w, n, k, rsvd_cols(n, k, r, oversample), err)) < 0)
 		return ret;
-	blas = blas_single();
+	blas = fx_ops_blas_single();
 	ret = rsvd(&w, up, down, basis, warm, a, s, r, power < 0 ? 0 : power, seed, err);
-	openblas_set_num_threads(blas);
+	fx_ops_blas_restore(blas);
 	rsvd_ws_free(&w);
 	return ret;
 }
@@ -950,14 +915,14 @@ int fx_lowrank_error_cpu(double *out, const struct fx_lowrank_problem *p, const 
 	o.iters = 0;
 	if ((ret = lr_check(p, &o, err)) < 0)
 		return ret;
-	blas = blas_single();
+	blas = fx_ops_blas_single();
 	if ((ret = lr_init(&c, p, &o, err)) < 0)
 		goto out;
 	lr_residual(&c, s, up, down, rank);
 	*out = rel(lr_eval(&c, p->x, c.y, p->m, s, up, down, rank), c.ynorm);
 out:
 	lr_free(&c);
-	openblas_set_num_threads(blas);
+	fx_ops_blas_restore(blas);
 	return ret;
 }
 
@@ -978,7 +943,7 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)FX_ARRAY_SIZE(alpha), o->grid, err)) < 0)
 		return ret;
 	ncand = ret;
-	blas = blas_single();
+	blas = fx_ops_blas_single();
 	if ((ret = lr_init(&c, p, o, err)) < 0)
 		goto out;
 	bytes_basis = (size_t)k * c.rw.l * sizeof(float);
@@ -1050,6 +1015,6 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 out:
 	lr_free(&c);
 	if (blas > 0)
-		openblas_set_num_threads(blas);
+		fx_ops_blas_restore(blas);
 	return ret;
 }

@@ -86,13 +86,51 @@ void fx_ops_blas_restore(int prev)
 		openblas_set_num_threads(prev);
 }
 
+void fx_ops_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+		 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+	const enum CBLAS_TRANSPOSE oa = ta ? CblasTrans : CblasNoTrans, ob = tb ? CblasTrans : CblasNoTrans;
+	const bool by_n = N >= M;
+	const int64_t dim = by_n ? N : M;
+	int prev;
+
+	if (M <= 0 || N <= 0)
+		return;
+	if (omp_in_parallel()) {   /* a caller's thread: its own product, settings untouched */
+		cblas_sgemm(CblasRowMajor, oa, ob, (blasint)M, (blasint)N, (blasint)K, alpha, A,
+			    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+		return;
+	}
+	prev = fx_ops_blas_single();
+	if (omp_get_max_threads() < 2 || dim < 64 || M * N * K < (1 << 22)) {
+		cblas_sgemm(CblasRowMajor, oa, ob, (blasint)M, (blasint)N, (blasint)K, alpha, A,
+			    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+		fx_ops_blas_restore(prev);
+		return;
+	}
+	/* panels of the longer side, multiples of 16 (whole vector registers) */
+	#pragma omp parallel
+	{
+		int t = omp_get_thread_num(), nt = omp_get_num_threads();
+		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per;
+		int64_t a1 = a0 + per < dim ? a0 + per : dim;
+
+		if (a0 < a1 && by_n)
+			cblas_sgemm(CblasRowMajor, oa, ob, (blasint)M, (blasint)(a1 - a0), (blasint)K, alpha,
+				    A, (blasint)lda, tb ? B + a0 * ldb : B + a0, (blasint)ldb, beta, C + a0,
+				    (blasint)ldc);
+		else if (a0 < a1)
+			cblas_sgemm(CblasRowMajor, oa, ob, (blasint)(a1 - a0), (blasint)N, (blasint)K, alpha,
+				    ta ? A + a0 : A + a0 * lda, (blasint)lda, B, (blasint)ldb, beta,
+				    C + a0 * ldc, (blasint)ldc);
+	}
+	fx_ops_blas_restore(prev);
+}
+
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 		   int64_t m, int64_t n, int64_t k)
 {
-	const bool by_n = n >= m;
-	const int64_t dim = by_n ? n : m;
 	float beta = 0.0f;
-	int prev;
 
 	if (m <= 0 || n <= 0)
 		return;
@@ -112,35 +150,7 @@ void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 			    (blasint)k, x, 1, beta, y, 1);
 		return;
 	}
-	if (omp_in_parallel()) {   /* a caller's thread: its own product, settings untouched */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n,
-			    (blasint)k, 1.0f, x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
-		return;
-	}
-	prev = fx_ops_blas_single();
-	if (omp_get_max_threads() < 2 || dim < 64 || m * n * k < (1 << 22)) {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n,
-			    (blasint)k, 1.0f, x, (blasint)k, w, (blasint)k, beta, y, (blasint)n);
-		fx_ops_blas_restore(prev);
-		return;
-	}
-	/* panels of the longer side, multiples of 16 (whole vector registers) */
-	#pragma omp parallel
-	{
-		int t = omp_get_thread_num(), nt = omp_get_num_threads();
-		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per;
-		int64_t a1 = a0 + per < dim ? a0 + per : dim;
-
-		if (a0 < a1 && by_n)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m,
-				    (blasint)(a1 - a0), (blasint)k, 1.0f, x, (blasint)k, w + a0 * k,
-				    (blasint)k, beta, y + a0, (blasint)n);
-		else if (a0 < a1)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)(a1 - a0),
-				    (blasint)n, (blasint)k, 1.0f, x + a0 * k, (blasint)k, w, (blasint)k,
-				    beta, y + a0 * n, (blasint)n);
-	}
-	fx_ops_blas_restore(prev);
+	fx_ops_gemm(false, true, m, n, k, 1.0f, x, k, w, k, beta, y, n);
 }
 
 /* One BF16 row dot x over k, 16 partial sums; also ORs the exponent bits'
