@@ -208,3 +208,12 @@ PY
 	assert_output --partial "[OK] mlp_fc2 (single block 1): down=[16,1024] up=[256,16]"
 	assert_output --partial "24 of 24 layers complete, rank 16"
 }
+
+@test "rsvd branch files do not depend on the thread count" {
+	W=$BATS_TEST_TMPDIR
+	fx-synth -q -o "$W/m" --cond "$W/cond.safetensors" --prompts 1 --txt-len 16
+	fx-calib -q --model "$W/m" --cond "$W/cond.safetensors" --steps 1 --res 128x128 --samples 64 -o "$W/calib.safetensors"
+	fx-lowrank -q --model "$W/m" --calib "$W/calib.safetensors" --rank 32 --precision fp4 --alpha-grid 2 --threads 1 -o "$W/b1.safetensors"
+	fx-lowrank -q --model "$W/m" --calib "$W/calib.safetensors" --rank 32 --precision fp4 --alpha-grid 2 --threads 2 -o "$W/b2.safetensors"
+	cmp "$W/b1.safetensors" "$W/b2.safetensors"
+}
