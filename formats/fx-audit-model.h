@@ -1,5 +1,6 @@
-/* The audit against the inputs a file was made from: provenance (is it
- * stale?) and numerics (does the packed checkpoint reproduce the model?). */
+/* The audit of a packed checkpoint against the model it was made from:
+ * numerics (does it reproduce the source layers?). Provenance is in
+ * fx-audit-prov.h. */
 #ifndef FX_AUDIT_MODEL_H
 #define FX_AUDIT_MODEL_H
 
@@ -19,10 +20,6 @@
  * but land at 3x or more. */
 #define FX_AUDIT_MAX_REQUANT_RATIO 1.6
 
-/* With --model/--calib/--branch: their identities against fx.inputs; a
- * mismatch names the stage to rerun. <0 when an input cannot be read. */
-int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,
-			struct fx_err *err);
 /* With --model (and --calib for output SNR): every module of a packed file
  * unpacked and compared with the source layer, worst first. */
 int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,

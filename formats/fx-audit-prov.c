@@ -25,8 +25,6 @@ static const char *stage_of(const char *format)
 	return "fx-pack";
 }
 
-/* ---- the chain of the given inputs ------------------------------------- */
-
 /* True when the id recorded under role in st's fx.inputs is id, or the
  * identity of the file at path as a one-file set (what merges record). */
 static bool recorded_as(const struct fx_st *st, const char *role, const char *id, const char *path)
@@ -49,6 +47,59 @@ static bool recorded_as(const struct fx_st *st, const char *role, const char *id
 	json_decref(in);
 	return ok;
 }
+
+/* ---- the audited file's own inputs ------------------------------------ */
+
+/* An input role's recorded id against the given file: a single file's id,
+ * or (fx-pack) the id of the set it belongs to. */
+static int check_role(struct fx_audit *a, const struct fx_st *st, json_t *inputs, const char *role,
+		      const char *path, struct fx_err *err)
+{
+	const char *want = json_string_value(json_object_get(inputs, role));
+	const char *fmt = fx_st_meta(st, "fx.format");
+	char id[65];
+	int ret;
+
+	/* not an input of this stage (fx-pack never reads the calib file) */
+	if (!want)
+		return 0;
+	if ((ret = fx_input_id(id, path, err)) < 0)
+		return ret;
+	if (!recorded_as(st, role, id, path))
+		fx_audit_add(a, FX_SEV_ERROR, "stale", role,
+			     "%s was made from another %s than '%s' (recorded %.12s, given %.12s): "
+			     "rerun %s", fmt, role, path, want, id, stage_of(fmt));
+	else
+		fx_audit_line(a, "[OK] provenance: %s '%s' matches", role, path);
+	return 0;
+}
+
+int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,
+			struct fx_err *err)
+{
+	const char *txt = fx_st_meta(st, "fx.inputs");
+	json_t *inputs;
+	int ret = 0;
+
+	if (!o || (!o->model && !o->calib && !o->branch))
+		return 0;
+	if (!txt) {
+		fx_audit_add(a, FX_SEV_WARN, "provenance", "",
+			     "no fx.inputs: this file records nothing it was made from");
+		return 0;
+	}
+	inputs = json_loads(txt, 0, NULL);
+	if (o->model && ret == 0)
+		ret = check_role(a, st, inputs, "model", o->model, err);
+	if (o->calib && ret == 0)
+		ret = check_role(a, st, inputs, "calib", o->calib, err);
+	if (o->branch && ret == 0)
+		ret = check_role(a, st, inputs, "branch", o->branch, err);
+	json_decref(inputs);
+	return ret;
+}
+
+/* ---- the chain of the given inputs ------------------------------------- */
 
 /* The given input at path (role) against the other given inputs. */
 static int chain_one(struct fx_audit *a, const struct fx_st *audited, const char *role,

@@ -1,4 +1,4 @@
-/* Provenance beyond the audited file's own fx.inputs (fx-audit-model.h):
+/* Provenance: the audited file's own fx.inputs against the inputs given,
  * the chain of the given inputs, and the groups an intermediate must hold
  * for the model given with --model. */
 #ifndef FX_AUDIT_PROV_H
@@ -9,6 +9,12 @@
 
 /* Group findings listed one by one before a summary finding. */
 #define FX_AUDIT_PROV_MAX_LISTED 16
+
+/* With --model/--calib/--branch: their identities against the audited
+ * file's fx.inputs; a mismatch names the stage to rerun. <0 when an input
+ * cannot be read. */
+int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,
+			struct fx_err *err);
 
 /* With the inputs given:
  * - chain: a --branch file's own fx.inputs against --model and --calib, a
