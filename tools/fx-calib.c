@@ -91,12 +91,8 @@ int main(int argc, char **argv)
 	}
 	if (id < 0)
 		return FX_EXIT_USAGE;
-	if (cli.optind < argc)
-		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
-	if (!o.model || !o.cond)
-		return fx_cli_usage_error(&cli, "--model and --cond are required");
-	if (!cli.c.output)
-		return fx_cli_usage_error(&cli, "-o/--output is required");
+	if ((ret = fx_tool_require(&cli, argc, argv, o.model && o.cond, "--model and --cond are required")))
+		return ret;
 	o.output = cli.c.output;
 	o.force = cli.c.force;
 	o.device = cli.c.device;

@@ -85,19 +85,10 @@ int main(int argc, char **argv)
 	}
 	if (id < 0)
 		return FX_EXIT_USAGE;
-	if (merge) {
-		if (!cli.c.output || cli.optind >= argc)
-			return fx_cli_usage_error(&cli, "--merge wants -o OUT and the shard files");
-		ret = fx_merge_run("fx-lowrank", FX_FMT_BRANCH, (const char *const *)argv + cli.optind, argc - cli.optind,
-				   cli.c.output, cli.c.force, &utd, &s, &err);
-		return fx_tool_stage_done(ret, &err, s, utd, cli.c.json, cli.c.output, "merged");
-	}
-	if (cli.optind < argc)
-		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
-	if (!o.model || !o.calib)
-		return fx_cli_usage_error(&cli, "--model and --calib are required");
-	if (!cli.c.output)
-		return fx_cli_usage_error(&cli, "-o/--output is required");
+	if (merge)
+		return fx_tool_merge(&cli, argc, argv, "fx-lowrank", FX_FMT_BRANCH);
+	if ((ret = fx_tool_require(&cli, argc, argv, o.model && o.calib, "--model and --calib are required")))
+		return ret;
 	o.output = cli.c.output;
 	o.force = cli.c.force;
 	o.device = cli.c.device;

@@ -55,12 +55,8 @@ int main(int argc, char **argv)
 	}
 	if (id < 0)
 		return FX_EXIT_USAGE;
-	if (cli.optind < argc)
-		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
-	if (!o.model || !o.nquant)
-		return fx_cli_usage_error(&cli, "--model and --quant are required");
-	if (!cli.c.output)
-		return fx_cli_usage_error(&cli, "-o/--output is required");
+	if ((ret = fx_tool_require(&cli, argc, argv, o.model && o.nquant, "--model and --quant are required")))
+		return ret;
 	o.output = cli.c.output;
 	o.force = cli.c.force;
 

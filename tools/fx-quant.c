@@ -58,19 +58,10 @@ int main(int argc, char **argv)
 	}
 	if (id < 0)
 		return FX_EXIT_USAGE;
-	if (merge) {
-		if (!cli.c.output || cli.optind >= argc)
-			return fx_cli_usage_error(&cli, "--merge wants -o OUT and the shard files");
-		ret = fx_merge_run("fx-quant", FX_FMT_QUANT, (const char *const *)argv + cli.optind, argc - cli.optind,
-				   cli.c.output, cli.c.force, &utd, &s, &err);
-		return fx_tool_stage_done(ret, &err, s, utd, cli.c.json, cli.c.output, "merged");
-	}
-	if (cli.optind < argc)
-		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
-	if (!o.model)
-		return fx_cli_usage_error(&cli, "--model is required");
-	if (!cli.c.output)
-		return fx_cli_usage_error(&cli, "-o/--output is required");
+	if (merge)
+		return fx_tool_merge(&cli, argc, argv, "fx-quant", FX_FMT_QUANT);
+	if ((ret = fx_tool_require(&cli, argc, argv, o.model, "--model is required")))
+		return ret;
 	if (!o.precision || (strcmp(o.precision, "fp4") && strcmp(o.precision, "int4")))
 		return fx_cli_usage_error(&cli, "--precision fp4 or int4 is required");
 	if (o.search && !o.calib)

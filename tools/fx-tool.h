@@ -5,11 +5,20 @@
 #include "fx-err.h"
 
 struct fx_stage;
+struct fx_cli;
 
 /* Reports a stage run and returns the exit code: on error prints it; else
  * logs "OUTPUT: up to date" or "OUTPUT: N layers VERB, M reused", prints
  * the JSON report on stdout with --json, and frees the stage. */
 int fx_tool_stage_done(int ret, const struct fx_err *err, struct fx_stage *s, bool up_to_date,
 		       bool json, const char *output, const char *verb);
+
+/* After a stage tool's options: a stray argument, !have (missing is the
+ * message) or no -o is a usage error. Returns its exit code, or 0. */
+int fx_tool_require(struct fx_cli *cli, int argc, char **argv, bool have, const char *missing);
+
+/* --merge: the shard files after the options into -o OUT, checked against
+ * the format; returns the exit code. */
+int fx_tool_merge(struct fx_cli *cli, int argc, char **argv, const char *tool, const char *format);
 
 #endif

@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "fx-cli.h"
 #include "fx-log.h"
+#include "fx-merge.h"
 #include "fx-stage.h"
 
 int fx_tool_stage_done(int ret, const struct fx_err *err, struct fx_stage *s, bool up_to_date,
@@ -30,4 +32,29 @@ int fx_tool_stage_done(int ret, const struct fx_err *err, struct fx_stage *s, bo
 	}
 	fx_stage_free(s);
 	return FX_EXIT_OK;
+}
+
+int fx_tool_require(struct fx_cli *cli, int argc, char **argv, bool have, const char *missing)
+{
+	if (cli->optind < argc)
+		return fx_cli_usage_error(cli, "unexpected argument '%s'", argv[cli->optind]);
+	if (!have)
+		return fx_cli_usage_error(cli, "%s", missing);
+	if (!cli->c.output)
+		return fx_cli_usage_error(cli, "-o/--output is required");
+	return 0;
+}
+
+int fx_tool_merge(struct fx_cli *cli, int argc, char **argv, const char *tool, const char *format)
+{
+	struct fx_err err = {0};
+	struct fx_stage *s = NULL;
+	bool utd = false;
+	int ret;
+
+	if (!cli->c.output || cli->optind >= argc)
+		return fx_cli_usage_error(cli, "--merge wants -o OUT and the shard files");
+	ret = fx_merge_run(tool, format, (const char *const *)argv + cli->optind, argc - cli->optind,
+			   cli->c.output, cli->c.force, &utd, &s, &err);
+	return fx_tool_stage_done(ret, &err, s, utd, cli->c.json, cli->c.output, "merged");
 }
