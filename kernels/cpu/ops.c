@@ -318,6 +318,42 @@ void fx_ops_rope_apply(float *x, int64_t ld, int64_t n, int heads, int hd,
 	}
 }
 
+/* Elementwise hot loops compiled twice: AVX2 where the CPU has it, baseline
+ * otherwise (the build targets plain x86-64). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define FX_OPS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FX_OPS_CLONES
+#endif
+
+/* row ← exp(row − max) in place; returns 1/Σ. The maximum in 16 lanes (a
+ * max reduction clause vectorizes poorly), the sum in double. */
+FX_OPS_CLONES
+static float softmax_row(float *row, int64_t n)
+{
+	float m[16], mx;
+	double sum = 0.0;
+	int64_t j = 0;
+
+	for (int i = 0; i < 16; i++)
+		m[i] = row[0];
+	for (; j + 16 <= n; j += 16)
+		for (int i = 0; i < 16; i++)
+			m[i] = select_f32(row[j + i] > m[i], row[j + i], m[i]);
+	for (int w = 8; w >= 1; w /= 2)
+		for (int i = 0; i < w; i++)
+			m[i] = select_f32(m[i + w] > m[i], m[i + w], m[i]);
+	mx = m[0];
+	for (; j < n; j++)
+		mx = select_f32(row[j] > mx, row[j], mx);
+	#pragma omp simd reduction(+:sum)
+	for (j = 0; j < n; j++) {
+		row[j] = exp_f32(row[j] - mx);
+		sum += row[j];
+	}
+	return (float)(1.0 / sum);
+}
+
 /* One head over query rows [i0, i0+mb): scores (mb, n) in s, softmax,
  * · v, then 1/sum per row. */
 static void attn_block(float *oh, int64_t ldo, const float *qh, const float *kh,
@@ -326,20 +362,8 @@ static void attn_block(float *oh, int64_t ldo, const float *qh, const float *kh,
 {
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)mb, (blasint)n, hd, scale,
 		    qh, (blasint)ld, kh, (blasint)ld, 0.0f, s, (blasint)n);
-	for (int64_t r = 0; r < mb; r++) {
-		float *row = s + r * n, mx = row[0];
-		double sum = 0.0;
-
-		#pragma omp simd reduction(max:mx)
-		for (int64_t j = 0; j < n; j++)
-			mx = select_f32(row[j] > mx, row[j], mx);
-		#pragma omp simd reduction(+:sum)
-		for (int64_t j = 0; j < n; j++) {
-			row[j] = exp_f32(row[j] - mx);
-			sum += row[j];
-		}
-		inv[r] = (float)(1.0 / sum);
-	}
+	for (int64_t r = 0; r < mb; r++)
+		inv[r] = softmax_row(s + r * n, n);
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)mb, hd, (blasint)n, 1.0f,
 		    s, (blasint)n, vh, (blasint)ld, 0.0f, oh, (blasint)ldo);
 	for (int64_t r = 0; r < mb; r++) {
@@ -409,11 +433,12 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 }
 
 /* GELUt(x) = 0.5·x·(1 + tanh(u)) = x·σ(2u): no cancellation for small u. */
-void fx_ops_gelu_tanh(float *x, size_t n)
+FX_OPS_CLONES
+static void gelu_tanh_span(float *x, size_t n)
 {
 	const float c = 0.7978845608028654f;   /* √(2/π) */
 
-	#pragma omp parallel for simd if (n > 65536) schedule(static)
+	#pragma omp simd
 	for (size_t i = 0; i < n; i++) {
 		float a = x[i], u = c * (a + 0.044715f * a * a * a);
 
@@ -422,6 +447,15 @@ void fx_ops_gelu_tanh(float *x, size_t n)
 		 * which made it 1.5x slower */
 		x[i] = select_f32(u < -40.0f, 0.0f, a / (1.0f + exp_f32(-2.0f * u)));
 	}
+}
+
+void fx_ops_gelu_tanh(float *x, size_t n)
+{
+	const size_t span = 4096;
+
+	#pragma omp parallel for schedule(static) if (n > 65536)
+	for (size_t i = 0; i < n; i += span)
+		gelu_tanh_span(x + i, n - i < span ? n - i : span);
 }
 
 void fx_ops_silu(float *y, const float *x, size_t n)
