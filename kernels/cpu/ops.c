@@ -1,6 +1,7 @@
 /* f32 CPU primitives of the FLUX forward: OpenBLAS for every GEMM (linears
  * and attention), OpenMP for elementwise, norm and softmax loops. */
 #include "../fx-ops.h"
+#include "fx-cpu-simd.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -13,17 +14,6 @@
 /* Rows per attention block: scores are a (bq, n) f32 tile. */
 #define ATTN_TILE_FLOATS (4u << 20)
 
-/* c ? a : b without a branch (a float ternary blocks vectorization under
- * the default -ftrapping-math). */
-static inline float select_f32(int c, float a, float b)
-{
-	union { float f; int32_t i; } ua = { a }, ub = { b }, r;
-	int32_t m = -(int32_t)c;
-
-	r.i = (ua.i & m) | (ub.i & ~m);
-	return r.f;
-}
-
 /* exp for f32 that vectorizes under `omp simd` (Cephes polynomial, about
  * 1 ulp); inputs clamped to [-87.3, 88.3] so the 2^n scale stays normal. */
 static inline float exp_f32(float x)
@@ -31,8 +21,8 @@ static inline float exp_f32(float x)
 	union { float f; int32_t i; } s;
 	float n, r, p;
 
-	x = select_f32(x < -87.3f, -87.3f, x);
-	x = select_f32(x > 88.3f, 88.3f, x);
+	x = fx_select_f32(x < -87.3f, -87.3f, x);
+	x = fx_select_f32(x > 88.3f, 88.3f, x);
 	n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round */
 	r = x - n * 0.693359375f;
 	r = r - n * -2.12194440e-4f;
@@ -155,9 +145,7 @@ void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 
 /* One BF16 row dot x over k, 16 partial sums; also ORs the exponent bits'
  * all-ones test into *bad. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2", "default")))
-#endif
+FX_CPU_CLONES
 static float dot_bf16(const unsigned char *w, const float *x, int64_t k, unsigned *bad)
 {
 	float acc[16] = { 0 }, tail = 0.0f;
@@ -318,17 +306,9 @@ void fx_ops_rope_apply(float *x, int64_t ld, int64_t n, int heads, int hd,
 	}
 }
 
-/* Elementwise hot loops compiled twice: AVX2 where the CPU has it, baseline
- * otherwise (the build targets plain x86-64). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define FX_OPS_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FX_OPS_CLONES
-#endif
-
 /* row ← exp(row − max) in place; returns 1/Σ. The maximum in 16 lanes (a
  * max reduction clause vectorizes poorly), the sum in double. */
-FX_OPS_CLONES
+FX_CPU_CLONES
 static float softmax_row(float *row, int64_t n)
 {
 	float m[16], mx;
@@ -339,13 +319,13 @@ static float softmax_row(float *row, int64_t n)
 		m[i] = row[0];
 	for (; j + 16 <= n; j += 16)
 		for (int i = 0; i < 16; i++)
-			m[i] = select_f32(row[j + i] > m[i], row[j + i], m[i]);
+			m[i] = fx_select_f32(row[j + i] > m[i], row[j + i], m[i]);
 	for (int w = 8; w >= 1; w /= 2)
 		for (int i = 0; i < w; i++)
-			m[i] = select_f32(m[i + w] > m[i], m[i + w], m[i]);
+			m[i] = fx_select_f32(m[i + w] > m[i], m[i + w], m[i]);
 	mx = m[0];
 	for (; j < n; j++)
-		mx = select_f32(row[j] > mx, row[j], mx);
+		mx = fx_select_f32(row[j] > mx, row[j], mx);
 	#pragma omp simd reduction(+:sum)
 	for (j = 0; j < n; j++) {
 		row[j] = exp_f32(row[j] - mx);
@@ -433,7 +413,7 @@ int fx_ops_attention(float *o, int64_t ldo, const float *q, const float *k,
 }
 
 /* GELUt(x) = 0.5·x·(1 + tanh(u)) = x·σ(2u): no cancellation for small u. */
-FX_OPS_CLONES
+FX_CPU_CLONES
 static void gelu_tanh_span(float *x, size_t n)
 {
 	const float c = 0.7978845608028654f;   /* √(2/π) */
@@ -445,7 +425,7 @@ static void gelu_tanh_span(float *x, size_t n)
 		/* 0 below ~1e-34 (tanh(u) = -1 in f32 there, as torch computes it):
 		 * values near FLT_MIN make the next sgemm's products subnormal,
 		 * which made it 1.5x slower */
-		x[i] = select_f32(u < -40.0f, 0.0f, a / (1.0f + exp_f32(-2.0f * u)));
+		x[i] = fx_select_f32(u < -40.0f, 0.0f, a / (1.0f + exp_f32(-2.0f * u)));
 	}
 }
 

@@ -4,6 +4,7 @@
  * thresholds instead of a table search). */
 #include "fx-quant.h"
 #include "fx-quant-impl.h"
+#include "fx-cpu-simd.h"
 #include "../../common/fx-tensor.h"
 
 #include <math.h>
@@ -49,13 +50,6 @@ static inline float absmax(const float *restrict v, int64_t count)
 
 typedef uint32_t fx_u32_alias __attribute__((may_alias));
 
-/* Hot loops compiled twice: AVX2 where the CPU has it, baseline otherwise
- * (same IEEE operations, so the same bytes). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define FXQ_CLONES __attribute__((target_clones("avx2", "default"), noinline))
-#else
-#define FXQ_CLONES
-#endif
 
 /* Any NaN/Inf in w: the exponent field is all ones. */
 static bool row_finite(const float *w, int64_t k)
@@ -127,7 +121,8 @@ static inline void store_nibbles(uint8_t *restrict dst, const float *restrict q,
 	}
 }
 
-/* Picks the best candidate scale of one integer group; fills q and returns
+/* Picks the best candidate scale of one integer group by its Gram block hg
+ * (the clipping search; without one, int_row_plain); fills q and returns
  * the scale bits. zero7: W4A16 (dequant u·S + bf16(-7S), q in [-7, 8]). */
 static uint16_t int_group_best(const float *wg, const double *hg, const float *sh, int nsh,
 			       bool zero7, float *q)
@@ -141,11 +136,6 @@ static uint16_t int_group_best(const float *wg, const double *hg, const float *s
 		for (int i = 0; i < 64; i++)
 			q[i] = 0.0f;
 		return 0x3f80;
-	}
-	if (!hg) {
-		uint16_t sb = int_scale(amax, sh[0], 7.0f);
-		int_codes(wg, fx_bf16_to_f32(sb), lo, hi, q);
-		return sb;
 	}
 	for (int c = 0; c < nsh; c++) {
 		uint16_t sb = int_scale(amax, sh[c], 7.0f);
@@ -171,23 +161,10 @@ static uint16_t int_group_best(const float *wg, const double *hg, const float *s
 	return best_sb;
 }
 
-/* c ? a : b on the bits (a float ?: does not vectorize under -ftrapping-math) */
-static inline float sel_f32(int c, float a, float b)
-{
-	uint32_t ua, ub, m = -(uint32_t)(c != 0), r;
-	float f;
-
-	memcpy(&ua, &a, 4);
-	memcpy(&ub, &b, 4);
-	r = (ua & m) | (ub & ~m);
-	memcpy(&f, &r, 4);
-	return f;
-}
-
 /* One row of INT4 or W4A16 (zero7) with the single scale candidate a,
  * vectorized like nvfp4_row: group maxima, scales (bf16 rounding on the
  * bits), codes. The operations of int_group_best's plain path. */
-FXQ_CLONES
+FX_CPU_CLONES
 static void int_row_plain(uint8_t *restrict codes, uint16_t *restrict scales,
 			  uint16_t *restrict zeros, const float *restrict w, int64_t k, float a,
 			  bool zero7)
@@ -207,13 +184,13 @@ static void int_row_plain(uint8_t *restrict codes, uint16_t *restrict scales,
 				float x0 = fabsf(wg[j]), x1 = fabsf(wg[16 + j]);
 				float x2 = fabsf(wg[32 + j]), x3 = fabsf(wg[48 + j]);
 
-				x0 = sel_f32(x1 > x0, x1, x0);
-				x2 = sel_f32(x3 > x2, x3, x2);
-				m[j] = sel_f32(x2 > x0, x2, x0);
+				x0 = fx_select_f32(x1 > x0, x1, x0);
+				x2 = fx_select_f32(x3 > x2, x3, x2);
+				m[j] = fx_select_f32(x2 > x0, x2, x0);
 			}
 			for (int wdt = 8; wdt >= 1; wdt /= 2)
 				for (int j = 0; j < wdt; j++)
-					m[j] = sel_f32(m[j + wdt] > m[j], m[j + wdt], m[j]);
+					m[j] = fx_select_f32(m[j + wdt] > m[j], m[j + wdt], m[j]);
 			gm[g] = m[0];
 		}
 #pragma omp simd
@@ -245,8 +222,8 @@ static void int_row_plain(uint8_t *restrict codes, uint16_t *restrict scales,
 			for (int i = 0; i < 64; i++) {
 				float v = wg[i] / s;
 
-				v = sel_f32(v < lo, lo, v);
-				v = sel_f32(v > hi, hi, v);
+				v = fx_select_f32(v < lo, lo, v);
+				v = fx_select_f32(v > hi, hi, v);
 				c32[i] = ((uint32_t)(int32_t)((v + RNE_MAGIC) - RNE_MAGIC) + bias) & 15u;
 			}
 			for (int i = 0; i < 32; i++)
@@ -436,7 +413,7 @@ uint8_t fxq_scale_fp4(float v)
 
 /* One row of NVFP4 with the single scale candidate a: group maxima, scales,
  * codes, nibbles. gm and sv are k/16 scratch entries each. */
-FXQ_CLONES
+FX_CPU_CLONES
 static void nvfp4_row(uint8_t *restrict codes, uint8_t *restrict scales,
 		      const float *restrict w, int64_t k, float t, float a,
 		      float *restrict gm, float *restrict sv)
@@ -467,7 +444,7 @@ static void nvfp4_row(uint8_t *restrict codes, uint8_t *restrict scales,
 }
 
 /* Row maxima of |w| and a finiteness check in one pass. */
-FXQ_CLONES
+FX_CPU_CLONES
 static void row_stats(const float *restrict w, int64_t k, float *amax, bool *finite)
 {
 	const fx_u32_alias *u = (const fx_u32_alias *)w;
