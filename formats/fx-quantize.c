@@ -259,10 +259,11 @@ static int block_absmax(float *ramax, const float *w, int64_t r0, int64_t nr, in
 
 /* One chunk of rows [r0, r0+nr) of a streamed layer, on the calling thread:
  * pass 0 records the row maxima (NVFP4's tensor scale), pass 1 writes the
- * codes and scales. */
+ * codes and scales (INT4 and W4A16 check finiteness there, their only pass).
+ * Chunks own their rows of b, so threads never share an entry. */
 static int stream_chunk(const struct fx_model *m, const struct fx_group *g,
 			const struct branch_t *br, bool fp4, int pass, int64_t r0, int64_t nr,
-			float *w, float *amax, struct bufs *b, struct fx_err *err)
+			float *w, struct bufs *b, struct fx_err *err)
 {
 	const int64_t k = g->k;
 	const int64_t *rows = g->kind == FX_GROUP_ADALN ? b->perm + r0 : NULL;
@@ -270,18 +271,17 @@ static int stream_chunk(const struct fx_model *m, const struct fx_group *g,
 
 	if ((ret = produce(m, g, br, r0, nr, rows, w, err)) < 0)
 		return ret;
+	if ((pass == 0 || g->kind == FX_GROUP_ADALN || !fp4) &&
+	    (ret = block_absmax(b->ramax + r0, w, r0, nr, k, rows, g, err)) < 0)
+		return ret;
 	if (pass == 0)
-		return block_absmax(b->ramax + r0, w, r0, nr, k, rows, g, err);
+		return 0;
 	if (g->kind == FX_GROUP_ADALN) {
-		if ((ret = block_absmax(amax, w, r0, nr, k, rows, g, err)) < 0)
-			return ret;
 		fx_quant_w4a16_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64),
 					b->zeros + r0 * (k / 64), w, nr, k);
 		return 0;
 	}
 	if (!fp4) {
-		if ((ret = block_absmax(amax, w, r0, nr, k, rows, g, err)) < 0)
-			return ret;
 		fx_quant_int4_rows_cpu(b->codes + r0 * (k / 2), b->scales16 + r0 * (k / 64), w, nr, k);
 		return 0;
 	}
@@ -321,16 +321,13 @@ static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
 #pragma omp parallel
 		{
 			float *w = b->w + (size_t)omp_get_thread_num() * (size_t)(chunk * k);
-			float *amax = malloc((size_t)chunk * sizeof(float));   /* row maxima scratch */
 			struct fx_err e = { 0 };
 
 #pragma omp for schedule(static)
 			for (int64_t c = 0; c < nchunk; c++) {
 				int64_t r0 = c * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
-				int rc = amax ? stream_chunk(m, g, br, fp4, pass, r0, nr, w, amax, b, &e)
-					      : fx_error(&e, FX_E_NOMEM, "out of memory");
 
-				if (rc < 0) {
+				if (stream_chunk(m, g, br, fp4, pass, r0, nr, w, b, &e) < 0) {
 #pragma omp critical(fx_quant_stream)
 					if (bad_chunk < 0 || c < bad_chunk) {
 						bad_chunk = c;
@@ -338,7 +335,6 @@ static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
 					}
 				}
 			}
-			free(amax);
 		}
 		if (bad_chunk >= 0)
 			break;
