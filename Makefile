@@ -96,6 +96,19 @@ $(B)/tests/test-%: $(B)/obj/tests/unit/test-%.o $(UNIT_HOBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(UNIT_HOBJ) $(LIB) -lcmocka $(LDLIBS)
 
+# test-clones: kernels/cpu/ops.c once more without target clones, its global
+# symbols renamed plain_*, beside the library's copy
+$(B)/obj/plain/ops.o: kernels/cpu/ops.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CPPFLAGS)) $(CFLAGS) -DFX_NO_CLONES -c -o $@.tmp $<
+	nm -g --defined-only $@.tmp | awk '{ print $$3, "plain_" $$3 }' >$@.syms
+	objcopy --redefine-syms=$@.syms $@.tmp $@
+	rm -f $@.tmp $@.syms
+
+$(B)/tests/test-clones: $(B)/obj/tests/unit/test-clones.o $(B)/obj/plain/ops.o $(UNIT_HOBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(B)/obj/plain/ops.o $(UNIT_HOBJ) $(LIB) -lcmocka $(LDLIBS)
+
 # GPU tests: CUDA against the CPU; they say "skip" and pass without a device
 $(B)/tests/test-gpu-%: $(B)/obj/tests/gpu/test-gpu-%.o $(LIB)
 	@mkdir -p $(dir $@)

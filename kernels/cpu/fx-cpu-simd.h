@@ -6,11 +6,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Hot loops compiled twice: AVX2 where the CPU has it, baseline otherwise
- * (the build targets plain x86-64; the same IEEE operations, so the same
- * bytes). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define FX_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+/* Hot loops compiled three times: AVX-512, AVX2 or baseline, whichever the
+ * CPU has (the build targets plain x86-64). Loops keep a fixed number of
+ * partial sums, so every clone does the same IEEE operations: the same
+ * bytes (tests/unit/test-clones.c). FX_NO_CLONES: baseline only. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
+	!defined(FX_NO_CLONES)
+#define FX_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FX_CPU_CLONES
 #endif
