@@ -178,6 +178,7 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	float *txt = NULL, *pooled = NULL, *lat = NULL;
 	int64_t ni, nt, P, i;
 	int first, last, ret;
+	bool bf16;
 	size_t gi;
 
 	*up_to_date = false;
@@ -235,6 +236,15 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "samples", o->samples);
 	fx_stage_param_int(s, "hessian", o->hessian);
 	fx_stage_param_str(s, "blocks", blocks);
+	/* the arithmetic is part of the recipe, the device is not: f32 on a GPU
+	 * matches the CPU to rounding, BF16 GEMMs do not */
+	if ((ret = fx_device_select(&dev, o->device, note, sizeof(note), err)) < 0)
+		goto out;
+	if (note[0])
+		fx_log_info("%s", note);
+	bf16 = dev.kind == FX_DEV_CUDA && !(o->gemm && strcmp(o->gemm, "f32") == 0);
+	if (bf16)
+		fx_stage_param_str(s, "gemm", "bf16");
 	ret = fx_stage_check(s, o->force, err);
 	if (ret < 0)
 		goto out;
@@ -272,13 +282,10 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 			goto out;
 		}
 	}
-	if ((ret = fx_device_select(&dev, o->device, note, sizeof(note), err)) < 0)
-		goto out;
-	if (note[0])
-		fx_log_info("%s", note);
 	if ((ret = fx_flux_new(&f, m, err)) < 0 || (ret = fx_flux_set_device(f, &dev, err)) < 0)
 		goto out;
-	fx_log_debug("computing on %s", dev.desc);
+	fx_flux_set_bf16_gemm(f, bf16);
+	fx_log_debug("computing on %s%s", dev.desc, bf16 ? " (BF16 GEMMs)" : "");
 	hooks.ctx = &cal;
 	hooks.capture = capture;
 	fx_flux_set_hooks(f, &hooks);

@@ -22,6 +22,9 @@ struct fx_calibrate_opts {
 	const char *device;     /* NULL/"cpu", "cuda", "cuda:N" (fx_device_select); a
 				 * CUDA request without a GPU runs on the CPU, and
 				 * the device is not part of the recipe */
+	const char *gemm;       /* block linears on CUDA: NULL/"bf16" BF16 GEMMs (the
+				 * recipe records "gemm": "bf16"), "f32" as on the CPU;
+				 * the CPU path always computes in f32 */
 };
 
 struct fx_stage;

@@ -556,7 +556,8 @@ struct flux_cuda {
 	struct fx_dev_buf cs, sn;
 	struct fx_dev_buf io;                   /* inputs + ids, then the output */
 	struct fx_dev_buf vec;                  /* stemb (D), mod (12 D), norms (4 hd) */
-	struct fx_dev_buf w, b;                 /* one widened linear */
+	struct fx_dev_buf w, b;                 /* one linear, f32 or BF16 */
+	bool bf16;                              /* BF16 GEMMs for the block linears */
 	float *stage;                           /* host copies for the hooks and ids */
 	size_t stage_cap;
 };
@@ -601,6 +602,14 @@ int fx_flux_set_device(struct fx_flux *f, const struct fx_device *dev, struct fx
 	cu_free(f->cu);
 	f->cu = c;
 	return 0;
+}
+
+bool fx_flux_set_bf16_gemm(struct fx_flux *f, bool on)
+{
+	if (!f->cu)
+		return false;
+	f->cu->bf16 = on;
+	return on;
 }
 
 static int cu_stage(struct flux_cuda *c, size_t nfloats, struct fx_err *err)
@@ -648,19 +657,23 @@ static int cu_ensure_acts(struct fx_flux *f, int64_t n, struct fx_err *err)
 	return 0;
 }
 
-/* Uploads the widened weight (n,k) and bias (n) in f->w, f->b and applies
- * them to x_dev. */
+/* Uploads the weight (n,k) in f->w (f32, or BF16 bits with bf16) and the
+ * bias (n) in f->b and applies them to x_dev. */
 static int cu_linear_w(struct fx_flux *f, const float *x_dev, int64_t m, float *y_dev,
-		       int64_t n, int64_t k, struct fx_err *err)
+		       int64_t n, int64_t k, bool bf16, struct fx_err *err)
 {
 	struct flux_cuda *c = f->cu;
+	size_t wbytes = (size_t)(n * k) * (bf16 ? sizeof(uint16_t) : sizeof(float));
 	int ret;
 
 	if ((ret = cu_ensure(c, &c->w, (size_t)(n * k), err)) < 0 ||
 	    (ret = cu_ensure(c, &c->b, (size_t)n, err)) < 0 ||
-	    (ret = fx_cuda_upload(c->cx, c->w.data_dev, f->w, (size_t)(n * k) * sizeof(float), err)) < 0 ||
+	    (ret = fx_cuda_upload(c->cx, c->w.data_dev, f->w, wbytes, err)) < 0 ||
 	    (ret = fx_cuda_upload(c->cx, c->b.data_dev, f->b, (size_t)n * sizeof(float), err)) < 0)
 		return ret;
+	if (bf16)
+		return fx_ops_linear_bf16_cuda(c->cx, y_dev, x_dev, c->w.data_dev, DEV(c->b), m, n, k,
+					       err);
 	return fx_ops_linear_cuda(c->cx, y_dev, x_dev, DEV(c->w), DEV(c->b), m, n, k, err);
 }
 
@@ -686,10 +699,16 @@ static int cu_group_linear(struct fx_flux *f, const struct fx_group *g, const fl
 			return fx_cuda_upload(c->cx, y_dev, c->stage + nx, ny * sizeof(float), err);
 		}
 	}
-	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0 ||
-	    (ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
+	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)
 		return ret;
-	return cu_linear_w(f, x_dev, m, y_dev, g->n, g->k, err);
+	/* f->w holds n·k floats: room for the BF16 copy too */
+	if (c->bf16)
+		ret = fx_model_group_bf16(f->m, g, (uint16_t *)f->w, f->b, err);
+	else
+		ret = fx_model_group_f32(f->m, g, f->w, f->b, err);
+	if (ret < 0)
+		return ret;
+	return cu_linear_w(f, x_dev, m, y_dev, g->n, g->k, c->bf16, err);
 fail:
 	if (err && !err->code)
 		fx_error(err, ret, "hook failed on '%s'", g->name);
@@ -713,7 +732,7 @@ static int cu_plain_linear(struct fx_flux *f, const char *base, const float *x_d
 	    (ret = fx_model_plain_f32(f->m, wn, f->w, err)) < 0 ||
 	    (ret = fx_model_plain_f32(f->m, bn, f->b, err)) < 0)
 		return ret;
-	return cu_linear_w(f, x_dev, m, y_dev, n, k, err);
+	return cu_linear_w(f, x_dev, m, y_dev, n, k, false, err);
 }
 
 /* load_norms on the host, then into the norms slot of the vec buffer. */

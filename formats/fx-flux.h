@@ -58,6 +58,13 @@ struct fx_device;
  * previous device is kept. Results match the CPU path to f32 rounding. */
 int fx_flux_set_device(struct fx_flux *f, const struct fx_device *dev, struct fx_err *err);
 
+/* On a CUDA device: the block linears as BF16 GEMMs (the weights as stored,
+ * rounded to BF16 when they are not; inputs rounded to BF16 on the device;
+ * f32 accumulate), as a BF16 pipeline computes them, half the upload of f32.
+ * Off (the default): f32 as on the CPU. The CPU path always computes in f32.
+ * Returns whether BF16 GEMMs are in effect. */
+bool fx_flux_set_bf16_gemm(struct fx_flux *f, bool on);
+
 /* out: (ni, out_channels) velocity in the packed layout. Activation
  * buffers are kept in f between calls (grown when a larger input comes). */
 int fx_flux_forward(struct fx_flux *f, const struct fx_flux_input *in, float *out,

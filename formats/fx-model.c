@@ -952,6 +952,16 @@ const char *fx_block_prefix(char *buf, size_t cap, bool single, int block)
 
 /* ---- conversion ------------------------------------------------------ */
 
+static bool bf16_nonfinite(const uint16_t *h, int64_t n)
+{
+	unsigned bad = 0;
+
+	#pragma omp simd reduction(| : bad)
+	for (int64_t i = 0; i < n; i++)
+		bad |= (h[i] & 0x7f80u) == 0x7f80u;
+	return bad != 0;
+}
+
 /* Copies rows [row0,row0+nrows) x cols [col0,col0+ncols) of t (viewed as
  * shape[0] rows of numel/shape[0]) into dst rows of dst_ld elements, as f32
  * or BF16. With swap, dst row r takes source row (r + nrows/2) % nrows.
@@ -979,6 +989,11 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 		/* hot path: widen BF16, find a bad value only when there is one */
 		if (dt == FX_BF16 && df && !fx_bf16_widen(df, s, (size_t)ncols, stream))
 			continue;
+		if (dt == FX_BF16 && dh) {   /* BF16 kept: a copy and a scan */
+			memcpy(dh, s, (size_t)ncols * 2);
+			if (!bf16_nonfinite(dh, ncols))
+				continue;
+		}
 		for (c = 0; c < ncols; c++) {
 			uint16_t h = 0;
 			uint32_t u;
@@ -1039,9 +1054,10 @@ static int value_error(const struct fx_model *m, const struct fx_tensor *t, int6
 			file_of(m, t));
 }
 
-int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g, float *w, float *b,
-		       struct fx_err *err)
+static int group_convert(const struct fx_model *m, const struct fx_group *g, void *w, bool bf16,
+			 float *b, struct fx_err *err)
 {
+	size_t es = bf16 ? 2 : 4;
 	int i;
 
 	if (b)
@@ -1051,8 +1067,8 @@ int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g, float
 		int64_t bad;
 
 		if (w) {
-			bad = copy_rows(w + mb->out_row0 * g->k, false, g->k, mb->weight, mb->row0,
-					mb->nrows, mb->col0, mb->ncols, false);
+			bad = copy_rows((char *)w + (size_t)(mb->out_row0 * g->k) * es, bf16, g->k,
+					mb->weight, mb->row0, mb->nrows, mb->col0, mb->ncols, false);
 			if (bad >= 0)
 				return value_error(m, mb->weight, bad, err);
 		}
@@ -1064,6 +1080,18 @@ int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g, float
 		}
 	}
 	return 0;
+}
+
+int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g, float *w, float *b,
+		       struct fx_err *err)
+{
+	return group_convert(m, g, w, false, b, err);
+}
+
+int fx_model_group_bf16(const struct fx_model *m, const struct fx_group *g, uint16_t *w,
+			float *b, struct fx_err *err)
+{
+	return group_convert(m, g, w, true, b, err);
 }
 
 int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, int64_t r0,

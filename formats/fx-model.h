@@ -95,6 +95,9 @@ int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, 
 			    int64_t nr, const int64_t *rows, float *dst, struct fx_err *err);
 int fx_model_group_f32(const struct fx_model *m, const struct fx_group *g,
 		       float *w, float *b, struct fx_err *err);
+/* The same with w in BF16 (F32/F16 sources rounded to nearest even). */
+int fx_model_group_bf16(const struct fx_model *m, const struct fx_group *g, uint16_t *w,
+			float *b, struct fx_err *err);
 
 /* Drops the mapped pages of a group's source tensors (or one tensor) once a
  * stage is done with them, so resident memory stays near one layer however

@@ -80,6 +80,14 @@ int fx_ops_linear_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
 	return no_cuda(err);
 }
 
+int fx_ops_linear_bf16_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
+			    const void *w_dev, const float *b_dev, int64_t m, int64_t n, int64_t k,
+			    struct fx_err *err)
+{
+	(void)cx; (void)y_dev; (void)x_dev; (void)w_dev; (void)b_dev; (void)m; (void)n; (void)k;
+	return no_cuda(err);
+}
+
 int fx_ops_layernorm_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev, int64_t m,
 			  int64_t d, float eps, struct fx_err *err)
 {

@@ -55,6 +55,12 @@ int fx_cuda_sync(struct fx_cuda_ctx *cx, struct fx_err *err);
 int fx_ops_linear_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
 		       const float *w_dev, const float *b_dev, int64_t m, int64_t n, int64_t k,
 		       struct fx_err *err);
+/* The same linear with a BF16 weight (n,k) (raw bits) and x rounded to BF16
+ * (nearest even) on the way in: one cuBLAS BF16 GEMM, f32 accumulate and
+ * output, as a BF16 pipeline computes it. */
+int fx_ops_linear_bf16_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
+			    const void *w_dev, const float *b_dev, int64_t m, int64_t n, int64_t k,
+			    struct fx_err *err);
 int fx_ops_layernorm_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev, int64_t m,
 			  int64_t d, float eps, struct fx_err *err);
 int fx_ops_layernorm_mod_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev, int64_t m,

@@ -11,7 +11,7 @@
 #include "fx-tool.h"
 
 enum { OPT_MODEL = 256, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED,
-       OPT_SAMPLES, OPT_HESSIAN, OPT_BLOCKS };
+       OPT_SAMPLES, OPT_HESSIAN, OPT_BLOCKS, OPT_GEMM };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -24,13 +24,14 @@ static const struct fx_opt opts[] = {
 	{ "samples", 0, FX_OPT_REQ, "M", "activation rows kept per layer (default 512)", OPT_SAMPLES },
 	{ "hessian", 0, FX_OPT_NONE, NULL, "also record XᵀX per layer", OPT_HESSIAN },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
+	{ "gemm", 0, FX_OPT_REQ, "bf16|f32", "block linears on a GPU: BF16 GEMMs (default) or f32 as on the CPU", OPT_GEMM },
 	{ 0 }
 };
 
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-calib --model M --cond C [--prompts P] [--steps S] [--res WxH] [--guidance G] [--seed N] [--samples M] [--hessian] [--blocks A-B] -o calib.safetensors",
+		.synopsis = "fx-calib --model M --cond C [--prompts P] [--steps S] [--res WxH] [--guidance G] [--seed N] [--samples M] [--hessian] [--blocks A-B] [--device DEV [--gemm bf16|f32]] -o calib.safetensors",
 		.summary = "Record per-layer activation statistics of sampling runs (fx.calib).",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
@@ -86,6 +87,11 @@ int main(int argc, char **argv)
 		case OPT_BLOCKS:
 			if (!fx_parse_range(arg, &o.first_block, &o.last_block))
 				return fx_cli_usage_error(&cli, "--blocks wants A-B or A, not '%s'", arg);
+			break;
+		case OPT_GEMM:
+			if (strcmp(arg, "bf16") != 0 && strcmp(arg, "f32") != 0)
+				return fx_cli_usage_error(&cli, "--gemm wants bf16 or f32, not '%s'", arg);
+			o.gemm = arg;
 			break;
 		}
 	}

@@ -1,6 +1,7 @@
 // f32 primitives of the FLUX forward on a GPU (kernels/fx-ops-cuda.h): the
 // same definitions as kernels/cpu/ops.c. cuBLAS sgemm for every GEMM (the
-// linears, attention scores and AV, heads batched), own kernels for norms,
+// linears, attention scores and AV, heads batched; fx_ops_linear_bf16_cuda
+// a BF16 GEMM with f32 accumulate), own kernels for norms,
 // RoPE, softmax and the elementwise ops. Reductions that the CPU does in
 // f64 (layernorm statistics, softmax sum) are f64 here too.
 //
@@ -8,6 +9,7 @@
 // is a column-major (c,r) matrix with leading dimension ld, so each
 // row-major product C = A·Bᵀ is issued as Cᵀ = B·Aᵀ (swap the operands).
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <math.h>
@@ -24,6 +26,7 @@ struct fx_cuda_ctx {
 	cudaStream_t stream;
 	cublasHandle_t blas;
 	struct fx_dev_buf scratch;   // attention scores
+	struct fx_dev_buf xb;        // BF16 copy of a linear's input
 };
 
 
@@ -84,6 +87,7 @@ extern "C" void fx_cuda_ctx_free(struct fx_cuda_ctx *cx)
 	if (cudaSetDevice(cx->device) == cudaSuccess && cx->stream)
 		cudaStreamSynchronize(cx->stream);
 	fx_cuda_buf_release(&cx->scratch);
+	fx_cuda_buf_release(&cx->xb);
 	if (cx->blas)
 		cublasDestroy(cx->blas);
 	if (cx->stream)
@@ -414,6 +418,46 @@ extern "C" int fx_ops_linear_cuda(struct fx_cuda_ctx *cx, float *y_dev, const fl
 	// row-major Y(m,n) = X(m,k)·Wᵀ  <=>  column-major Yᵀ(n,m) = W(n,k)·Xᵀ
 	FX_CUBLAS_CHECK(cublasSgemm(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one,
 				    w_dev, (int)k, x_dev, (int)k, &beta, y_dev, (int)n));
+out:
+	return ret;
+}
+
+__global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x)
+		y[i] = __float2bfloat16_rn(x[i]);
+}
+
+extern "C" int fx_ops_linear_bf16_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
+				       const void *w_dev, const float *b_dev, int64_t m, int64_t n,
+				       int64_t k, struct fx_err *err)
+{
+	const float one = 1.0f;
+	float beta = 0.0f;
+
+	ENTER(cx);
+	if (m <= 0 || n <= 0)
+		return 0;
+	if (k <= 0)   // no product: the f32 op's bias or zero fill
+		return fx_ops_linear_cuda(cx, y_dev, x_dev, NULL, b_dev, m, n, k, err);
+	if (!fits_int(m) || !fits_int(n) || !fits_int(k))
+		return fx_error(err, FX_E_ARG, "linear of %lld x %lld x %lld is too large for cuBLAS",
+				(long long)m, (long long)n, (long long)k);
+	if ((ret = fx_cuda_buf_reserve(cx, &cx->xb, (size_t)(m * k) * sizeof(__nv_bfloat16), err)) < 0)
+		return ret;
+	FX_CUDA_LAUNCH(k_to_bf16<<<grid_for((size_t)(m * k)), THREADS, 0, cx->stream>>>(
+		(__nv_bfloat16 *)cx->xb.data_dev, x_dev, (size_t)(m * k)));
+	if (b_dev) {
+		FX_CUDA_LAUNCH(k_bias_rows<<<grid_for((size_t)(m * n)), THREADS, 0, cx->stream>>>(
+			y_dev, b_dev, m, n));
+		beta = 1.0f;
+	}
+	// as fx_ops_linear_cuda: column-major Yᵀ(n,m) = W(n,k)·Xᵀ
+	FX_CUBLAS_CHECK(cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one,
+				     w_dev, CUDA_R_16BF, (int)k, cx->xb.data_dev, CUDA_R_16BF, (int)k,
+				     &beta, y_dev, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
+				     CUBLAS_GEMM_DEFAULT));
 out:
 	return ret;
 }

@@ -2,7 +2,7 @@
  * and the whole forward on the GPU against the CPU forward, by NMSE
  *   nmse(ref, got) = Σ(ref − got)² / Σ ref²
  * with per-op budgets (ggml test-backend-ops): elementwise, norm and RoPE
- * ops 1e-10; GEMM, attention and the forward 1e-8. TAP on stdout; without
+ * ops 1e-10; GEMM, attention and the forward 1e-8 (with BF16 GEMMs 1e-3). TAP on stdout; without
  * a CUDA device (or in a build without CUDA) prints "# skip: no CUDA
  * device" and exits 0. Build and run: tests/gpu/README.md.
  *
@@ -23,6 +23,7 @@
 
 #define B_ELEM 1e-10
 #define B_GEMM 1e-8
+#define B_BF16_FWD 1e-3   /* BF16-rounded GEMM inputs through the whole forward */
 
 static int ntest, nfail;
 static struct fx_cuda_ctx *cx;
@@ -167,6 +168,51 @@ static void t_linear(int64_t m, int64_t n, int64_t k, bool bias)
 	fx_cuda_buf_release(&dw.b);
 	fx_cuda_buf_release(&db.b);
 	free(x); free(w); free(b); free(y); free(g);
+}
+
+/* BF16 GEMM: against the CPU linear on the BF16-rounded x and w, whose
+ * products are exact in f32, so only the summation order differs. */
+static void t_linear_bf16(int64_t m, int64_t n, int64_t k, bool bias)
+{
+	struct fx_err err = { 0 };
+	float *x = rnd((size_t)(m * k), -1, 1), *w = rnd((size_t)(n * k), -0.1f, 0.1f);
+	float *b = bias ? rnd((size_t)n, -1, 1) : NULL, *y = rnd((size_t)(m * n), 0, 0), *g;
+	float *xr = rnd((size_t)(m * k), 0, 0);
+	uint16_t *wh = malloc((size_t)(n * k) * sizeof(uint16_t));
+	struct dbuf dx, db = { 0 }, dy;
+	struct fx_dev_buf dw = { 0 };
+	char name[96];
+	int ret;
+
+	if (!wh) {
+		printf("Bail out! out of memory\n");
+		exit(1);
+	}
+	for (int64_t i = 0; i < n * k; i++) {
+		wh[i] = fx_f32_to_bf16(w[i]);
+		w[i] = fx_bf16_to_f32(wh[i]);
+	}
+	for (int64_t i = 0; i < m * k; i++)
+		xr[i] = fx_bf16_to_f32(fx_f32_to_bf16(x[i]));
+	fx_ops_linear(y, xr, w, b, m, n, k);
+	up(&dx, x, (size_t)(m * k));
+	if (bias)
+		up(&db, b, (size_t)n);
+	up(&dy, NULL, (size_t)(m * n));
+	ret = fx_cuda_buf_reserve(cx, &dw, (size_t)(n * k) * sizeof(uint16_t), &err);
+	if (ret >= 0)
+		ret = fx_cuda_upload(cx, dw.data_dev, wh, (size_t)(n * k) * sizeof(uint16_t), &err);
+	if (ret >= 0)
+		ret = fx_ops_linear_bf16_cuda(cx, dptr(&dy), dptr(&dx), dw.data_dev,
+					      bias ? dptr(&db) : NULL, m, n, k, &err);
+	g = down(&dy);
+	snprintf(name, sizeof(name), "BF16 linear %lldx%lldx%lld%s", (long long)m, (long long)n,
+		 (long long)k, bias ? " + bias" : "");
+	check(name, ret, &err, y, g, (size_t)(m * n), B_GEMM);
+	fx_cuda_buf_release(&dx.b);
+	fx_cuda_buf_release(&dw);
+	fx_cuda_buf_release(&db.b);
+	free(x); free(xr); free(w); free(wh); free(b); free(y); free(g);
 }
 
 static void t_layernorm(int64_t m, int64_t d, bool mod)
@@ -485,6 +531,16 @@ static void t_forward(int device)
 	fx_flux_set_hooks(fg, NULL);
 	ret = fx_flux_forward(fg, &in, og, &err);
 	check("forward output without hooks", ret, &err, oc, og, (size_t)nout, B_GEMM);
+	/* BF16 GEMMs: inputs rounded to BF16 per linear, so only near the CPU
+	 * (a layout or operand mistake gives an NMSE near 1) */
+	if (fx_flux_set_bf16_gemm(fg, true)) {
+		ret = fx_flux_forward(fg, &in, og, &err);
+		check("forward output with BF16 GEMMs, GPU vs CPU", ret, &err, oc, og, (size_t)nout,
+		      B_BF16_FWD);
+		fx_flux_set_bf16_gemm(fg, false);
+	} else {
+		tap(false, "forward output with BF16 GEMMs", 0, 0, "BF16 GEMMs not in effect on CUDA");
+	}
 	/* back to the CPU gives the CPU bits */
 	if ((ret = fx_flux_set_device(fg, NULL, &err)) >= 0)
 		ret = fx_flux_forward(fg, &in, og, &err);
@@ -526,6 +582,8 @@ int main(void)
 	t_linear(77, 300, 256, true);
 	t_linear(1, 3072, 512, true);
 	t_linear(130, 64, 3072, false);
+	t_linear_bf16(77, 300, 256, true);
+	t_linear_bf16(130, 64, 3072, false);
 	t_layernorm(33, 3072, false);
 	t_layernorm(40, 1000, true);
 	t_rmsnorm();

@@ -692,6 +692,32 @@ static void test_unexpected(void **state)
 	assert_contains(err.msg, "unexpected tensor 'extra.weight'");
 }
 
+/* fx_model_group_bf16 = BF16 rounding of fx_model_group_f32, every group. */
+static void assert_group_bf16(const struct fx_model *m)
+{
+	for (size_t i = 0; i < fx_model_ngroups(m); i++) {
+		const struct fx_group *g = fx_model_group(m, i);
+		uint16_t *h = malloc((size_t)(g->n * g->k) * sizeof(uint16_t));
+		float *w, *b, *b2 = malloc((size_t)g->n * sizeof(float));
+		struct fx_err err = {0};
+
+		assert_non_null(h);
+		assert_non_null(b2);
+		group_f32(m, g, &w, &b);
+		if (fx_model_group_bf16(m, g, h, b2, &err) < 0)
+			fail_msg("group %s: %s", g->name, err.msg);
+		for (int64_t j = 0; j < g->n * g->k; j++)
+			if (h[j] != fx_f32_to_bf16(w[j]))
+				fail_msg("group %s element %lld: %04x, f32 %g", g->name, (long long)j,
+					 h[j], w[j]);
+		assert_memory_equal(b, b2, (size_t)g->n * sizeof(float));
+		free(h);
+		free(w);
+		free(b);
+		free(b2);
+	}
+}
+
 static void test_dtypes(void **state)
 {
 	struct edit e = { .to_f32 = "transformer_blocks.0.attn.to_q.weight" };
@@ -706,6 +732,8 @@ static void test_dtypes(void **state)
 	assert_int_equal(fx_model_find_group(a, "transformer_blocks.0.qkv_proj")->members[0]
 			 .weight->dtype, FX_F32);
 	assert_models_equal(a, b);
+	assert_group_bf16(a);   /* an F32 member rounded */
+	assert_group_bf16(b);
 	fx_model_close(a);
 	fx_model_close(b);
 	rewrite(dfile(), tpath("u8.safetensors"), &f);
@@ -727,6 +755,10 @@ static void expect_value_error(const char *path, const char *group, bool bias, c
 	} else {
 		assert_int_equal(fx_model_group_f32(m, g, NULL, b, &err), 0);
 		assert_int_equal(fx_model_group_f32(m, g, w, b, &err), FX_E_VALUE);
+		assert_contains(err.msg, msg);
+		/* the BF16 copy (CUDA BF16 GEMMs) finds the same element */
+		memset(&err, 0, sizeof(err));
+		assert_int_equal(fx_model_group_bf16(m, g, (uint16_t *)w, NULL, &err), FX_E_VALUE);
 	}
 	assert_contains(err.msg, msg);
 	free(w);
