@@ -19,8 +19,10 @@
  *   first value r·cos(a), second r·sin(a) (kept for the next call).
  * Values are computed in double; the f32 fill rounds each to nearest.
  * Only IEEE double arithmetic and libm log/cos/sin/sqrt are involved; a libm
- * that differs by an ulp in double changes an f32 value only on a rounding
- * tie, so f32 outputs are the same on every common platform. */
+ * that differs by an ulp in double flips an f32 value only when the double
+ * lies within that ulp of an f32 rounding midpoint (about 1 in 2^29), so
+ * f32 outputs agree across common platforms but are not proven identical.
+ * Documented in fx-calib(1), Noise. */
 struct fx_rng {
 	uint64_t s;
 	double spare;
