@@ -8,6 +8,43 @@ setup() {
 	C=$BATS_TEST_TMPDIR/cond.safetensors
 	fx-synth -q -o "$M" --cond "$C" --prompts 2 --txt-len 32
 	ARGS=(--model "$M" --cond "$C" --steps 2 --res 128x128 --samples 48)
+	# stread.load(path) -> (header, {name: float64 array}); BF16 widened
+	cat >"$BATS_TEST_TMPDIR/stread.py" <<'PY'
+import json, struct
+import numpy as np
+DT = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
+def load(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    out = {}
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            continue
+        b, e = v["data_offsets"]
+        buf = raw[8 + n + b:8 + n + e]
+        if v["dtype"] == "BF16":
+            a = (np.frombuffer(buf, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(buf, DT[v["dtype"]])
+        out[k] = a.astype(np.float64).reshape(v["shape"])
+    return hdr, out
+def raw_tensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    return hdr, {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
+                 for k, v in hdr.items() if k != "__metadata__"}
+def bf16(a):  # f32 -> BF16 value, round to nearest even
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7fff + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+PY
+}
+
+# py SCRIPT-ARGS...: python3 on stdin with stread importable
+py() {
+	PYTHONPATH=$BATS_TEST_TMPDIR python3 - "$@"
 }
 
 @test "fx-calib --help lists every option" {
@@ -114,4 +151,208 @@ PY
 	[[ "$stderr" == *"using the CPU"* ]]
 	cmp "$BATS_TEST_TMPDIR/cpu.safetensors" "$BATS_TEST_TMPDIR/cuda.safetensors"
 	run -2 fx-calib "${ARGS[@]}" --device gpu -o "$BATS_TEST_TMPDIR/x.safetensors"
+}
+
+@test "--gemm: only bf16 or f32; on the CPU (or a CUDA request that falls back) no effect, the recipe unchanged" {
+	run -2 fx-calib "${ARGS[@]}" --gemm f16 -o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$output" == *"--gemm wants bf16 or f32"* ]]
+	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
+	c=$BATS_TEST_TMPDIR/c.safetensors
+	run -0 fx-calib "${ARGS[@]}" -o "$c"
+	for g in bf16 f32; do
+		run -0 --separate-stderr fx-calib "${ARGS[@]}" --device cuda --gemm $g -o "$c"
+		[[ "$stderr" == *"up to date"* ]]
+		run -0 --separate-stderr fx-calib "${ARGS[@]}" --gemm $g -o "$c"
+		[[ "$stderr" == *"up to date"* ]]
+	done
+	run -0 fx-verify --json "$c"
+	[[ "$output" != *'"gemm"'* ]]
+}
+
+@test "recorded values: absmax bounds every sample, xtx is symmetric with a diagonal >= the samples' sums of squares" {
+	have_py_safetensors || skip "python safetensors not installed"
+	c=$BATS_TEST_TMPDIR/calib.safetensors
+	run -0 fx-calib "${ARGS[@]}" --hessian -o "$c"
+	py "$c" 48 <<'PY'
+import sys
+import numpy as np
+from stread import load, bf16
+hdr, t = load(sys.argv[1])
+cap = int(sys.argv[2])
+groups = sorted(k[:-7] for k in t if k.endswith(".absmax"))
+assert len(groups) == 30, len(groups)
+full = 0
+for g in groups:
+    a, s, x = t[g + ".absmax"], t[g + ".samples"], t[g + ".xtx"]
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(s)) and np.all(np.isfinite(x)), g
+    # samples are BF16 of the rows, absmax f32 of the same rows: rounding is monotone
+    mx = np.abs(s).max(axis=0)
+    assert np.all(bf16(a) >= mx), (g, np.argmax(mx - bf16(a)))
+    assert np.array_equal(x, x.T), g + ": xtx not symmetric"
+    d = np.diag(x)
+    assert np.all(d >= 0), g
+    assert d.max() > 0, g
+    ss = (s * s).sum(axis=0)
+    # a subset of the rows (BF16, relative error <= 2^-9 each) sums to no more
+    assert np.all(ss <= d * (1 + 2**-7) + 1e-37), (g, np.argmax(ss - d))
+    if s.shape[0] < cap:   # every row kept (adaLN: one row a forward, 2 prompts x 2 steps)
+        full += 1
+        assert s.shape[0] == 4, (g, s.shape)
+        assert np.array_equal(bf16(a), mx), g + ": absmax is not the max of the rows"
+        sts = s.T @ s
+        assert np.all(np.abs(x - sts) <= 2**-7 * (np.abs(s).T @ np.abs(s)) + 1e-37), g
+assert full == 6, full
+PY
+}
+
+@test "with --samples at least the rows a layer sees, every layer keeps them all: absmax is their maximum, xtx their X^T X" {
+	have_py_safetensors || skip "python safetensors not installed"
+	c=$BATS_TEST_TMPDIR/calib.safetensors
+	# single blocks see (64 image + 32 text tokens) x 2 steps x 2 prompts = 384 rows
+	run -0 fx-calib --model "$M" --cond "$C" --steps 2 --res 128x128 --samples 384 --hessian -o "$c"
+	py "$c" <<'PY'
+import sys
+import numpy as np
+from stread import load, bf16
+hdr, t = load(sys.argv[1])
+want = {"norm1.linear": 4, "norm1_context.linear": 4, "norm.linear": 4,
+        "qkv_proj_context": 128, "out_proj_context": 128, "mlp_context_fc1": 128, "mlp_context_fc2": 128}
+for g in sorted(k[:-7] for k in t if k.endswith(".absmax")):
+    a, s, x = t[g + ".absmax"], t[g + ".samples"], t[g + ".xtx"]
+    f = g.split(".", 2)[2]
+    rows = 384 if g.startswith("single") and f != "norm.linear" else want.get(f, 256)
+    assert s.shape[0] == rows, (g, s.shape, rows)
+    assert np.array_equal(bf16(a), np.abs(s).max(axis=0)), g
+    # BF16 samples against f32 sums of the f32 rows; products of GELU tails underflow f32
+    bad = np.abs(x - s.T @ s) > 2**-7 * (np.abs(s).T @ np.abs(s)) + 1e-37
+    assert not bad.any(), (g, np.argwhere(bad)[:3])
+PY
+}
+
+@test "NaN in prompt_embeds stops the run naming block, layer, step and prompt (exit 3); no output" {
+	have_py_safetensors || skip "python safetensors not installed"
+	d=$BATS_TEST_TMPDIR/out
+	mkdir "$d"
+	py "$C" "$BATS_TEST_TMPDIR/nan.safetensors" prompt_embeds 7fc0 <<'PY'
+import json, struct, sys
+src, dst, name, bits = sys.argv[1:5]
+raw = bytearray(open(src, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+assert hdr[name]["dtype"] == "BF16"
+P, L, D = hdr["prompt_embeds"]["shape"]
+b, e = hdr[name]["data_offsets"]
+# prompt 1, token 5, channel 10 (pooled: prompt 1, channel 10)
+i = ((1 * L + 5) * D + 10) if name == "prompt_embeds" else (hdr[name]["shape"][1] + 10)
+raw[8 + n + b + 2 * i:8 + n + b + 2 * i + 2] = struct.pack("<H", int(bits, 16))
+open(dst, "wb").write(raw)
+PY
+	run -3 --separate-stderr fx-calib --model "$M" --cond "$BATS_TEST_TMPDIR/nan.safetensors" --steps 2 --res 64x64 -o "$d/x.safetensors"
+	[[ "$stderr" == *"non-finite activation"* ]]
+	[[ "$stderr" == *"qkv_proj_context"* ]]
+	[[ "$stderr" == *"block 0"* ]]
+	[[ "$stderr" == *"step 0"* ]]
+	[[ "$stderr" == *"prompt 1, token 5"* ]]
+	[ -z "$(ls -A "$d" | grep -v '^\.fx-hash-cache$')" ]   # no output, no temporary
+	# +Inf in the pooled embedding reaches the adaLN input first
+	py "$C" "$BATS_TEST_TMPDIR/inf.safetensors" pooled_prompt_embeds 7f80 <<'PY'
+import json, struct, sys
+src, dst, name, bits = sys.argv[1:5]
+raw = bytearray(open(src, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+b, e = hdr[name]["data_offsets"]
+i = hdr[name]["shape"][1] + 10
+raw[8 + n + b + 2 * i:8 + n + b + 2 * i + 2] = struct.pack("<H", int(bits, 16))
+open(dst, "wb").write(raw)
+PY
+	run -3 --separate-stderr fx-calib --model "$M" --cond "$BATS_TEST_TMPDIR/inf.safetensors" --steps 2 --res 64x64 -o "$d/x.safetensors"
+	[[ "$stderr" == *"norm1.linear"* ]]
+	[[ "$stderr" == *"block 0"* ]]
+	[[ "$stderr" == *"step 0"* ]]
+	[[ "$stderr" == *"prompt 1"* ]]
+	[ -z "$(ls -A "$d" | grep -v '^\.fx-hash-cache$')" ]   # no output, no temporary
+}
+
+@test "schnell (no guidance embedder): default 4 steps, guidance recorded as 0, --guidance ignored, a valid file" {
+	have_py_safetensors || skip "python safetensors not installed"
+	S=$BATS_TEST_TMPDIR/schnell
+	fx-synth -q -o "$S" --schnell
+	py "$S/diffusion_pytorch_model.safetensors" <<'PY'
+import sys
+from stread import load
+hdr, _ = load(sys.argv[1])
+assert not [k for k in hdr if "guidance" in k], "the schnell model has a guidance embedder"
+PY
+	run -0 fx-calib --model "$S" --cond "$C" --res 64x64 --samples 16 -o "$BATS_TEST_TMPDIR/a.safetensors"
+	run -0 fx-calib --model "$S" --cond "$C" --res 64x64 --samples 16 --guidance 7 -o "$BATS_TEST_TMPDIR/b.safetensors"
+	cmp "$BATS_TEST_TMPDIR/a.safetensors" "$BATS_TEST_TMPDIR/b.safetensors"
+	py "$BATS_TEST_TMPDIR/a.safetensors" <<'PY'
+import json, sys
+import numpy as np
+from stread import load
+hdr, t = load(sys.argv[1])
+p = json.loads(hdr["__metadata__"]["fx.params"])
+assert p["steps"] == 4 and p["guidance"] == 0, p
+assert len([k for k in t if k.endswith(".samples")]) == 30
+for k, v in t.items():
+    assert np.all(np.isfinite(v)), k
+    if k.endswith(".absmax"):
+        assert v.max() > 0, k
+PY
+	run -0 fx-verify "$BATS_TEST_TMPDIR/a.safetensors"
+	# on dev the guidance does change the statistics
+	run -0 fx-calib --model "$M" --cond "$C" --steps 1 --res 64x64 --samples 16 -o "$BATS_TEST_TMPDIR/c.safetensors"
+	run -0 fx-calib --model "$M" --cond "$C" --steps 1 --res 64x64 --samples 16 --guidance 7 -o "$BATS_TEST_TMPDIR/d.safetensors"
+	! cmp -s "$BATS_TEST_TMPDIR/c.safetensors" "$BATS_TEST_TMPDIR/d.safetensors"
+}
+
+@test "--blocks A-B keeps only those blocks' groups, byte-identical to the same groups of a full run" {
+	have_py_safetensors || skip "python safetensors not installed"
+	run -0 fx-calib "${ARGS[@]}" --hessian -o "$BATS_TEST_TMPDIR/full.safetensors"
+	# blocks 1-2: double block 1 and single block 0 (2 double + 2 single)
+	run -0 fx-calib "${ARGS[@]}" --hessian --blocks 1-2 -o "$BATS_TEST_TMPDIR/part.safetensors"
+	run -0 fx-calib "${ARGS[@]}" --hessian --blocks 3 -o "$BATS_TEST_TMPDIR/last.safetensors"
+	py "$BATS_TEST_TMPDIR/full.safetensors" "$BATS_TEST_TMPDIR/part.safetensors" "$BATS_TEST_TMPDIR/last.safetensors" <<'PY'
+import json, sys
+from stread import raw_tensors
+fh, full = raw_tensors(sys.argv[1])
+for path, prefixes in [(sys.argv[2], ("transformer_blocks.1.", "single_transformer_blocks.0.")),
+                       (sys.argv[3], ("single_transformer_blocks.1.",))]:
+    h, part = raw_tensors(path)
+    want = sorted(k for k in full if k.startswith(prefixes))
+    assert sorted(part) == want, (path, sorted(set(part) ^ set(want))[:3])
+    for k in want:
+        assert part[k] == full[k], (path, k)
+    crc, fcrc = json.loads(h["__metadata__"]["fx.crc32"]), json.loads(fh["__metadata__"]["fx.crc32"])
+    assert sorted(crc) == want and all(crc[k] == fcrc[k] for k in want), path
+assert len(raw_tensors(sys.argv[2])[1]) == 3 * (10 + 5)
+assert len(raw_tensors(sys.argv[3])[1]) == 3 * 5
+PY
+	run -2 --separate-stderr fx-calib "${ARGS[@]}" --blocks 4 -o "$BATS_TEST_TMPDIR/x.safetensors"
+	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
+}
+
+@test "--prompts beyond the conditioning file is a usage error (exit 2); a missing conditioning tensor exits 3 naming it" {
+	run -2 --separate-stderr fx-calib "${ARGS[@]}" --prompts 3 -o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"--prompts 3"* ]]
+	[[ "$stderr" == *"holds 2"* ]]
+	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
+	run -0 fx-calib "${ARGS[@]}" --prompts 2 -o "$BATS_TEST_TMPDIR/x.safetensors"
+	rm "$BATS_TEST_TMPDIR/x.safetensors"
+	have_py_safetensors || skip "python safetensors not installed"
+	for t in pooled_prompt_embeds prompt_embeds; do
+		# rename the tensor in place (same length, offsets stay valid)
+		py "$C" "$BATS_TEST_TMPDIR/c-$t.safetensors" "$t" <<'PY'
+import sys
+src, dst, name = sys.argv[1:4]
+raw = open(src, "rb").read()
+new = name[:-1] + "X"
+assert raw.count(b'"%s"' % name.encode()) == 1
+open(dst, "wb").write(raw.replace(b'"%s"' % name.encode(), b'"%s"' % new.encode(), 1))
+PY
+		run -3 --separate-stderr fx-calib --model "$M" --cond "$BATS_TEST_TMPDIR/c-$t.safetensors" --steps 1 --res 64x64 -o "$BATS_TEST_TMPDIR/x.safetensors"
+		[[ "$stderr" == *"'$t' missing"* ]]
+		[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
+	done
 }

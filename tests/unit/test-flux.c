@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fx-calibrate.h"
 #include "fx-flux.h"
 #include "fx-model.h"
 #include "fx-ops.h"
@@ -431,6 +432,314 @@ static void test_bfl_layout(void **state)
 	free(a);
 	free(b);
 	fwd_free(&r);
+	nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- fx-calib against the capture hook ----------------------------------- */
+
+/* Every input row of every fused group over a whole sampling run, with the
+ * prompt and step each came from. */
+struct all_rows {
+	const struct fx_model *m;
+	size_t n;
+	float **x;          /* per group: (rows, k) */
+	int **prov;         /* per group, per row: prompt * 1000 + step */
+	int64_t *rows;
+	int prompt, step;
+};
+
+static int all_cap(void *ctx, const struct fx_group *g, const float *x, int64_t m, struct fx_err *err)
+{
+	struct all_rows *a = ctx;
+	size_t i;
+
+	for (i = 0; i < a->n && fx_model_group(a->m, i) != g; i++)
+		;
+	if (i == a->n)
+		return fx_error(err, FX_E_ARG, "unknown group '%s'", g->name);
+	a->x[i] = realloc(a->x[i], (size_t)((a->rows[i] + m) * g->k) * sizeof(float));
+	a->prov[i] = realloc(a->prov[i], (size_t)(a->rows[i] + m) * sizeof(int));
+	if (!a->x[i] || !a->prov[i])
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	memcpy(a->x[i] + a->rows[i] * g->k, x, (size_t)(m * g->k) * sizeof(float));
+	for (int64_t r = 0; r < m; r++)
+		a->prov[i][a->rows[i] + r] = a->prompt * 1000 + a->step;
+	a->rows[i] += m;
+	return 0;
+}
+
+static int all_step(void *ctx, int step, float sigma, struct fx_err *err)
+{
+	(void)sigma; (void)err;
+	((struct all_rows *)ctx)->step = step;
+	return 0;
+}
+
+/* Runs the sampler as fx-calib does (same defaults, seed + p for prompt p)
+ * over the first `prompts` prompts of cond and records every group input. */
+static void collect_rows(struct all_rows *a, struct fx_model *m, const char *cond, int prompts,
+			 int steps, int res, uint64_t seed)
+{
+	const struct fx_model_config *c = fx_model_config(m);
+	struct fx_flux_hooks h = { .ctx = a, .capture = all_cap };
+	struct fx_sample_params sp;
+	struct fx_flux *f = NULL;
+	struct fx_st *cs = NULL;
+	struct fx_err err = { 0 };
+	const struct fx_tensor *pe, *pp;
+	float *txt, *pooled, *lat;
+	int64_t nt;
+
+	memset(a, 0, sizeof(*a));
+	a->m = m;
+	a->n = fx_model_ngroups(m);
+	a->x = calloc(a->n, sizeof(*a->x));
+	a->prov = calloc(a->n, sizeof(*a->prov));
+	a->rows = calloc(a->n, sizeof(*a->rows));
+	assert_true(a->x && a->prov && a->rows);
+	if (fx_st_open(&cs, cond, &err) < 0 || fx_flux_new(&f, m, &err) < 0)
+		fail_msg("%s", err.msg);
+	pe = fx_st_find(cs, "prompt_embeds");
+	pp = fx_st_find(cs, "pooled_prompt_embeds");
+	assert_true(pe && pp);
+	nt = pe->shape[1];
+	txt = malloc((size_t)(nt * c->joint_dim) * sizeof(float));
+	pooled = malloc((size_t)c->pooled_dim * sizeof(float));
+	lat = malloc((size_t)(res / 16) * (res / 16) * c->in_channels * sizeof(float));
+	assert_true(txt && pooled && lat);
+	fx_flux_set_hooks(f, &h);
+	fx_sample_params_init(&sp, c);
+	sp.steps = steps;
+	sp.width = sp.height = res;
+	sp.step_begin = all_step;
+	sp.step_ctx = a;
+	for (int p = 0; p < prompts; p++) {
+		size_t tsz = fx_dtype_size(pe->dtype), psz = fx_dtype_size(pp->dtype);
+
+		assert_int_equal(fx_to_f32(txt, (const char *)pe->data + (size_t)(p * nt * c->joint_dim) * tsz,
+					   pe->dtype, (size_t)(nt * c->joint_dim)), 0);
+		assert_int_equal(fx_to_f32(pooled, (const char *)pp->data + (size_t)(p * c->pooled_dim) * psz,
+					   pp->dtype, (size_t)c->pooled_dim), 0);
+		a->prompt = p;
+		sp.seed = seed + (uint64_t)p;
+		if (fx_sampler_run(f, &sp, txt, nt, pooled, lat, &err) < 0)
+			fail_msg("sampler: %s", err.msg);
+	}
+	free(txt);
+	free(pooled);
+	free(lat);
+	fx_flux_free(f);
+	fx_st_close(cs);
+}
+
+static void free_rows(struct all_rows *a)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		free(a->x[i]);
+		free(a->prov[i]);
+	}
+	free(a->x);
+	free(a->prov);
+	free(a->rows);
+}
+
+/* A synthetic model (txt_dim 256) and 3 prompts of 16 tokens in a new
+ * temporary folder dir. */
+static void calib_inputs(char *dir, char *mp, char *cp, size_t n)
+{
+	struct fx_synth_opts o;
+	struct fx_synth_cond_opts co;
+	struct fx_err err = { 0 };
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(mp, n, "%s/model", dir);
+	snprintf(cp, n, "%s/cond.safetensors", dir);
+	fx_synth_opts_init(&o);
+	o.txt_dim = 256;
+	fx_synth_cond_opts_init(&co);
+	co.txt_dim = 256;
+	co.prompts = 3;
+	co.txt_len = 16;
+	if (fx_synth_model(mp, &o, &err) < 0 || fx_synth_cond(cp, &co, &err) < 0)
+		fail_msg("synth: %s", err.msg);
+}
+
+static void run_calib(const struct fx_calibrate_opts *o)
+{
+	struct fx_err err = { 0 };
+	bool utd = true;
+
+	if (fx_calibrate_run(o, &utd, NULL, &err) < 0)
+		fail_msg("fx_calibrate_run: %s", err.msg);
+	assert_false(utd);
+}
+
+/* With one prompt, one step and --samples at least the rows a layer sees,
+ * the samples are exactly the layer's input rows (BF16, in order), absmax
+ * is max |x| per channel and xtx is XᵀX to f32 rounding. */
+static void test_calibrate_exact(void **state)
+{
+	char dir[] = "/tmp/fx-test-calib-XXXXXX", mp[512], cp[512], op[512];
+	struct fx_calibrate_opts o = { .prompts = 1, .steps = 1, .width = 64, .height = 64, .guidance = -1,
+				       .seed = 3, .samples = 32, .hessian = true, .first_block = -1,
+				       .last_block = -1 };
+	struct fx_model *m = NULL;
+	struct fx_st *cal = NULL;
+	struct fx_err err = { 0 };
+	struct all_rows a;
+	double worst = 0.0;
+
+	(void)state;
+	calib_inputs(dir, mp, cp, sizeof(mp));
+	snprintf(op, sizeof(op), "%s/calib.safetensors", dir);
+	o.model = mp;
+	o.cond = cp;
+	o.output = op;
+	run_calib(&o);
+	if (fx_model_open(&m, mp, &err) < 0 || fx_st_open(&cal, op, &err) < 0)
+		fail_msg("%s", err.msg);
+	collect_rows(&a, m, cp, 1, 1, 64, 3);
+	for (size_t gi = 0; gi < a.n; gi++) {
+		const struct fx_group *g = fx_model_group(m, gi);
+		const struct fx_tensor *am, *sm, *xt;
+		const float *x = a.x[gi], *amv, *xtv;
+		const uint16_t *smv;
+		int64_t k = g->k, rows = a.rows[gi];
+		char nm[160];
+
+		/* 16 image + 16 text tokens: at most 32 rows, all kept */
+		assert_true(rows >= 1 && rows <= o.samples);
+		snprintf(nm, sizeof(nm), "%s.absmax", g->name);
+		am = fx_st_find(cal, nm);
+		snprintf(nm, sizeof(nm), "%s.samples", g->name);
+		sm = fx_st_find(cal, nm);
+		snprintf(nm, sizeof(nm), "%s.xtx", g->name);
+		xt = fx_st_find(cal, nm);
+		assert_true(am && sm && xt);
+		assert_int_equal(am->dtype, FX_F32);
+		assert_int_equal(sm->dtype, FX_BF16);
+		assert_int_equal(xt->dtype, FX_F32);
+		assert_int_equal(sm->shape[0], rows);
+		assert_int_equal(sm->shape[1], k);
+		amv = am->data;
+		smv = sm->data;
+		xtv = xt->data;
+		for (int64_t j = 0; j < k; j++) {
+			float mx = 0.0f;
+
+			for (int64_t r = 0; r < rows; r++)
+				mx = fmaxf(mx, fabsf(x[r * k + j]));
+			if (amv[j] != mx)
+				fail_msg("%s.absmax[%lld] = %g, max |x| = %g", g->name, (long long)j, amv[j], mx);
+		}
+		for (int64_t r = 0; r < rows * k; r++)
+			if (smv[r] != fx_f32_to_bf16(x[r]))
+				fail_msg("%s.samples: row %lld channel %lld is 0x%04x, the input's BF16 is 0x%04x",
+					 g->name, (long long)(r / k), (long long)(r % k), smv[r],
+					 fx_f32_to_bf16(x[r]));
+		for (int64_t i = 0; i < k; i++)
+			for (int64_t j = 0; j < k; j++) {
+				double s = 0.0, sa = 0.0, e;
+
+				for (int64_t r = 0; r < rows; r++) {
+					s += (double)x[r * k + i] * x[r * k + j];
+					sa += fabs((double)x[r * k + i] * x[r * k + j]);
+				}
+				/* f32 rounding of the f64 sum (products of GELU tails
+				 * underflow f32: an absolute FLT_MIN) */
+				e = fabs(xtv[i * k + j] - s);
+				if (sa > 1e-30)
+					worst = fmax(worst, e / sa);
+				if (!(e <= 1.2e-7 * sa + FLT_MIN))
+					fail_msg("%s.xtx[%lld,%lld] = %.9g, XᵀX = %.9g", g->name, (long long)i,
+						 (long long)j, xtv[i * k + j], s);
+			}
+	}
+	printf("# calib: samples and absmax exact, xtx within %.3g of XᵀX (relative to |X|ᵀ|X|)\n", worst);
+	free_rows(&a);
+	fx_st_close(cal);
+	fx_model_close(m);
+	nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* With several prompts and steps and a small --samples, every sample is one
+ * of the layer's input rows, and the reservoir holds rows of every prompt
+ * and every step in about equal numbers (not just the first or last rows). */
+static void test_calibrate_reservoir_spread(void **state)
+{
+	char dir[] = "/tmp/fx-test-calib-XXXXXX", mp[512], cp[512], op[512];
+	enum { P = 3, S = 3, M = 6 };
+	struct fx_calibrate_opts o = { .prompts = P, .steps = S, .width = 64, .height = 64, .guidance = -1,
+				       .seed = 0, .samples = M, .first_block = -1, .last_block = -1 };
+	struct fx_model *m = NULL;
+	struct fx_st *cal = NULL;
+	struct fx_err err = { 0 };
+	struct all_rows a;
+	int per_prompt[P] = { 0 }, per_step[S] = { 0 }, total = 0;
+
+	(void)state;
+	calib_inputs(dir, mp, cp, sizeof(mp));
+	snprintf(op, sizeof(op), "%s/calib.safetensors", dir);
+	o.model = mp;
+	o.cond = cp;
+	o.output = op;
+	run_calib(&o);
+	if (fx_model_open(&m, mp, &err) < 0 || fx_st_open(&cal, op, &err) < 0)
+		fail_msg("%s", err.msg);
+	collect_rows(&a, m, cp, P, S, 64, 0);
+	for (size_t gi = 0; gi < a.n; gi++) {
+		const struct fx_group *g = fx_model_group(m, gi);
+		const struct fx_tensor *sm;
+		const uint16_t *smv;
+		int64_t k = g->k;
+		int gp[P] = { 0 }, gs[S] = { 0 }, np = 0, ns = 0;
+		char nm[160];
+
+		assert_true(a.rows[gi] >= P * S);   /* adaLN groups: one row a forward */
+		snprintf(nm, sizeof(nm), "%s.samples", g->name);
+		sm = fx_st_find(cal, nm);
+		assert_non_null(sm);
+		assert_int_equal(sm->shape[0], M);
+		smv = sm->data;
+		for (int s = 0; s < M; s++) {
+			int64_t r;
+
+			for (r = 0; r < a.rows[gi]; r++) {
+				int64_t j;
+
+				for (j = 0; j < k && smv[s * k + j] == fx_f32_to_bf16(a.x[gi][r * k + j]); j++)
+					;
+				if (j == k)
+					break;
+			}
+			if (r == a.rows[gi])
+				fail_msg("%s.samples row %d is none of the layer's input rows", g->name, s);
+			gp[a.prov[gi][r] / 1000]++;
+			gs[a.prov[gi][r] % 1000]++;
+		}
+		for (int i = 0; i < P; i++) {
+			np += gp[i] > 0;
+			per_prompt[i] += gp[i];
+		}
+		for (int i = 0; i < S; i++) {
+			ns += gs[i] > 0;
+			per_step[i] += gs[i];
+		}
+		/* image and joint rows: 16 or 32 a forward, 144 or 288 in all */
+		if (g->kind != FX_GROUP_ADALN && (np < 2 || ns < 2))
+			fail_msg("%s: its %d samples come from %d prompt(s) and %d step(s)", g->name, M, np, ns);
+		total += M;
+	}
+	printf("# calib reservoir: samples per prompt %d %d %d, per step %d %d %d\n", per_prompt[0],
+	       per_prompt[1], per_prompt[2], per_step[0], per_step[1], per_step[2]);
+	/* expected total/3 each; a binomial's 4 standard deviations is < total/6 here */
+	for (int i = 0; i < P; i++)
+		assert_true(per_prompt[i] > total / 6 && per_prompt[i] < total / 2);
+	for (int i = 0; i < S; i++)
+		assert_true(per_step[i] > total / 6 && per_step[i] < total / 2);
+	free_rows(&a);
+	fx_st_close(cal);
+	fx_model_close(m);
 	nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -903,6 +1212,8 @@ int main(void)
 		cmocka_unit_test(test_hook_error),
 		cmocka_unit_test(test_sampler_reference),
 		cmocka_unit_test(test_bfl_layout),
+		cmocka_unit_test(test_calibrate_exact),
+		cmocka_unit_test(test_calibrate_reservoir_spread),
 	};
 
 	return cmocka_run_group_tests_name("flux", tests, setup_group, teardown_group);
