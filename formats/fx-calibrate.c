@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
@@ -160,6 +161,37 @@ static int cond_tensor(const struct fx_st *cs, const char *name, int ndim, const
 	return 0;
 }
 
+/* The statistics stay in memory until the end of sampling (XᵀX in f64
+ * dominates: ~110 GiB for all of FLUX.1-dev). calloc would overcommit and
+ * the run be killed hours in, so a set that cannot fit is refused now. */
+static int check_memory(const struct fx_model *m, const struct fx_model_config *c, int first,
+			int last, const struct fx_calibrate_opts *o, struct fx_err *err)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
+	double need = 0.0, have = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0.0;
+	const char *fake = getenv("FX_MEM_BYTES");   /* tests: another machine's size */
+
+	if (fake && *fake)
+		have = strtod(fake, NULL);
+
+	for (size_t gi = 0; gi < fx_model_ngroups(m); gi++) {
+		const struct fx_group *g = fx_model_group(m, gi);
+		double k = (double)g->k;
+
+		if (fx_group_in_range(c, g, first, last))
+			need += k * 4.0 + (double)o->samples * k * 2.0 + (o->hessian ? k * k * 8.0 : 0.0);
+	}
+	fx_log_debug("statistics: %.2f GiB of %.2f GiB memory", need / 1073741824.0,
+		     have / 1073741824.0);
+	if (have > 0.0 && need > 0.8 * have)
+		return fx_error(err, FX_E_NOMEM,
+				"the statistics of blocks %d-%d need %.1f GiB%s, more than 80%% of this "
+				"machine's %.1f GiB: record block ranges in separate runs (--blocks A-B)",
+				first, last, need / 1073741824.0,
+				o->hessian ? " (XᵀX in f64 per layer)" : "", have / 1073741824.0);
+	return 0;
+}
+
 int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		     struct fx_stage **stage_out, struct fx_err *err)
 {
@@ -264,6 +296,8 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
+	if ((ret = check_memory(m, c, first, last, o, err)) < 0)
+		goto out;
 	for (gi = 0; gi < cal.n; gi++) {
 		const struct fx_group *g = fx_model_group(m, gi);
 		struct gstat *st = &cal.st[gi];

@@ -356,3 +356,15 @@ PY
 		[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
 	done
 }
+
+@test "--hessian statistics that cannot fit in memory are refused before sampling (exit 4), naming --blocks" {
+	o=$BATS_TEST_TMPDIR/h.safetensors
+	FX_MEM_BYTES=20000000 run -4 --separate-stderr fx-calib "${ARGS[@]}" --hessian -o "$o"
+	[[ "$stderr" == *"more than 80% of this machine's"* ]]
+	[[ "$stderr" == *"--blocks"* ]]
+	[ ! -e "$o" ]
+	[ -z "$(ls "$BATS_TEST_TMPDIR" | grep '\.tmp')" ]
+	# the same limit: without XᵀX, or one single block with it, fits
+	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" -o "$o"
+	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" --hessian --blocks 3 -o "$BATS_TEST_TMPDIR/b3.safetensors"
+}
