@@ -1,5 +1,6 @@
 /* FLUX forward, sampler and ops against the PyTorch/diffusers reference in
- * tests/fixtures (made by tests/fixtures/gen_flux_ref.py).
+ * tests/fixtures (made by tests/fixtures/gen_flux_ref.py; flux-tiny-bfl.safetensors,
+ * the same weights in the BFL single-file layout, by gen_flux_bfl.py).
  *
  * Relative error of a result a against a reference b: max|a − b| / max|b|
  * over all elements (one number per tensor). The C path is f32 like the
@@ -433,6 +434,61 @@ static void test_bfl_layout(void **state)
 	free(b);
 	fwd_free(&r);
 	nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- BFL single file written from the reference weights ---------------
+ * tests/fixtures/flux-tiny-bfl.safetensors is flux-tiny/ converted to the BFL
+ * layout by tests/fixtures/gen_flux_bfl.py (numpy, from the spec's mapping,
+ * not from fx's own writer): the same forward must match diffusers within
+ * the budget and give exactly the bits of the diffusers-layout fixture. */
+
+static void test_bfl_fixture(void **state)
+{
+	char bp[1024];
+	struct fx_model *m = NULL;
+	struct fx_flux *f = NULL;
+	struct fx_err err = { 0 };
+	const struct fx_model_config *cb, *cd = fx_model_config(fix.model);
+	struct fwd_ref r;
+	float *a, *b;
+	double e;
+
+	(void)state;
+	snprintf(bp, sizeof(bp), "%s/fixtures/flux-tiny-bfl.safetensors", src_dir());
+	if (fx_model_open(&m, bp, &err) < 0 || fx_flux_new(&f, m, &err) < 0)
+		fail_msg("%s: %s", bp, err.msg);
+	assert_int_equal(fx_model_layout(m), FX_LAYOUT_BFL);
+	assert_false(fx_model_config_from_file(m));
+	/* the config inferred from the shapes is the diffusers config.json */
+	cb = fx_model_config(m);
+	assert_int_equal(cb->hidden, cd->hidden);
+	assert_int_equal(cb->heads, cd->heads);
+	assert_int_equal(cb->head_dim, cd->head_dim);
+	assert_int_equal(cb->mlp_hidden, cd->mlp_hidden);
+	assert_int_equal(cb->num_double, cd->num_double);
+	assert_int_equal(cb->num_single, cd->num_single);
+	assert_int_equal(cb->in_channels, cd->in_channels);
+	assert_int_equal(cb->out_channels, cd->out_channels);
+	assert_int_equal(cb->joint_dim, cd->joint_dim);
+	assert_int_equal(cb->pooled_dim, cd->pooled_dim);
+	assert_int_equal(cb->guidance, cd->guidance);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(cb->axes[i], cd->axes[i]);
+	fwd_load(&r);
+	a = malloc((size_t)r.nout * sizeof(float));
+	b = malloc((size_t)r.nout * sizeof(float));
+	assert_true(a && b);
+	run_forward(f, &r, b);
+	e = rel_err(b, r.out, (size_t)r.nout);
+	printf("# BFL fixture forward: relative error %.3g vs diffusers\n", e);
+	assert_true(e <= REL_BUDGET);
+	run_forward(fix.flux, &r, a);
+	assert_memory_equal(a, b, (size_t)r.nout * sizeof(float));
+	free(a);
+	free(b);
+	fwd_free(&r);
+	fx_flux_free(f);
+	fx_model_close(m);
 }
 
 /* ---- fx-calib against the capture hook ----------------------------------- */
@@ -1212,6 +1268,7 @@ int main(void)
 		cmocka_unit_test(test_hook_error),
 		cmocka_unit_test(test_sampler_reference),
 		cmocka_unit_test(test_bfl_layout),
+		cmocka_unit_test(test_bfl_fixture),
 		cmocka_unit_test(test_calibrate_exact),
 		cmocka_unit_test(test_calibrate_reservoir_spread),
 	};
