@@ -142,6 +142,15 @@ static char *comfy_config(json_t *cfg)
 	return s;
 }
 
+/* The facts fx_meta_audit checks a config against: a kept config must pass them. */
+static bool config_agrees(json_t *c, const struct fx_meta_facts *f)
+{
+	return jint(c, "num_layers", -1) == f->num_double &&
+	       jint(c, "num_single_layers", -1) == f->num_single &&
+	       jint(c, "in_channels", -1) == f->in_channels &&
+	       json_is_true(json_object_get(c, "guidance_embeds")) == f->guidance;
+}
+
 int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *vals[FX_META_COUNT],
 		    struct fx_err *err)
 {
@@ -162,7 +171,7 @@ int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *
 	if (o && o->config_json) {
 		vals[FX_META_CONFIG] = strdup(o->config_json);
 	} else if ((have = fx_st_meta(st, "config")) && (cfg = json_loads(have, 0, NULL)) &&
-		   json_is_object(cfg)) {
+		   json_is_object(cfg) && config_agrees(cfg, &f)) {
 		vals[FX_META_CONFIG] = strdup(have);
 	} else {
 		vals[FX_META_CONFIG] = config_from_facts(&f);

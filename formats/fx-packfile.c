@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <errno.h>
+#include <unistd.h>
 
 #include "../common/fx-io.h"
 #include "../common/fx-log.h"
@@ -519,7 +520,9 @@ static bool is_block_tensor(const char *name)
 	return !strncmp(name, "transformer_blocks.", 19) || !strncmp(name, "single_transformer_blocks.", 26);
 }
 
-static int write_part(const char *path, const struct fx_st *st, bool blocks, struct fx_err *err)
+/* Writes one part into a temporary file; *outp stays uncommitted. */
+static int write_part(struct fx_out **outp, const char *path, const struct fx_st *st, bool blocks,
+		      struct fx_err *err)
 {
 	struct fx_stw *w = NULL;
 	struct fx_out *out = NULL;
@@ -545,17 +548,17 @@ static int write_part(const char *path, const struct fx_st *st, bool blocks, str
 		    (ret = fx_stw_write(w, t->name, t->data, t->nbytes, err)) < 0)
 			goto out;
 	}
-	if ((ret = fx_stw_finish(w, err)) < 0)
-		goto out;
-	ret = fx_out_commit(out, err);
-	out = NULL;
+	ret = fx_stw_finish(w, err);
 out:
 	fx_stw_free(w);   /* its writer thread first: it may still hold the fd */
-	fx_out_abort(out);
+	if (ret < 0)
+		fx_out_abort(out);
+	else
+		*outp = out;
 	return ret;
 }
 
-static int write_text(const char *path, const char *text, struct fx_err *err)
+static int write_text(struct fx_out **outp, const char *path, const char *text, struct fx_err *err)
 {
 	struct fx_out *out = NULL;
 	int ret;
@@ -567,37 +570,61 @@ static int write_text(const char *path, const char *text, struct fx_err *err)
 		fx_out_abort(out);
 		return ret;
 	}
-	return fx_out_commit(out, err);
+	*outp = out;
+	return 0;
 }
 
 /* The legacy folder form (spec §1.1): transformer_blocks.safetensors,
- * unquantized_layers.safetensors (no metadata), config.json, comfy_config.json. */
+ * unquantized_layers.safetensors (no metadata), config.json, comfy_config.json.
+ * All four are written to temporary files first and renamed into place only
+ * when every one is complete, so a failed or interrupted run leaves the
+ * folder as it was, not a mix of new and old (or missing) files. */
 static int write_legacy(const char *dir, const char *packed, struct fx_model *m, struct fx_err *err)
 {
+	static const char *const names[] = { "transformer_blocks.safetensors",
+					     "unquantized_layers.safetensors", "config.json",
+					     "comfy_config.json" };
 	struct fx_st *st = NULL;
 	struct fx_meta_opts mo = { .rank = -1 };
+	struct fx_out *outs[4] = { 0 };
 	char *vals[FX_META_COUNT] = {0}, path[4096];
+	bool made;
 	int ret, i;
 
-	if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+	made = mkdir(dir, 0777) == 0;
+	if (!made && errno != EEXIST)
 		return fx_error(err, FX_E_IO, "cannot create '%s': %s", dir, strerror(errno));
 	if ((ret = fx_st_open(&st, packed, err)) < 0)
-		return ret;
+		goto out;
 	mo.config_json = fx_model_config_json(m);
 	if ((ret = fx_meta_compute(st, &mo, vals, err)) < 0)
 		goto out;
-	snprintf(path, sizeof(path), "%s/transformer_blocks.safetensors", dir);
-	if ((ret = write_part(path, st, true, err)) < 0)
+	for (i = 0; i < 4 && ret >= 0; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		ret = i < 2 ? write_part(&outs[i], path, st, i == 0, err)
+			: write_text(&outs[i], path, vals[i == 2 ? FX_META_CONFIG : FX_META_COMFY], err);
+	}
+	if (ret < 0)
 		goto out;
-	snprintf(path, sizeof(path), "%s/unquantized_layers.safetensors", dir);
-	if ((ret = write_part(path, st, false, err)) < 0)
-		goto out;
-	snprintf(path, sizeof(path), "%s/config.json", dir);
-	if ((ret = write_text(path, vals[FX_META_CONFIG], err)) < 0)
-		goto out;
-	snprintf(path, sizeof(path), "%s/comfy_config.json", dir);
-	ret = write_text(path, vals[FX_META_COMFY], err);
+	/* sync all before the first rename: the renames follow each other closely */
+	for (i = 0; i < 4; i++)
+		if (fsync(fx_out_fd(outs[i])) != 0) {
+			ret = fx_error(err, FX_E_IO, "fsync '%s': %s", fx_out_tmp_path(outs[i]),
+				       strerror(errno));
+			goto out;
+		}
+	for (i = 0; i < 4; i++) {
+		struct fx_out *o = outs[i];
+
+		outs[i] = NULL;
+		if ((ret = fx_out_commit(o, err)) < 0)
+			goto out;
+	}
 out:
+	for (i = 0; i < 4; i++)
+		fx_out_abort(outs[i]);
+	if (ret < 0 && made)
+		rmdir(dir);   /* only if still empty */
 	for (i = 0; i < FX_META_COUNT; i++)
 		free(vals[i]);
 	fx_st_close(st);

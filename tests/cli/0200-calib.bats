@@ -266,7 +266,9 @@ i = hdr[name]["shape"][1] + 10
 raw[8 + n + b + 2 * i:8 + n + b + 2 * i + 2] = struct.pack("<H", int(bits, 16))
 open(dst, "wb").write(raw)
 PY
-	run -3 --separate-stderr fx-calib --model "$M" --cond "$BATS_TEST_TMPDIR/inf.safetensors" --steps 2 --res 64x64 -o "$d/x.safetensors"
+	run --separate-stderr fx-calib --model "$M" --cond "$BATS_TEST_TMPDIR/inf.safetensors" --steps 2 --res 64x64 -o "$d/x.safetensors"
+	# once seen exiting 1 under CI load, not reproduced: show what it said
+	[ "$status" -eq 3 ] || { printf 'status %s\n%s\n' "$status" "$stderr"; false; }
 	[[ "$stderr" == *"norm1.linear"* ]]
 	[[ "$stderr" == *"block 0"* ]]
 	[[ "$stderr" == *"step 0"* ]]

@@ -157,8 +157,175 @@ open(p, "wb").write(raw)
 PY
 	run -3 --separate-stderr fx-quant --model "$M" --precision fp4 -o "$BATS_TEST_TMPDIR/q.safetensors"
 	[[ "$stderr" == *"transformer_blocks.1.ff.net.2.weight"* ]]
-	[[ "$stderr" == *"NaN"* || "$stderr" == *"nan"* || "$stderr" == *"non-finite"* ]]
+	[[ "$stderr" == *"NaN at [0,5]"* ]]
 	[ -z "$(ls "$BATS_TEST_TMPDIR" | grep -E '^q\.safetensors')" ]
+}
+
+@test "an Inf or -Inf weight stops with the tensor and its [row,column] named (exit 3), no output left" {
+	have_py_safetensors || skip "python safetensors not installed"
+	# row 3, column 7 of a (1024, 256) weight: a transposed or flat index would read otherwise
+	for v in 807f:Inf 80ff:-Inf; do
+		rm -rf "$M" && fx-synth -q -o "$M"
+		python3 - "$M/diffusion_pytorch_model.safetensors" "${v%%:*}" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+raw = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+t = hdr["transformer_blocks.0.ff_context.net.0.proj.weight"]
+assert t["shape"] == [1024, 256], t
+pos = 8 + n + t["data_offsets"][0] + 2 * (3 * 256 + 7)
+raw[pos:pos + 2] = bytes.fromhex(sys.argv[2])    # BF16 +Inf 0x7f80 / -Inf 0xff80, little-endian
+open(p, "wb").write(raw)
+PY
+		for prec in int4 fp4; do
+			run -3 --separate-stderr fx-quant --model "$M" --precision $prec -o "$BATS_TEST_TMPDIR/q.safetensors"
+			[[ "$stderr" == *"tensor 'transformer_blocks.0.ff_context.net.0.proj.weight' has ${v#*:} at [3,7]"* ]]
+			[ -z "$(ls "$BATS_TEST_TMPDIR" | grep -E '^q\.safetensors')" ]
+		done
+	done
+}
+
+# A self-consistent model of hidden size 192 (3 heads of 64): every tensor of
+# the 256-wide synthetic model cut to the new widths, config to match. fx-synth
+# itself only writes multiples of 128.
+mk_model_192() {  # mk_model_192 SRC DST
+	python3 - "$1" "$2" <<'PY'
+import json, os, struct, sys
+import numpy as np
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst)
+raw = open(os.path.join(src, "diffusion_pytorch_model.safetensors"), "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+# dimensions that are not the hidden size or a multiple of it
+fixed = {"context_embedder.weight": [1], "x_embedder.weight": [1], "proj_out.weight": [0],
+         "proj_out.bias": [0]}
+out = {}
+for k, v in hdr.items():
+    if k == "__metadata__":
+        continue
+    b, e = v["data_offsets"]
+    a = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=np.uint16).reshape(v["shape"])
+    if ".norm_" in k:                                   # per-head RMSNorm: head dim 128 -> 64
+        shape = [64]
+    else:
+        keep = fixed.get(k, [])
+        if k.startswith("time_text_embed.") and k.endswith("linear_1.weight"):
+            keep = [1]                                  # sinusoid (256) and pooled (768) inputs
+        shape = [d if i in keep else d * 3 // 4 for i, d in enumerate(v["shape"])]
+    out[k] = np.ascontiguousarray(a[tuple(slice(0, s) for s in shape)])
+names = sorted(out)
+meta, off = {"__metadata__": {"format": "pt"}}, 0
+for k in names:
+    meta[k] = {"dtype": "BF16", "shape": list(out[k].shape), "data_offsets": [off, off + out[k].nbytes]}
+    off += out[k].nbytes
+h = json.dumps(meta).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(os.path.join(dst, "diffusion_pytorch_model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    for k in names:
+        f.write(out[k].tobytes())
+cfg = json.load(open(os.path.join(src, "config.json")))
+cfg.update(num_attention_heads=3, attention_head_dim=64, axes_dims_rope=[8, 28, 28])
+json.dump(cfg, open(os.path.join(dst, "config.json"), "w"))
+PY
+}
+
+@test "a model whose hidden size is not a multiple of 128 is refused naming the layer and its shape (exit 3), fx-quant and fx-pack" {
+	have_py_safetensors || skip "python safetensors not installed"
+	W=$BATS_TEST_TMPDIR
+	mk_model_192 "$M" "$W/m192"
+	# the model itself is sound: it loads, verifies and runs a forward pass
+	run -0 fx-verify "$W/m192"
+	assert_output --partial "hidden 192 (3 heads)"
+	fx-synth -q -o "$W/m2" --cond "$W/cond.safetensors" --prompts 1 --txt-len 16
+	fx-calib -q --model "$W/m192" --cond "$W/cond.safetensors" --steps 1 --res 128x128 --samples 64 -o "$W/calib.safetensors"
+	fx-lowrank -q --model "$W/m192" --calib "$W/calib.safetensors" --rank 32 --precision int4 --alpha-grid 2 --iters 0 -o "$W/branch.safetensors"
+	# fused QKV of the first block: N = 3*192 = 576, K = 192
+	for prec in int4 fp4; do
+		for extra in "" "--branch $W/branch.safetensors"; do
+			# shellcheck disable=SC2086
+			run -3 --separate-stderr fx-quant --model "$W/m192" $extra --precision $prec -o "$W/q.safetensors"
+			[[ "$stderr" == *"layer 'transformer_blocks.0.qkv_proj' is 576x192"* ]]
+			[[ "$stderr" == *"multiples of 128"* ]]
+			[ -z "$(ls "$W" | grep -E '^q\.safetensors')" ]
+		done
+	done
+	# fx-pack checks too: a quant file of the 256-wide model relabelled as made
+	# from this one (its model id taken from the calib file) gets past provenance
+	fx-quant -q --model "$M" --precision int4 -o "$W/q256.safetensors"
+	python3 - "$W/q256.safetensors" "$W/calib.safetensors" "$W/qx.safetensors" <<'PY'
+import json, struct, sys
+def load(p):
+    raw = open(p, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return raw, n, json.loads(raw[8:8 + n])
+raw, n, h = load(sys.argv[1])
+model = json.loads(load(sys.argv[2])[2]["__metadata__"]["fx.inputs"])["model"]
+h["__metadata__"]["fx.inputs"] = json.dumps({"model": model}, separators=(",", ":"))
+t = json.dumps(h, separators=(",", ":")).encode()
+t += b" " * ((8 - len(t) % 8) % 8)
+open(sys.argv[3], "wb").write(struct.pack("<Q", len(t)) + t + raw[8 + n:])
+PY
+	run -3 --separate-stderr fx-pack --model "$W/m192" --quant "$W/qx.safetensors" -o "$W/p.safetensors"
+	[[ "$stderr" == *"layer 'transformer_blocks.0.qkv_proj' is 576x192"* ]]
+	[[ "$stderr" == *"multiples of 128"* ]]
+	[ -z "$(ls "$W" | grep -E '^p\.safetensors')" ]
+}
+
+@test "a branch file made from another model is refused naming the file (exit 3), no output left" {
+	W=$BATS_TEST_TMPDIR
+	fx-synth -q -o "$W/other" --seed 7 --cond "$W/cond.safetensors" --prompts 1 --txt-len 16
+	fx-calib -q --model "$W/other" --cond "$W/cond.safetensors" --steps 1 --res 128x128 --samples 64 -o "$W/calib.safetensors"
+	fx-lowrank -q --model "$W/other" --calib "$W/calib.safetensors" --rank 32 --precision int4 --alpha-grid 2 --iters 0 -o "$W/other-branch.safetensors"
+	# the same branch is accepted with the model it was made from
+	run -0 fx-quant -q --model "$W/other" --branch "$W/other-branch.safetensors" --precision int4 -o "$W/ok.safetensors"
+	for prec in int4 fp4; do
+		run -3 --separate-stderr fx-quant --model "$M" --branch "$W/other-branch.safetensors" --precision $prec -o "$W/q.safetensors"
+		[[ "$stderr" == *"'$W/other-branch.safetensors'"* ]]
+		[[ "$stderr" == *"another model"* ]]
+		[ -z "$(ls "$W" | grep -E '^q\.safetensors')" ]
+	done
+}
+
+@test "--search --calib with a branch: a different result, recorded in the parameters, that packs and verifies" {
+	W=$BATS_TEST_TMPDIR
+	fx-synth -q -o "$W/m2" --cond "$W/cond.safetensors" --prompts 1 --txt-len 16
+	fx-calib -q --model "$W/m2" --cond "$W/cond.safetensors" --steps 1 --res 128x128 --samples 64 -o "$W/calib.safetensors"
+	fx-lowrank -q --model "$W/m2" --calib "$W/calib.safetensors" --rank 32 --precision int4 --alpha-grid 2 --iters 0 -o "$W/branch.safetensors"
+	run -0 fx-quant --model "$W/m2" --branch "$W/branch.safetensors" --calib "$W/calib.safetensors" --precision int4 --search -o "$W/qs.safetensors" --json
+	[[ "$output" == *'"up_to_date":false'* ]]
+	fx-quant -q --model "$W/m2" --branch "$W/branch.safetensors" --precision int4 -o "$W/qn.safetensors"
+	# the searched scales differ from plain RTN scales in the tensors, not only in the metadata
+	python3 - "$W/qs.safetensors" "$W/qn.safetensors" <<'PY'
+import json, struct, sys
+def load(p):
+    raw = open(p, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    h = json.loads(raw[8:8 + n])
+    m = h.pop("__metadata__")
+    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}, m
+s, ms = load(sys.argv[1])
+r, mr = load(sys.argv[2])
+assert sorted(s) == sorted(r)
+assert json.loads(ms["fx.params"])["search"] == 1, ms["fx.params"]
+assert json.loads(mr["fx.params"])["search"] == 0, mr["fx.params"]
+assert "calib" in json.loads(ms["fx.inputs"]), ms["fx.inputs"]
+assert "calib" not in json.loads(mr["fx.inputs"]), mr["fx.inputs"]
+diff = [k for k in s if k.endswith(".scales") and s[k] != r[k]]
+assert len(diff) >= 10, diff
+PY
+	# the packed result is whole and matches the source layers
+	fx-pack -q --model "$W/m2" --quant "$W/qs.safetensors" --branch "$W/branch.safetensors" -o "$W/p.safetensors"
+	fx-meta -q --model "$W/m2" "$W/p.safetensors"
+	run -0 fx-verify "$W/p.safetensors" --model "$W/m2" --branch "$W/branch.safetensors" --calib "$W/calib.safetensors"
+	assert_output --partial "30 of 30 modules complete, INT4, rank 32"
+	# the search is part of the recipe: a rerun without it recomputes, to the RTN bytes
+	run -0 --separate-stderr fx-quant --model "$W/m2" --branch "$W/branch.safetensors" --calib "$W/calib.safetensors" --precision int4 -o "$W/qs.safetensors" --json
+	[[ "$output" == *'"up_to_date":false'* ]]
+	[[ "$stderr" != *"up to date"* ]]
+	cmp "$W/qs.safetensors" "$W/qn.safetensors"
 }
 
 @test "streamed row blocks of any size give the bytes of one whole-layer pass (RTN and branch)" {
