@@ -142,13 +142,74 @@ static char *comfy_config(json_t *cfg)
 	return s;
 }
 
-/* The facts fx_meta_audit checks a config against: a kept config must pass them. */
+/* What the tensors fix in config (diffusers names) and in comfy_config's
+ * model_config (ComfyUI names, latent channels before 2x2 patching). Each
+ * disagreement becomes a finding when a is given; returns how many. */
+static int config_disagrees(json_t *c, const struct fx_meta_facts *f, struct fx_audit *a)
+{
+	const struct { const char *key, *fmt; int want; } k[] = {
+		{ "num_layers", "config num_layers %d, file has %d double blocks", f->num_double },
+		{ "num_single_layers", "config num_single_layers %d, file has %d single blocks",
+		  f->num_single },
+		{ "in_channels", "config in_channels %d, x_embedder takes %d", f->in_channels },
+		{ "joint_attention_dim", "config joint_attention_dim %d, context_embedder takes %d",
+		  f->joint_dim },
+		{ "pooled_projection_dim", "config pooled_projection_dim %d, text_embedder takes %d",
+		  f->pooled_dim },
+	};
+	int bad = 0, hidden = jint(c, "num_attention_heads", -1) * jint(c, "attention_head_dim", -1);
+
+	for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
+		if (jint(c, k[i].key, -1) != k[i].want && ++bad && a)
+			fx_audit_add(a, FX_SEV_ERROR, "metadata", "config", k[i].fmt,
+				     jint(c, k[i].key, -1), k[i].want);
+	if (hidden != f->hidden && ++bad && a)
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
+			     "config num_attention_heads x attention_head_dim is %d, the hidden size "
+			     "is %d", hidden, f->hidden);
+	if (json_is_true(json_object_get(c, "guidance_embeds")) != f->guidance && ++bad && a)
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
+			     "config guidance_embeds is %s but the guidance embedder is %s",
+			     f->guidance ? "false" : "true", f->guidance ? "present" : "absent");
+	return bad;
+}
+
 static bool config_agrees(json_t *c, const struct fx_meta_facts *f)
 {
-	return jint(c, "num_layers", -1) == f->num_double &&
-	       jint(c, "num_single_layers", -1) == f->num_single &&
-	       jint(c, "in_channels", -1) == f->in_channels &&
-	       json_is_true(json_object_get(c, "guidance_embeds")) == f->guidance;
+	return config_disagrees(c, f, NULL) == 0;
+}
+
+static void comfy_audit(json_t *cc, const struct fx_meta_facts *f, struct fx_audit *a)
+{
+	json_t *mc = json_object_get(cc, "model_config");
+	const char *cls = json_string_value(json_object_get(cc, "model_class"));
+	const char *want = f->guidance ? "Flux" : "FluxSchnell";
+	const struct { const char *key; int want; } k[] = {
+		{ "depth", f->num_double },
+		{ "depth_single_blocks", f->num_single },
+		{ "hidden_size", f->hidden },
+		{ "in_channels", f->in_channels / 4 },
+		{ "context_in_dim", f->joint_dim },
+		{ "vec_in_dim", f->pooled_dim },
+	};
+
+	if (!cls || strcmp(cls, want))
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
+			     "comfy_config model_class is '%s', expected '%s'", cls ? cls : "(none)", want);
+	if (!json_is_object(mc)) {
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
+			     "comfy_config has no model_config object");
+		return;
+	}
+	for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
+		if (jint(mc, k[i].key, -1) != k[i].want)
+			fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
+				     "comfy_config model_config.%s is %d, the tensors give %d", k[i].key,
+				     jint(mc, k[i].key, -1), k[i].want);
+	if (json_is_true(json_object_get(mc, "guidance_embed")) != f->guidance)
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
+			     "comfy_config model_config.guidance_embed disagrees with the guidance "
+			     "embedder (%s)", f->guidance ? "present" : "absent");
 }
 
 int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *vals[FX_META_COUNT],
@@ -249,34 +310,10 @@ void fx_meta_audit(const struct fx_st *st, struct fx_audit *a)
 			fx_audit_add(a, FX_SEV_ERROR, "metadata", "quantization_config",
 				     "rank is %d but lora tensors have rank %d", rank, f.rank);
 	}
-	if (v[FX_META_CONFIG]) {
-		json_t *c = v[FX_META_CONFIG];
-
-		if (jint(c, "num_layers", -1) != f.num_double)
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
-				     "config num_layers %d, file has %d double blocks",
-				     jint(c, "num_layers", -1), f.num_double);
-		if (jint(c, "num_single_layers", -1) != f.num_single)
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
-				     "config num_single_layers %d, file has %d single blocks",
-				     jint(c, "num_single_layers", -1), f.num_single);
-		if (jint(c, "in_channels", -1) != f.in_channels)
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
-				     "config in_channels %d, x_embedder takes %d",
-				     jint(c, "in_channels", -1), f.in_channels);
-		if (json_is_true(json_object_get(c, "guidance_embeds")) != f.guidance)
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
-				     "config guidance_embeds is %s but the guidance embedder is %s",
-				     f.guidance ? "false" : "true", f.guidance ? "present" : "absent");
-	}
-	if (v[FX_META_COMFY]) {
-		const char *mc = json_string_value(json_object_get(v[FX_META_COMFY], "model_class"));
-		const char *want = f.guidance ? "Flux" : "FluxSchnell";
-
-		if (!mc || strcmp(mc, want))
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
-				     "comfy_config model_class is '%s', expected '%s'", mc ? mc : "(none)", want);
-	}
+	if (v[FX_META_CONFIG])
+		config_disagrees(v[FX_META_CONFIG], &f, a);
+	if (v[FX_META_COMFY])
+		comfy_audit(v[FX_META_COMFY], &f, a);
 out:
 	for (i = 0; i < FX_META_COUNT; i++)
 		json_decref(v[i]);

@@ -90,6 +90,13 @@ config|v["in_channels"] = 16|config in_channels 16, x_embedder takes 64
 config|v["guidance_embeds"] = False|config guidance_embeds is false but the guidance embedder is present
 model_class|v = "NunchakuFluxTransformer2DModelV2"|model_class is 'NunchakuFluxTransformer2DModelV2'
 comfy_config|v["model_class"] = "FluxSchnell"|comfy_config model_class is 'FluxSchnell', expected 'Flux'
+config|v["num_attention_heads"] *= 3|config num_attention_heads x attention_head_dim is
+config|v["joint_attention_dim"] += 128|config joint_attention_dim
+config|v["pooled_projection_dim"] = 7|config pooled_projection_dim 7, text_embedder takes
+comfy_config|v["model_config"]["depth"] = 19|comfy_config model_config.depth is 19, the tensors give 2
+comfy_config|v["model_config"]["hidden_size"] = 3072|comfy_config model_config.hidden_size is 3072
+comfy_config|v["model_config"]["in_channels"] = 64|comfy_config model_config.in_channels is 64, the tensors give 16
+comfy_config|v["model_config"]["guidance_embed"] = False|comfy_config model_config.guidance_embed disagrees
 EOF
 	# the same through fx-meta's own overrides: a wrong precision and rank are
 	# written when asked for, caught by --check, and undone by a plain run
