@@ -17,12 +17,14 @@
 #define ATTN_TILE_FLOATS (8u << 20)
 
 /* exp for f32 that vectorizes under `omp simd` (Cephes polynomial, about
- * 1 ulp); inputs clamped to [-87.3, 88.3] so the 2^n scale stays normal. */
+ * 1 ulp); inputs clamped to [-87.3, 88.3] so the 2^n scale stays normal.
+ * NaN is returned as is (converting it to int would be undefined). */
 static inline float exp_f32(float x)
 {
 	union { float f; int32_t i; } s;
-	float n, r, p;
+	float n, r, p, in = x;
 
+	x = fx_select_f32(x != x, 0.0f, x);
 	x = fx_select_f32(x < -87.3f, -87.3f, x);
 	x = fx_select_f32(x > 88.3f, 88.3f, x);
 	n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round */
@@ -36,7 +38,7 @@ static inline float exp_f32(float x)
 	p = p * r + 5.0000001201e-1f;
 	p = p * r * r + r + 1.0f;
 	s.i = ((int32_t)n + 127) << 23;
-	return p * s.f;
+	return fx_select_f32(in != in, in, p * s.f);
 }
 
 void *fx_ops_alloc(size_t n)
