@@ -391,9 +391,17 @@ __global__ void k_add(float *a, const float *b, size_t n)
 
 // ---- entry points ---------------------------------------------------------
 
-extern "C" int fx_ops_linear_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
-				  const float *w_dev, const float *b_dev, int64_t m, int64_t n,
-				  int64_t k, struct fx_err *err)
+__global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x)
+		y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// Y = X·Wᵀ + b with W f32, or BF16 (x rounded to BF16 into cx->xb first).
+static int linear_any(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev, const void *w_dev,
+		      bool bf16, const float *b_dev, int64_t m, int64_t n, int64_t k,
+		      struct fx_err *err)
 {
 	const float one = 1.0f;
 	float beta = 0.0f;
@@ -416,50 +424,36 @@ extern "C" int fx_ops_linear_cuda(struct fx_cuda_ctx *cx, float *y_dev, const fl
 		return 0;
 	}
 	// row-major Y(m,n) = X(m,k)·Wᵀ  <=>  column-major Yᵀ(n,m) = W(n,k)·Xᵀ
-	FX_CUBLAS_CHECK(cublasSgemm(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one,
-				    w_dev, (int)k, x_dev, (int)k, &beta, y_dev, (int)n));
-out:
-	return ret;
-}
-
-__global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n)
-{
-	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-	     i += (size_t)gridDim.x * blockDim.x)
-		y[i] = __float2bfloat16_rn(x[i]);
-}
-
-extern "C" int fx_ops_linear_bf16_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
-				       const void *w_dev, const float *b_dev, int64_t m, int64_t n,
-				       int64_t k, struct fx_err *err)
-{
-	const float one = 1.0f;
-	float beta = 0.0f;
-
-	ENTER(cx);
-	if (m <= 0 || n <= 0)
+	if (!bf16) {
+		FX_CUBLAS_CHECK(cublasSgemm(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
+					    &one, (const float *)w_dev, (int)k, x_dev, (int)k, &beta,
+					    y_dev, (int)n));
 		return 0;
-	if (k <= 0)   // no product: the f32 op's bias or zero fill
-		return fx_ops_linear_cuda(cx, y_dev, x_dev, NULL, b_dev, m, n, k, err);
-	if (!fits_int(m) || !fits_int(n) || !fits_int(k))
-		return fx_error(err, FX_E_ARG, "linear of %lld x %lld x %lld is too large for cuBLAS",
-				(long long)m, (long long)n, (long long)k);
+	}
 	if ((ret = fx_cuda_buf_reserve(cx, &cx->xb, (size_t)(m * k) * sizeof(__nv_bfloat16), err)) < 0)
 		return ret;
 	FX_CUDA_LAUNCH(k_to_bf16<<<grid_for((size_t)(m * k)), THREADS, 0, cx->stream>>>(
 		(__nv_bfloat16 *)cx->xb.data_dev, x_dev, (size_t)(m * k)));
-	if (b_dev) {
-		FX_CUDA_LAUNCH(k_bias_rows<<<grid_for((size_t)(m * n)), THREADS, 0, cx->stream>>>(
-			y_dev, b_dev, m, n));
-		beta = 1.0f;
-	}
-	// as fx_ops_linear_cuda: column-major Yᵀ(n,m) = W(n,k)·Xᵀ
 	FX_CUBLAS_CHECK(cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one,
 				     w_dev, CUDA_R_16BF, (int)k, cx->xb.data_dev, CUDA_R_16BF, (int)k,
 				     &beta, y_dev, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
 				     CUBLAS_GEMM_DEFAULT));
 out:
 	return ret;
+}
+
+extern "C" int fx_ops_linear_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
+				  const float *w_dev, const float *b_dev, int64_t m, int64_t n,
+				  int64_t k, struct fx_err *err)
+{
+	return linear_any(cx, y_dev, x_dev, w_dev, false, b_dev, m, n, k, err);
+}
+
+extern "C" int fx_ops_linear_bf16_cuda(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev,
+				       const void *w_dev, const float *b_dev, int64_t m, int64_t n,
+				       int64_t k, struct fx_err *err)
+{
+	return linear_any(cx, y_dev, x_dev, w_dev, true, b_dev, m, n, k, err);
 }
 
 static int layernorm_any(struct fx_cuda_ctx *cx, float *y_dev, const float *x_dev, int64_t m,
