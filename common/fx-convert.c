@@ -183,3 +183,14 @@ bool fx_bf16_widen(float *dst, const void *src, size_t n, bool stream)
 #endif
 	return widen_plain(dst, src, n);
 }
+
+bool fx_bf16_copy(uint16_t *dst, const void *src, size_t n)
+{
+	unsigned nonfin = 0;
+
+	memcpy(dst, src, n * sizeof(uint16_t));
+	#pragma omp simd reduction(| : nonfin)
+	for (size_t i = 0; i < n; i++)
+		nonfin |= (dst[i] & 0x7f80u) == 0x7f80u;
+	return nonfin != 0;
+}

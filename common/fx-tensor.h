@@ -39,6 +39,8 @@ uint16_t fx_f32_to_bf16(float f);
  * any of them is NaN or Inf. stream: dst is part of a buffer much larger
  * than the caches, read back only later (streaming stores, 2x faster). */
 bool fx_bf16_widen(float *dst, const void *src, size_t n, bool stream);
+/* The same without widening: n BF16 values copied; true when any is NaN/Inf. */
+bool fx_bf16_copy(uint16_t *dst, const void *src, size_t n);
 float fx_f16_to_f32(uint16_t h);
 uint16_t fx_f32_to_f16(float f);
 float fx_e4m3_to_f32(uint8_t c);

@@ -952,16 +952,6 @@ const char *fx_block_prefix(char *buf, size_t cap, bool single, int block)
 
 /* ---- conversion ------------------------------------------------------ */
 
-static bool bf16_nonfinite(const uint16_t *h, int64_t n)
-{
-	unsigned bad = 0;
-
-	#pragma omp simd reduction(| : bad)
-	for (int64_t i = 0; i < n; i++)
-		bad |= (h[i] & 0x7f80u) == 0x7f80u;
-	return bad != 0;
-}
-
 /* Copies rows [row0,row0+nrows) x cols [col0,col0+ncols) of t (viewed as
  * shape[0] rows of numel/shape[0]) into dst rows of dst_ld elements, as f32
  * or BF16. With swap, dst row r takes source row (r + nrows/2) % nrows.
@@ -989,11 +979,8 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 		/* hot path: widen BF16, find a bad value only when there is one */
 		if (dt == FX_BF16 && df && !fx_bf16_widen(df, s, (size_t)ncols, stream))
 			continue;
-		if (dt == FX_BF16 && dh) {   /* BF16 kept: a copy and a scan */
-			memcpy(dh, s, (size_t)ncols * 2);
-			if (!bf16_nonfinite(dh, ncols))
-				continue;
-		}
+		if (dt == FX_BF16 && dh && !fx_bf16_copy(dh, s, (size_t)ncols))
+			continue;
 		for (c = 0; c < ncols; c++) {
 			uint16_t h = 0;
 			uint32_t u;

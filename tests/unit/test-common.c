@@ -291,6 +291,28 @@ static void test_bf16_widen(void **state)
 	}
 }
 
+/* fx_bf16_copy: the same bits, and a NaN or Inf at any position reported. */
+static void test_bf16_copy(void **state)
+{
+	uint16_t src[301], dst[301];
+
+	(void)state;
+	for (int i = 0; i < 301; i++)
+		src[i] = (uint16_t)(0x3f80 + i * 37);
+	for (int n = 0; n <= 300; n += (n < 80 ? 1 : 37)) {
+		assert_false(fx_bf16_copy(dst, src + 1, (size_t)n));
+		assert_memory_equal(dst, src + 1, (size_t)n * sizeof(uint16_t));
+	}
+	for (int bad = 0; bad < 200; bad++) {
+		uint16_t keep = src[bad];
+
+		src[bad] = bad % 2 ? 0x7fc1 : 0xff80;   /* NaN, -Inf */
+		assert_true(fx_bf16_copy(dst, src, 200));
+		assert_false(fx_bf16_copy(dst, src + bad + 1, 200 - (size_t)bad - 1));
+		src[bad] = keep;
+	}
+}
+
 /* fx_content_digest: equal bytes give equal digests whatever the chunking,
  * and one changed byte anywhere (also past the first 4 MiB chunk) or a
  * different length changes it. */
@@ -1053,6 +1075,7 @@ int main(void)
 		cmocka_unit_test_setup(test_crc32_vectors, setup_each),
 		cmocka_unit_test_setup(test_content_digest, setup_each),
 		cmocka_unit_test_setup(test_bf16_widen, setup_each),
+		cmocka_unit_test_setup(test_bf16_copy, setup_each),
 		cmocka_unit_test_setup(test_hash_cache, setup_each),
 		cmocka_unit_test_setup(test_hash_cache_env, setup_each),
 		cmocka_unit_test_setup(test_out_commit, setup_each),
