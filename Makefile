@@ -69,9 +69,23 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%-replay)
 
 .SECONDARY:
-.PHONY: all tools example check check-unit check-cli bench install clean fuzz man-lint
+.PHONY: all tools example check check-build check-unit check-cli bench install clean fuzz man-lint deps deps-test
 
-all: tools
+# `make` and `make check` first install what a fresh machine lacks (.ci/deps:
+# the one package list; apt-get as root or with password-less sudo, else the
+# line to run). FX_DEPS=0 skips the check.
+FX_DEPS ?= 1
+deps:
+ifneq ($(FX_DEPS),0)
+	@bash .ci/deps build
+endif
+deps-test:
+ifneq ($(FX_DEPS),0)
+	@bash .ci/deps test
+endif
+
+all: deps
+	@$(MAKE) --no-print-directory tools
 	@$(MAKE) --no-print-directory example
 
 tools: $(TOOLS)
@@ -121,8 +135,11 @@ $(B)/tests/fuzz-%-replay: $(B)/obj/tests/fuzz/fuzz-%.o $(B)/obj/tests/fuzz/repla
 example: tools
 	+@FX_BIN=$(abspath $(BIN)) bash pipelines/example.sh $(B)/example
 
-check: tools $(UNITS) $(FUZZ_REPLAY)
+check: deps-test
+	@$(MAKE) --no-print-directory check-build
 	@FX_BIN=$(abspath $(BIN)) FX_TESTS=$(abspath $(B)/tests) bash tests/run.sh
+
+check-build: tools $(UNITS) $(FUZZ_REPLAY)
 
 check-unit: $(UNITS)
 	@FX_BIN=$(abspath $(BIN)) FX_TESTS=$(abspath $(B)/tests) bash tests/run.sh unit
