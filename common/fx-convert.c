@@ -76,6 +76,11 @@ uint16_t fx_f32_to_f16(float f)
 	}
 }
 
+float fx_e5m2_to_f32(uint8_t c)
+{
+	return fx_f16_to_f32((uint16_t)(c << 8));
+}
+
 float fx_e4m3_to_f32(uint8_t c)
 {
 	uint32_t e = (c >> 3) & 0xfu, m = c & 7u;

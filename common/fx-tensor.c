@@ -20,6 +20,7 @@ static const struct {
 	[FX_U16] = { "U16", 2 },
 	[FX_I32] = { "I32", 4 },
 	[FX_I64] = { "I64", 8 },
+	[FX_F8_E5M2] = { "F8_E5M2", 1 },
 };
 
 int fx_dtype_from_name(const char *name)
@@ -126,6 +127,10 @@ int fx_to_f32(float *dst, const void *src, enum fx_dtype dt, size_t n)
 	case FX_F8_E4M3:
 		for (i = 0; i < n; i++)
 			dst[i] = fx_e4m3_to_f32(p[i]);
+		return 0;
+	case FX_F8_E5M2:
+		for (i = 0; i < n; i++)
+			dst[i] = fx_e5m2_to_f32(p[i]);
 		return 0;
 	case FX_I8: case FX_U8: case FX_I16: case FX_U16: case FX_I32: case FX_I64:
 	case FX_DTYPE_COUNT:

@@ -9,6 +9,7 @@
 enum fx_dtype {
 	FX_BF16, FX_F16, FX_F32, FX_F64, FX_F8_E4M3,
 	FX_I8, FX_U8, FX_I16, FX_U16, FX_I32, FX_I64,
+	FX_F8_E5M2,
 	FX_DTYPE_COUNT
 };
 
@@ -44,9 +45,10 @@ bool fx_bf16_copy(uint16_t *dst, const void *src, size_t n);
 float fx_f16_to_f32(uint16_t h);
 uint16_t fx_f32_to_f16(float f);
 float fx_e4m3_to_f32(uint8_t c);
+float fx_e5m2_to_f32(uint8_t c);    /* exact: the high byte of an F16 */
 uint8_t fx_f32_to_e4m3(float f);     /* nearest, ties to even code, saturating at ±448 */
 
-/* Widen n elements of any float dtype (BF16/F16/F32/F64/F8_E4M3) to f32.
+/* Widen n elements of any float dtype (BF16/F16/F32/F64/F8_E4M3/F8_E5M2) to f32.
  * Returns FX_E_UNSUPPORTED for integer dtypes. */
 int fx_to_f32(float *dst, const void *src, enum fx_dtype dt, size_t n);
 

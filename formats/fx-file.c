@@ -9,6 +9,7 @@
 #include <errno.h>
 
 #include "../common/fx-hash.h"
+#include "fx-model.h"
 
 int fx_file_info(const struct fx_st *st, struct fx_file_info *info, struct fx_err *err)
 {
@@ -215,6 +216,7 @@ int fx_input_id(char out[65], const char *path, struct fx_err *err)
 {
 	struct fx_stset *set = NULL;
 	struct fx_sha256 *h = NULL;
+	char *src = NULL, *cfg = NULL;
 	struct stat sb;
 	size_t i;
 	int ret;
@@ -238,11 +240,20 @@ int fx_input_id(char out[65], const char *path, struct fx_err *err)
 			return 0;
 		}
 		fx_st_close(st);
-		if (strstr(path, ".index.json") == NULL)
-			return fx_file_sha256(out, path, err);
+	}
+	/* a model: resolved as the loader resolves it (a pipeline folder reads
+	 * transformer/, a shard reads its set) */
+	if ((ret = fx_model_resolve(path, &src, &cfg, err)) < 0)
+		return ret;
+	free(cfg);
+	if (stat(src, &sb) == 0 && S_ISREG(sb.st_mode) && strstr(src, ".index.json") == NULL) {
+		ret = fx_file_sha256(out, src, err);
+		free(src);
+		return ret;
 	}
 	/* a model folder or index: hash of the shards' hashes in name order */
-	ret = fx_stset_open(&set, path, err);
+	ret = fx_stset_open(&set, src, err);
+	free(src);
 	if (ret < 0)
 		return ret;
 	h = fx_sha256_new();

@@ -94,8 +94,10 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct ca
 	int i;
 
 	fx_layer_hash_str(h, g->name);
-	for (i = 0; i < g->nmembers; i++)
+	for (i = 0; i < g->nmembers; i++) {
 		hash_tensor(h, g->members[i].weight);
+		hash_tensor(h, g->members[i].wscale);
+	}
 	hash_tensor(h, ce->absmax);
 	hash_tensor(h, ce->samples);
 	fx_layer_hash_str(h, lparams);

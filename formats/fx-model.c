@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "fx-io.h"
+#include "fx-log.h"
 
 #define BFL_PREFIX "model.diffusion_model."
 #define MAX_BLOCKS 10000
@@ -23,6 +24,12 @@ struct plain {
 	char *name;                  /* diffusers name */
 	const struct fx_tensor *t;   /* source tensor */
 	bool swap;                   /* BFL norm_out: row halves swapped */
+};
+
+/* A tensor with a per-tensor scale companion (FP8 exports). */
+struct scaled {
+	const struct fx_tensor *t, *scale;
+	float s;
 };
 
 struct fx_model {
@@ -42,6 +49,8 @@ struct fx_model {
 	size_t nstrs, capstrs;
 	const struct fx_tensor **used;
 	size_t nused, capused;
+	struct scaled *scaled;       /* sorted by t once the model is built */
+	size_t nscaled, capscaled;
 };
 
 static int grow(void *pp, size_t *cap, size_t need, size_t elem)
@@ -135,8 +144,32 @@ static int64_t dim_of(const struct fx_model *m, const char *name, int ax)
 
 /* ---- paths and config ------------------------------------------------ */
 
-/* Picks what to open: src for fx_stset_open, cfg for config.json (or NULL). */
-static int resolve(const char *path, char **src, char **cfg, struct fx_err *err)
+/* "<stem>-00001-of-00003.safetensors" -> index "<stem>.safetensors.index.json"
+ * when that file exists beside it (the set it belongs to), else NULL. */
+static char *shard_index(const char *path)
+{
+	const char *base = strrchr(path, '/'), *dash, *of;
+	char *idx = NULL;
+	size_t stem;
+
+	base = base ? base + 1 : path;
+	if (!ends(base, ".safetensors") || !(of = strstr(base, "-of-")))
+		return NULL;
+	for (dash = of; dash > base && dash[-1] >= '0' && dash[-1] <= '9'; dash--)
+		;
+	if (dash == of || dash == base || dash[-1] != '-')
+		return NULL;
+	stem = (size_t)(dash - 1 - path);
+	if (asprintf(&idx, "%.*s.safetensors.index.json", (int)stem, path) < 0)
+		return NULL;
+	if (!is_file(idx)) {
+		free(idx);
+		return NULL;
+	}
+	return idx;
+}
+
+int fx_model_resolve(const char *path, char **src, char **cfg, struct fx_err *err)
 {
 	struct stat sb;
 	char *d = NULL, *c = NULL;
@@ -150,6 +183,7 @@ static int resolve(const char *path, char **src, char **cfg, struct fx_err *err)
 		if (!is_file(c)) {
 			char *t;
 
+			/* a pipeline folder (model_index.json, transformer/, vae/ ...) */
 			if (asprintf(&t, "%s/transformer", path) < 0)
 				goto nomem;
 			if (is_dir(t)) {
@@ -171,7 +205,8 @@ static int resolve(const char *path, char **src, char **cfg, struct fx_err *err)
 		size_t dl = base ? (size_t)(base - path) : 1;
 
 		base = base ? base + 1 : path;
-		if (!(d = dupstr(path)))
+		/* one shard of an indexed set stands for the set */
+		if (!(d = shard_index(path)) && !(d = dupstr(path)))
 			goto nomem;
 		/* a file inside a diffusers folder: its config.json applies */
 		if (ends(base, ".index.json") || starts(base, "diffusion_pytorch_model")) {
@@ -452,6 +487,83 @@ static int check_config(struct fx_model *m, struct fx_err *err)
 
 /* ---- validation and the internal view -------------------------------- */
 
+static bool source_dtype(enum fx_dtype dt)
+{
+	return dt == FX_BF16 || dt == FX_F16 || dt == FX_F32 || dt == FX_F8_E4M3 ||
+	       dt == FX_F8_E5M2;
+}
+
+/* The per-tensor scale some FP8 exports carry beside "<base>.weight":
+ * "<base>.scale_weight" (ComfyUI) or "<base>.weight_scale". Applied on
+ * widening: value = stored * scale. */
+static int want_scale(struct fx_model *m, const struct fx_tensor *t, struct fx_err *err)
+{
+	static const char *const suffix[] = { ".scale_weight", "_scale" };
+	const char *n = t->name;
+	size_t len = strlen(n), i;
+	const struct fx_tensor *sc = NULL;
+	char nm[NAME_CAP];
+	float v;
+
+	if (!ends(n, ".weight"))
+		return 0;
+	for (i = 0; i < FX_ARRAY_SIZE(suffix) && !sc; i++) {
+		size_t keep_len = i == 0 ? len - strlen(".weight") : len;
+
+		if (snprintf(nm, sizeof(nm), "%.*s%s", (int)keep_len, n, suffix[i]) < (int)sizeof(nm))
+			sc = fx_stset_find(m->set, nm);
+	}
+	if (!sc)
+		return 0;
+	if (fx_tensor_numel(sc) != 1 || !source_dtype(sc->dtype) || sc->dtype == FX_F8_E4M3 ||
+	    sc->dtype == FX_F8_E5M2)
+		return fx_error(err, FX_E_FORMAT,
+				"tensor '%s' (the scale of '%s') is %s of %llu elements, expected one F32, BF16 or F16 value (in '%s')",
+				sc->name, n, fx_dtype_name(sc->dtype),
+				(unsigned long long)fx_tensor_numel(sc), file_of(m, sc));
+	fx_to_f32(&v, sc->data, sc->dtype, 1);
+	if (!isfinite(v) || v == 0.0f)
+		return fx_error(err, FX_E_VALUE, "tensor '%s' (the scale of '%s') is %g (in '%s')",
+				sc->name, n, (double)v, file_of(m, sc));
+	if (grow(&m->scaled, &m->capscaled, m->nscaled + 1, sizeof(*m->scaled)) < 0 ||
+	    grow(&m->used, &m->capused, m->nused + 1, sizeof(*m->used)) < 0)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	m->scaled[m->nscaled++] = (struct scaled){ t, sc, v };
+	m->used[m->nused++] = sc;
+	return 0;
+}
+
+static int cmp_scaled(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const struct scaled *)a)->t;
+	uintptr_t y = (uintptr_t)((const struct scaled *)b)->t;
+
+	return x < y ? -1 : x > y;
+}
+
+static const struct scaled *scaled_of(const struct fx_model *m, const struct fx_tensor *t)
+{
+	struct scaled key = { t, NULL, 0 };
+
+	if (!m->nscaled)
+		return NULL;
+	return bsearch(&key, m->scaled, m->nscaled, sizeof(*m->scaled), cmp_scaled);
+}
+
+static float scale_of(const struct fx_model *m, const struct fx_tensor *t)
+{
+	const struct scaled *sc = scaled_of(m, t);
+
+	return sc ? sc->s : 1.0f;
+}
+
+const struct fx_tensor *fx_model_scale_tensor(const struct fx_model *m, const struct fx_tensor *t)
+{
+	const struct scaled *sc = scaled_of(m, t);
+
+	return sc ? sc->scale : NULL;
+}
+
 static int want(struct fx_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
 		const struct fx_tensor **out, struct fx_err *err)
 {
@@ -463,10 +575,10 @@ static int want(struct fx_model *m, const char *name, int ndim, int64_t d0, int6
 	if (!t)
 		return fx_error(err, FX_E_FORMAT, "missing tensor '%s%s', expected shape %s (in '%s')",
 				m->prefix, name, b, m->src);
-	if (t->dtype != FX_BF16 && t->dtype != FX_F16 && t->dtype != FX_F32)
+	if (!source_dtype(t->dtype))
 		return fx_error(err, FX_E_FORMAT,
-				"tensor '%s' has dtype %s, expected BF16, F16 or F32 (in '%s')", t->name,
-				fx_dtype_name(t->dtype), file_of(m, t));
+				"tensor '%s' has dtype %s, expected BF16, F16, F32, F8_E4M3 or F8_E5M2 (in '%s')",
+				t->name, fx_dtype_name(t->dtype), file_of(m, t));
 	if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
 		return fx_error(err, FX_E_FORMAT, "tensor '%s' has shape %s, expected %s (in '%s')",
 				t->name, fx_shape_str(a, sizeof(a), t->ndim, t->shape), b,
@@ -475,7 +587,7 @@ static int want(struct fx_model *m, const char *name, int ndim, int64_t d0, int6
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	m->used[m->nused++] = t;
 	*out = t;
-	return 0;
+	return want_scale(m, t, err);
 }
 
 /* "<base>.weight" [n,k] and "<base>.bias" [n]. */
@@ -780,23 +892,101 @@ static int cmp_ptr(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Components of all-in-one files (ComfyUI, A1111) beside the transformer. */
+static const char *const foreign[] = {
+	"vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.", "conditioner.",
+	"text_encoder.", "text_encoder_2.", "model_ema.",
+};
+
+/* FP8 exports' activation scales and format marker: not used by a
+ * weight-only reader. */
+static bool fp8_extra(const char *n)
+{
+	return ends(n, ".scale_input") || ends(n, ".input_scale") || !strcmp(n, "scaled_fp8");
+}
+
+struct ignored {
+	const char *what;
+	size_t n;
+};
+
+static void note_ignored(const struct fx_model *m, struct ignored *ig, size_t nig, size_t fp8)
+{
+	char list[512];
+	size_t used = 0, total = 0, i;
+
+	list[0] = '\0';
+	for (i = 0; i < nig; i++) {
+		int k = snprintf(list + used, sizeof(list) - used, "%s%s%s %zu", i ? ", " : "",
+				 ig[i].what, ends(ig[i].what, ".") ? "*" : "", ig[i].n);
+
+		total += ig[i].n;
+		if (k > 0 && (size_t)k < sizeof(list) - used)
+			used += (size_t)k;
+	}
+	if (total)
+		fx_log_info("note: '%s': %zu tensors outside the transformer ignored (%s)", m->src,
+			    total, list);
+	if (fp8)
+		fx_log_info("note: '%s': %zu FP8 activation scales and markers ignored "
+			    "(*.scale_input, *.input_scale, scaled_fp8)", m->src, fp8);
+}
+
 static int check_unexpected(struct fx_model *m, struct fx_err *err)
 {
-	size_t i;
+	struct ignored ig[FX_ARRAY_SIZE(foreign) + 1];
+	size_t nig = 0, fp8 = 0, i, j;
+	size_t plen = strlen(m->prefix);
 
 	if (m->nused)
 		qsort(m->used, m->nused, sizeof(*m->used), cmp_ptr);
 	for (i = 0; i < fx_stset_count(m->set); i++) {
 		const struct fx_tensor *t = fx_stset_at(m->set, i);
+		const char *n = t->name, *what = NULL;
 
 		if (m->nused && bsearch(&t, m->used, m->nused, sizeof(*m->used), cmp_ptr))
 			continue;
+		for (j = 0; j < FX_ARRAY_SIZE(foreign) && !what; j++)
+			if (starts(n, foreign[j]))
+				what = foreign[j];
+		/* an all-in-one file: what is not under the transformer's prefix */
+		if (!what && plen && !starts(n, m->prefix))
+			what = "other";
+		if (what) {
+			for (j = 0; j < nig && strcmp(ig[j].what, what); j++)
+				;
+			if (j == nig)
+				ig[nig++] = (struct ignored){ what, 0 };
+			ig[j].n++;
+			continue;
+		}
+		if (fp8_extra(n + plen)) {
+			fp8++;
+			continue;
+		}
 		return fx_error(err, FX_E_FORMAT,
 				"unexpected tensor '%s' for a FLUX transformer with %d double and %d single blocks%s (in '%s')",
 				t->name, m->cfg.num_double, m->cfg.num_single,
 				m->cfg.guidance ? "" : " and no guidance embedder", file_of(m, t));
 	}
+	note_ignored(m, ig, nig, fp8);
 	return 0;
+}
+
+/* Sorts the scale table and points each member at its weight's scale. */
+static void link_scales(struct fx_model *m)
+{
+	size_t i;
+	int j;
+
+	if (m->nscaled)
+		qsort(m->scaled, m->nscaled, sizeof(*m->scaled), cmp_scaled);
+	for (i = 0; i < m->ngroups; i++)
+		for (j = 0; j < m->groups[i].nmembers; j++) {
+			struct fx_member *mb = &m->groups[i].members[j];
+
+			mb->wscale = fx_model_scale_tensor(m, mb->weight);
+		}
 }
 
 int fx_model_config_to_json(const struct fx_model_config *c, char **out, struct fx_err *err)
@@ -845,7 +1035,7 @@ int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err)
 	if (!m)
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	m->prefix = "";
-	if ((ret = resolve(path, &m->src, &m->cfg_path, err)) < 0)
+	if ((ret = fx_model_resolve(path, &m->src, &m->cfg_path, err)) < 0)
 		goto out;
 	if ((ret = fx_stset_open(&m->set, m->src, err)) < 0)
 		goto out;
@@ -869,6 +1059,7 @@ int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err)
 	if ((ret = check_config(m, err)) < 0 || (ret = build(m, err)) < 0 ||
 	    (ret = check_unexpected(m, err)) < 0)
 		goto out;
+	link_scales(m);
 	*out = m;
 	m = NULL;
 out:
@@ -892,6 +1083,7 @@ void fx_model_close(struct fx_model *m)
 	free(m->strs);
 	free(m->groups);
 	free(m->used);
+	free(m->scaled);
 	free(m->cfg_json);
 	free(m->cfg_path);
 	free(m->src);
@@ -952,18 +1144,48 @@ const char *fx_block_prefix(char *buf, size_t cap, bool single, int block)
 
 /* ---- conversion ------------------------------------------------------ */
 
+/* One element of a source tensor as f32, its scale applied. */
+static float elem_f32(const unsigned char *p, enum fx_dtype dt, float scale)
+{
+	float f;
+
+	switch (dt) {
+	case FX_F32:
+		memcpy(&f, p, 4);
+		break;
+	case FX_BF16:
+	case FX_F16: {
+		uint16_t h;
+
+		memcpy(&h, p, 2);
+		f = dt == FX_BF16 ? fx_bf16_to_f32(h) : fx_f16_to_f32(h);
+		break;
+	}
+	case FX_F8_E4M3:
+		f = fx_e4m3_to_f32(*p);
+		break;
+	default:   /* FX_F8_E5M2: want() admits no other dtype */
+		f = fx_e5m2_to_f32(*p);
+		break;
+	}
+	return scale == 1.0f ? f : f * scale;
+}
+
 /* Copies rows [row0,row0+nrows) x cols [col0,col0+ncols) of t (viewed as
  * shape[0] rows of numel/shape[0]) into dst rows of dst_ld elements, as f32
- * or BF16. With swap, dst row r takes source row (r + nrows/2) % nrows.
+ * or BF16, each value times scale (1: FP8 and F16 widen exactly; BF16
+ * copies). With swap, dst row r takes source row (r + nrows/2) % nrows.
  * Returns the smallest source element index holding NaN/Inf, or -1. */
 static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_tensor *t,
-			 int64_t row0, int64_t nrows, int64_t col0, int64_t ncols, bool swap)
+			 float scale, int64_t row0, int64_t nrows, int64_t col0, int64_t ncols,
+			 bool swap)
 {
 	const unsigned char *base = t->data;
 	int64_t ld = t->ndim > 1 ? t->shape[1] : 1;
 	int64_t bad = INT64_MAX, r;
 	enum fx_dtype dt = t->dtype;
-	size_t es = dt == FX_F32 ? 4 : 2;
+	size_t es = fx_dtype_size(dt);
+	bool plain_bf16 = dt == FX_BF16 && scale == 1.0f;
 	/* more than the caches hold: streaming stores */
 	bool stream = (size_t)(nrows * ncols) * sizeof(float) > ((size_t)16 << 20);
 
@@ -977,36 +1199,22 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 		int64_t first = -1;
 
 		/* hot path: widen BF16, find a bad value only when there is one */
-		if (dt == FX_BF16 && df && !fx_bf16_widen(df, s, (size_t)ncols, stream))
+		if (plain_bf16 && df && !fx_bf16_widen(df, s, (size_t)ncols, stream))
 			continue;
-		if (dt == FX_BF16 && dh && !fx_bf16_copy(dh, s, (size_t)ncols))
+		if (plain_bf16 && dh && !fx_bf16_copy(dh, s, (size_t)ncols))
 			continue;
 		for (c = 0; c < ncols; c++) {
-			uint16_t h = 0;
-			uint32_t u;
-			float f;
-			bool fin;
+			float f = elem_f32(s + es * (size_t)c, dt, scale);
 
-			if (dt == FX_F32) {
-				memcpy(&f, s + 4 * c, 4);
-				fin = isfinite(f);
-			} else {
-				memcpy(&h, s + 2 * c, 2);
-				if (dt == FX_BF16) {
-					u = (uint32_t)h << 16;
-					memcpy(&f, &u, 4);
-					fin = (h & 0x7f80) != 0x7f80;
-				} else {
-					f = fx_f16_to_f32(h);
-					fin = (h & 0x7c00) != 0x7c00;
-				}
-			}
-			if (!fin && first < 0)
+			if (!isfinite(f) && first < 0)
 				first = s0 + c;
-			if (df)
+			if (df) {
 				df[c] = f;
-			else
-				dh[c] = dt == FX_BF16 ? h : fx_f32_to_bf16(f);
+			} else if (plain_bf16) {
+				memcpy(&dh[c], s + 2 * c, 2);
+			} else {
+				dh[c] = fx_f32_to_bf16(f);
+			}
 		}
 		if (first >= 0 && first < bad)
 			bad = first;
@@ -1017,26 +1225,20 @@ static int64_t copy_rows(void *dst, bool bf16, int64_t dst_ld, const struct fx_t
 static int value_error(const struct fx_model *m, const struct fx_tensor *t, int64_t idx,
 		       struct fx_err *err)
 {
-	size_t es = t->dtype == FX_F32 ? 4 : 2;
-	const unsigned char *p = (const unsigned char *)t->data + (size_t)idx * es;
+	const unsigned char *p = (const unsigned char *)t->data + (size_t)idx * fx_dtype_size(t->dtype);
+	float raw = elem_f32(p, t->dtype, 1.0f), f = raw * scale_of(m, t);
 	const char *what;
 	char at[64];
-	float f;
 
-	if (t->dtype == FX_F32) {
-		memcpy(&f, p, 4);
-	} else {
-		uint16_t h;
-
-		memcpy(&h, p, 2);
-		f = t->dtype == FX_BF16 ? fx_bf16_to_f32(h) : fx_f16_to_f32(h);
-	}
 	what = isnan(f) ? "NaN" : f > 0 ? "Inf" : "-Inf";
 	if (t->ndim > 1)
 		snprintf(at, sizeof(at), "[%lld,%lld]", (long long)(idx / t->shape[1]),
 			 (long long)(idx % t->shape[1]));
 	else
 		snprintf(at, sizeof(at), "[%lld]", (long long)idx);
+	if (isfinite(raw))   /* finite as stored: the scale overflowed it */
+		return fx_error(err, FX_E_VALUE, "tensor '%s' has %s at %s after its scale %g (in '%s')",
+				t->name, what, at, (double)scale_of(m, t), file_of(m, t));
 	return fx_error(err, FX_E_VALUE, "tensor '%s' has %s at %s (in '%s')", t->name, what, at,
 			file_of(m, t));
 }
@@ -1055,12 +1257,12 @@ static int group_convert(const struct fx_model *m, const struct fx_group *g, voi
 
 		if (w) {
 			bad = copy_rows((char *)w + (size_t)(mb->out_row0 * g->k) * es, bf16, g->k,
-					mb->weight, mb->row0, mb->nrows, mb->col0, mb->ncols, false);
+					mb->weight, scale_of(m, mb->weight), mb->row0, mb->nrows, mb->col0, mb->ncols, false);
 			if (bad >= 0)
 				return value_error(m, mb->weight, bad, err);
 		}
 		if (b && mb->bias) {
-			bad = copy_rows(b + mb->out_row0, false, 1, mb->bias, mb->row0, mb->nrows, 0,
+			bad = copy_rows(b + mb->out_row0, false, 1, mb->bias, scale_of(m, mb->bias), mb->row0, mb->nrows, 0,
 					1, false);
 			if (bad >= 0)
 				return value_error(m, mb->bias, bad, err);
@@ -1097,7 +1299,7 @@ int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, 
 			while (mi + 1 < g->nmembers && r >= g->members[mi + 1].out_row0)
 				mi++;
 			b = copy_rows(dst + i * g->k, false, g->k, g->members[mi].weight,
-				      g->members[mi].row0 + (r - g->members[mi].out_row0), 1,
+				      scale_of(m, g->members[mi].weight), g->members[mi].row0 + (r - g->members[mi].out_row0), 1,
 				      g->members[mi].col0, g->members[mi].ncols, false);
 			if (b >= 0) {
 				#pragma omp critical(fx_model_rows)
@@ -1117,7 +1319,7 @@ int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, 
 		if (a >= e)
 			continue;
 		bad = copy_rows(dst + (a - r0) * g->k, false, g->k, mb->weight,
-				mb->row0 + (a - mb->out_row0), e - a, mb->col0, mb->ncols, false);
+				scale_of(m, mb->weight), mb->row0 + (a - mb->out_row0), e - a, mb->col0, mb->ncols, false);
 		if (bad >= 0)
 			return value_error(m, mb->weight, bad, err);
 	}
@@ -1162,7 +1364,7 @@ static int plain_convert(const struct fx_model *m, const char *name, void *dst, 
 				m->src);
 	rows = p->t->shape[0];
 	ld = p->t->ndim > 1 ? p->t->shape[1] : 1;
-	bad = copy_rows(dst, bf16, ld, p->t, 0, rows, 0, ld, p->swap);
+	bad = copy_rows(dst, bf16, ld, p->t, scale_of(m, p->t), 0, rows, 0, ld, p->swap);
 	return bad >= 0 ? value_error(m, p->t, bad, err) : 0;
 }
 

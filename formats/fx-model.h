@@ -38,6 +38,7 @@ struct fx_member {
 	const char *name;            /* diffusers name of the source linear */
 	const struct fx_tensor *weight;   /* borrowed from the model's files */
 	const struct fx_tensor *bias;
+	const struct fx_tensor *wscale;   /* FP8 per-tensor scale of weight, or NULL */
 	int64_t row0, nrows, col0, ncols, out_row0;
 };
 
@@ -58,13 +59,28 @@ struct fx_group {
 
 struct fx_model;
 
-/* path: diffusers folder (config.json + shards/index), a folder holding
- * transformer/, or a single BFL/diffusers .safetensors file (a leading
- * "model.diffusion_model." is stripped). The config comes from config.json
- * when there is one, else from the shapes. Every expected tensor is checked
- * (present, float dtype, shape); so is the absence of unexpected ones.
- * FX_E_FORMAT names the tensor, the file and both shapes. */
+/* The one reading of a model path, for the loader and for the identity
+ * every stage records (fx_input_id): a pipeline folder (no config.json,
+ * holds transformer/) -> its transformer/; a diffusers folder (config.json
+ * + one file or shards + index); an index file; one shard of an indexed
+ * set -> that set's index; a single file. *src: what fx_stset_open opens;
+ * *cfg: the config.json that applies, or NULL. Both malloc'ed. */
+int fx_model_resolve(const char *path, char **src, char **cfg, struct fx_err *err);
+
+/* path: any form fx_model_resolve reads. Names: diffusers or BFL, with or
+ * without a leading "model.diffusion_model." (a ComfyUI all-in-one file:
+ * vae.*, text_encoders.*, first_stage_model.*, cond_stage_model.* ... are
+ * ignored with a note). Dtypes BF16, F16, F32, F8_E4M3, F8_E5M2; a
+ * "<base>.scale_weight" or "<base>.weight_scale" scalar beside an FP8
+ * weight multiplies it on widening; FP8 activation scales are ignored. The
+ * config comes from config.json when there is one, else from the shapes.
+ * Every expected tensor is checked (present, dtype, shape); so is the
+ * absence of unexpected ones under the transformer's names. FX_E_FORMAT
+ * names the tensor, the file and both shapes. */
 int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err);
+
+/* The per-tensor scale companion applied to t, or NULL. */
+const struct fx_tensor *fx_model_scale_tensor(const struct fx_model *m, const struct fx_tensor *t);
 void fx_model_close(struct fx_model *m);
 
 const struct fx_model_config *fx_model_config(const struct fx_model *m);

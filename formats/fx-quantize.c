@@ -169,6 +169,7 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct fx
 	fx_layer_hash_str(h, g->name);
 	for (i = 0; i < g->nmembers; i++) {
 		hash_tensor(h, g->members[i].weight);
+		hash_tensor(h, g->members[i].wscale);
 		hash_tensor(h, g->members[i].bias);
 	}
 	for (i = 0; branch && i < 3; i++) {

@@ -12,6 +12,8 @@ BLOCKS  ?=
 
 BLOCKS_OPT = $(if $(BLOCKS),--blocks $(BLOCKS))
 lc = $(shell printf '%s' '$(1)' | tr 'A-Z' 'a-z')
+# the checkpoint's name from MODEL in any form (model-name.sh)
+model_name = $(shell sh $(PIPELINES_DIR)model-name.sh '$(1)')
 
 ifeq ($(filter fp4 int4,$(PRECISION)),)
 $(error PRECISION must be fp4 or int4, not '$(PRECISION)')

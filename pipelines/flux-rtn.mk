@@ -5,7 +5,7 @@
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 
 MODEL ?= $(error MODEL=<FLUX model folder or file> is required)
-NAME  ?= $(call lc,$(notdir $(patsubst %/,%,$(basename $(MODEL)))))
+NAME  ?= $(call model_name,$(MODEL))
 
 QUANT := $(OUT)/quant-rtn-$(PRECISION).safetensors
 FINAL := $(OUT)/rtn-$(PRECISION)-$(NAME).safetensors

@@ -24,7 +24,7 @@ COND := $(OUT)/cond.safetensors
 endif
 COND  ?= $(error COND=<conditioning .safetensors> or PROMPTS_FILE=<prompts.txt> is required)
 RANK  ?= 32
-NAME  ?= $(call lc,$(notdir $(patsubst %/,%,$(basename $(MODEL)))))
+NAME  ?= $(call model_name,$(MODEL))
 PROMPTS ?=
 STEPS ?=
 RES   ?=

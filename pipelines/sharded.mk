@@ -13,7 +13,7 @@ MODEL  ?= $(error MODEL=<FLUX model folder or file> is required)
 COND   ?= $(error COND=<conditioning .safetensors> is required)
 SHARDS ?= $(error SHARDS="A-B C-D ..." is required: block ranges covering the model)
 RANK   ?= 32
-NAME   ?= $(call lc,$(notdir $(patsubst %/,%,$(basename $(MODEL)))))
+NAME   ?= $(call model_name,$(MODEL))
 PROMPTS ?=
 STEPS  ?=
 RES    ?=
