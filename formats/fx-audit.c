@@ -181,6 +181,11 @@ static void audit_fx_header(struct fx_audit *a, const struct fx_st *st)
 	}
 }
 
+static void model_value_finding(void *ctx, const char *msg)
+{
+	fx_audit_add(ctx, FX_SEV_ERROR, "values", "", "%s", msg);
+}
+
 static int audit_model(struct fx_audit *a, const char *path, struct fx_err *err)
 {
 	struct fx_model *m = NULL;
@@ -198,6 +203,11 @@ static int audit_model(struct fx_audit *a, const char *path, struct fx_err *err)
 	a->nfiles = fx_stset_nfiles(set);
 	for (i = 0; i < fx_stset_count(set); i++)
 		count_tensor(a, fx_stset_at(set, i));
+	/* every value: a model with NaN/Inf is no source for quantization */
+	if ((ret = fx_model_scan_values(m, true, model_value_finding, a, err)) < 0) {
+		fx_model_close(m);
+		return ret;
+	}
 	if (asprintf(&a->model_summary,
 		     "FLUX.1 %s, %s layout, hidden %d (%d heads), %d double + %d single blocks, "
 		     "in_channels %d, text %d, pooled %d, %zu fused groups",

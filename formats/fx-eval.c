@@ -8,6 +8,7 @@
 
 #include "../common/fx-io.h"
 #include "../common/fx-log.h"
+#include "fx-file.h"
 #include "fx-flux.h"
 #include "fx-model.h"
 #include "fx-packed-module.h"
@@ -79,6 +80,9 @@ static int ckpt_open(struct ckpt *c, const char *path, const struct fx_model *m,
 
 	memset(c, 0, sizeof(*c));
 	if ((ret = fx_st_open(&c->st, path, err)) < 0)
+		return ret;
+	/* a damaged file must not be scored as a quantization result */
+	if (fx_st_meta(c->st, "fx.crc32") && (ret = fx_file_check_crc(c->st, err)) < 0)
 		return ret;
 	fp4 = fx_packed_is_fp4(c->st);
 	c->n = fx_model_ngroups(m);

@@ -358,7 +358,10 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 		*stage_out = NULL;
 	if ((ret = parse_opts(o, &ko, &prec, err)) < 0)
 		goto out;
-	if ((ret = fx_model_open(&m, o->model, err)) < 0)
+	/* biases, norms and unquantized tensors: NaN/Inf named here, not by a
+	 * later stage (the weights are checked as they are widened) */
+	if ((ret = fx_model_open(&m, o->model, err)) < 0 ||
+	    (ret = fx_model_scan_values(m, false, NULL, NULL, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
 	if ((ret = fx_blocks_resolve(c, o->first_block, o->last_block, &first, &last, blocks,

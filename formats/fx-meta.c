@@ -38,11 +38,16 @@ static int block_index(const char *name, const char *prefix)
 int fx_meta_facts(const struct fx_st *st, struct fx_meta_facts *f, struct fx_err *err)
 {
 	const struct fx_tensor *t;
-	const char *first_down = NULL;
+	const char *first_down = NULL, *fmt;
 	size_t i;
 
 	memset(f, 0, sizeof(*f));
 	f->rank = -1;
+	fmt = fx_st_meta(st, "fx.format");
+	if (fmt && strcmp(fmt, "fx.packed"))
+		return fx_error(err, FX_E_FORMAT, "'%s' is an %s file, not a packed checkpoint "
+				"(fx-meta reads fx-pack's output or another tool's Nunchaku checkpoint)",
+				fx_st_path(st), fmt);
 	for (i = 0; i < fx_st_count(st); i++) {
 		int b;
 
@@ -62,8 +67,8 @@ int fx_meta_facts(const struct fx_st *st, struct fx_meta_facts *f, struct fx_err
 			f->num_single = b + 1;
 	}
 	if (!(t = fx_st_find(st, "x_embedder.weight")) || t->ndim != 2)
-		return fx_error(err, FX_E_FORMAT, "'%s': tensor 'x_embedder.weight' missing; "
-				"cannot infer the model config (give --model)", fx_st_path(st));
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor 'x_embedder.weight' missing: not a "
+				"Nunchaku FLUX checkpoint", fx_st_path(st));
 	f->hidden = (int)t->shape[0];
 	f->in_channels = (int)t->shape[1];
 	if (!(t = fx_st_find(st, "context_embedder.weight")) || t->ndim != 2)

@@ -1392,3 +1392,71 @@ void fx_model_group_release(const struct fx_model *m, const struct fx_group *g)
 		fx_tensor_release(g->members[i].weight);
 	}
 }
+
+/* Whether t is a fused group's weight (the large tensors). */
+static bool is_group_weight(const struct fx_model *m, const struct fx_tensor *t)
+{
+	size_t i;
+	int j;
+
+	for (i = 0; i < m->ngroups; i++)
+		for (j = 0; j < m->groups[i].nmembers; j++)
+			if (m->groups[i].members[j].weight == t)
+				return true;
+	return false;
+}
+
+int fx_model_scan_values(const struct fx_model *m, bool weights,
+			 void (*bad)(void *ctx, const char *msg), void *ctx, struct fx_err *err)
+{
+	const size_t chunk = (size_t)1 << 20;   /* floats of scratch */
+	float *buf = malloc(chunk * sizeof(float));
+	int nbad = 0;
+	size_t i;
+
+	if (!buf)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	for (i = 0; i < m->nused; i++) {
+		const struct fx_tensor *t = m->used[i];
+		uint64_t numel = fx_tensor_numel(t);
+		int64_t rows = t->ndim ? t->shape[0] : 1, cols, step, r, b = -1;
+
+		if (!numel || (!weights && is_group_weight(m, t)))
+			continue;
+		cols = (int64_t)(numel / (uint64_t)rows);
+		step = cols > (int64_t)chunk ? 1 : (int64_t)(chunk / (size_t)cols);
+		/* rows wider than the scratch: the tensor as one flat row in pieces */
+		if (cols > (int64_t)chunk) {
+			for (r = 0; r < (int64_t)numel && b < 0; r += (int64_t)chunk) {
+				int64_t n = (int64_t)numel - r < (int64_t)chunk ? (int64_t)numel - r : (int64_t)chunk;
+				struct fx_tensor flat = *t;
+
+				flat.ndim = 1;
+				flat.shape[0] = (int64_t)numel;
+				/* a 1-D view: n rows of one element */
+				b = copy_rows(buf, false, 1, &flat, scale_of(m, t), r, n, 0, 1, false);
+			}
+		} else {
+			for (r = 0; r < rows && b < 0; r += step)
+				b = copy_rows(buf, false, cols, t, scale_of(m, t), r,
+					      rows - r < step ? rows - r : step, 0, cols, false);
+		}
+		fx_tensor_release(t);
+		if (b < 0)
+			continue;
+		nbad++;
+		if (!bad) {
+			free(buf);
+			return value_error(m, t, b, err);
+		}
+		{
+			struct fx_err e;
+
+			value_error(m, t, b, &e);
+			bad(ctx, e.msg);
+		}
+	}
+	free(buf);
+	return nbad;
+}
+

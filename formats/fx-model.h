@@ -136,6 +136,15 @@ int fx_model_plain_bf16(const struct fx_model *m, const char *name, uint16_t *ds
 int fx_model_plain_f32(const struct fx_model *m, const char *name, float *dst,
 		       struct fx_err *err);
 
+/* Checks every value the model's tensors hold (scales applied) for NaN/Inf;
+ * weights: the fused groups' weights too (every byte of the model; else
+ * the biases, norms and unquantized tensors, a few MB). Pages are dropped
+ * as it goes. Without bad: the first bad tensor is the FX_E_VALUE error
+ * naming it and the element. With bad: each bad tensor's message goes to
+ * bad(ctx, msg) and the count of bad tensors is returned. */
+int fx_model_scan_values(const struct fx_model *m, bool weights,
+			 void (*bad)(void *ctx, const char *msg), void *ctx, struct fx_err *err);
+
 /* Name of a block prefix: "transformer_blocks.3" / "single_transformer_blocks.3". */
 const char *fx_block_prefix(char *buf, size_t cap, bool single, int block);
 

@@ -405,8 +405,8 @@ static void layer_recipe(char out[65], const struct ctx *x, const struct fx_grou
 }
 
 static int open_shards(struct shards *s, const char *const *paths, int n, const char *fmt,
-		       const char *model_id, struct fx_stage *stage, const char *role,
-		       struct fx_err *err)
+		       const char *model_path, const char *model_id, struct fx_stage *stage,
+		       const char *role, struct fx_err *err)
 {
 	char id[65];
 	int i, ret;
@@ -420,7 +420,7 @@ static int open_shards(struct shards *s, const char *const *paths, int n, const 
 		if (fx_file_input_is(s->st[i], "model", model_id) != 1)
 			return fx_error(err, FX_E_HASH, "'%s' was made from another model than '%s' "
 					"(stale %s; rerun the stage that wrote it)",
-					paths[i], "the one given", fmt);
+					paths[i], model_path, fmt);
 		/* also drops the pages the checksum pass touched */
 		if ((ret = fx_file_check_crc(s->st[i], err)) < 0)
 			return ret;
@@ -457,9 +457,17 @@ static int check_quant_branch(struct ctx *x, struct fx_err *err)
 				found = true;
 		}
 		if (bid && !found) {
-			fx_error(err, FX_E_HASH, "'%s' was quantized with another branch file than %s "
-				 "(stale quant; rerun fx-quant)", fx_st_path(x->q.st[i]),
-				 x->br.n ? "the one given" : "none (give --branch)");
+			if (x->br.n == 1)
+				fx_error(err, FX_E_HASH, "'%s' was quantized with another branch file than '%s' "
+					 "(stale quant; rerun fx-quant)", fx_st_path(x->q.st[i]),
+					 fx_st_path(x->br.st[0]));
+			else if (x->br.n)
+				fx_error(err, FX_E_HASH, "'%s' was quantized with another branch file than "
+					 "the %d given ('%s', ...) (stale quant; rerun fx-quant)",
+					 fx_st_path(x->q.st[i]), x->br.n, fx_st_path(x->br.st[0]));
+			else
+				fx_error(err, FX_E_HASH, "'%s' was quantized with a branch file, none given "
+					 "(give --branch)", fx_st_path(x->q.st[i]));
 			json_decref(in);
 			return FX_E_HASH;
 		}
@@ -654,8 +662,9 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 	    (ret = fx_input_id(model_id, o->model, err)) < 0)
 		goto out;
 	fx_stage_input_id(x.s, "model", model_id);
-	if ((ret = open_shards(&x.q, o->quant, o->nquant, FX_FMT_QUANT, model_id, x.s, "quant", err)) < 0 ||
-	    (ret = open_shards(&x.br, o->branch, o->nbranch, FX_FMT_BRANCH, model_id, x.s, "branch", err)) < 0)
+	if ((ret = open_shards(&x.q, o->quant, o->nquant, FX_FMT_QUANT, o->model, model_id, x.s, "quant", err)) < 0 ||
+	    (ret = open_shards(&x.br, o->branch, o->nbranch, FX_FMT_BRANCH, o->model, model_id, x.s,
+				    "branch", err)) < 0)
 		goto out;
 	/* one precision across the quant shards */
 	for (i = 0; i < (size_t)x.q.n; i++) {

@@ -44,16 +44,24 @@ static int get_f32(const struct fx_st *st, const char *group, const char *role,
 	return 0;
 }
 
-static int check_finite(const float *v, size_t n, const struct fx_st *st, const char *name,
-			struct fx_err *err)
+/* NaN/Inf in a branch tensor, named by file, tensor and element. */
+static int check_finite(const struct fx_tensor *t, const struct fx_st *st, struct fx_err *err)
 {
-	size_t i;
+	const float *v = t->data;
+	size_t n = fx_tensor_numel(t), i;
+	char at[64];
 
-	for (i = 0; i < n; i++)
-		if (!isfinite(v[i]))
-			return fx_error(err, FX_E_VALUE, "'%s': tensor '%s' has a non-finite value at %zu",
-					fx_st_path(st), name, i);
-	return 0;
+	for (i = 0; i < n && isfinite(v[i]); i++)
+		;
+	if (i == n)
+		return 0;
+	if (t->ndim == 2)
+		snprintf(at, sizeof(at), "[%lld,%lld]", (long long)(i / (size_t)t->shape[1]),
+			 (long long)(i % (size_t)t->shape[1]));
+	else
+		snprintf(at, sizeof(at), "[%zu]", i);
+	return fx_error(err, FX_E_VALUE, "'%s': tensor '%s' has %s at %s", fx_st_path(st), t->name,
+			isnan(v[i]) ? "NaN" : v[i] > 0 ? "Inf" : "-Inf", at);
 }
 
 /* Declares the fx.quant tensors of one group. */
@@ -210,7 +218,8 @@ static int get_branch(const struct fx_st *branch, const struct fx_group *g, stru
 	br->down = td->data;
 	br->up = tu->data;
 	br->r = td->shape[0];
-	if ((ret = check_finite(br->smooth, g->k, branch, "smooth", err)) < 0)
+	if ((ret = check_finite(ts, branch, err)) < 0 || (ret = check_finite(td, branch, err)) < 0 ||
+	    (ret = check_finite(tu, branch, err)) < 0)
 		return ret;
 	for (int64_t i = 0; i < g->k; i++)
 		if (!(br->smooth[i] > 0))
@@ -509,7 +518,10 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	*up_to_date = false;
 	if (stage_out)
 		*stage_out = NULL;
-	if ((ret = fx_model_open(&m, o->model, err)) < 0)
+	/* biases, norms and unquantized tensors: NaN/Inf named here, not by a
+	 * later stage (the weights are checked as they are widened) */
+	if ((ret = fx_model_open(&m, o->model, err)) < 0 ||
+	    (ret = fx_model_scan_values(m, false, NULL, NULL, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
 	if ((ret = fx_blocks_resolve(c, o->first_block, o->last_block, &first, &last, blocks,
