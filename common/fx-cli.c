@@ -354,6 +354,32 @@ bool fx_parse_int(const char *s, long lo, long hi, long *out)
 	return true;
 }
 
+bool fx_parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (!s || !*s)
+		return false;
+	for (; *s; s++) {
+		unsigned d = (unsigned)(unsigned char)*s - '0';
+
+		if (d > 9 || v > (UINT64_MAX - d) / 10)   /* not a digit, or v·10 + d overflows */
+			return false;
+		v = v * 10 + d;
+	}
+	*out = v;
+	return true;
+}
+
+bool fx_cli_seed(const struct fx_cli *cli, const char *arg, uint64_t *seed)
+{
+	if (fx_parse_u64(arg, seed))
+		return true;
+	fx_cli_usage_error(cli, "--seed wants an integer from 0 to 18446744073709551615 (2^64-1), not '%s'",
+			   arg);
+	return false;
+}
+
 bool fx_parse_range(const char *s, int *a, int *b)
 {
 	char buf[64];

@@ -53,5 +53,10 @@ void fx_cli_help(const struct fx_cli *cli, FILE *f);
 /* Parses "A-B" or "A" into [a,b]; false when malformed. */
 bool fx_parse_range(const char *s, int *a, int *b);
 bool fx_parse_int(const char *s, long lo, long hi, long *out);
+/* Decimal digits only (no sign, no spaces), 0 to 2^64-1; false otherwise. */
+bool fx_parse_u64(const char *s, uint64_t *out);
+/* --seed of every tool: the full range of the 64-bit generators. On a bad
+ * value prints the usage error, which states the range, and returns false. */
+bool fx_cli_seed(const struct fx_cli *cli, const char *arg, uint64_t *seed);
 
 #endif

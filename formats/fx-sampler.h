@@ -45,7 +45,8 @@ double fx_sampler_mu(int64_t image_seq_len);
  * FlowMatchEulerDiscreteScheduler does: σ̂ = linspace(1, 1/steps, steps) in
  * double, rounded to f32; dynamic: σ = e / (e + (1/σ̂ − 1)) with e = f32(exp μ),
  * μ = fx_sampler_mu(image_seq_len); else σ = s·σ̂ / (1 + (s − 1)·σ̂) with
- * s = shift (1: no shift; schnell). f32 arithmetic. */
+ * s = shift (1: no shift; schnell). f32 arithmetic. Spelled out, with the
+ * timestep rounding of fx_flux_timestep, in fx-calib(1), Sampling. */
 int fx_sampler_sigmas(float *sigmas, int steps, int64_t image_seq_len, bool dynamic,
 		      float shift, struct fx_err *err);
 
@@ -57,7 +58,7 @@ void fx_latent_unpack(float *z, const float *packed, int c, int h, int w);
 /* ids (hp·wp, 3) = (0, r, col) in token order. */
 void fx_sampler_img_ids(float *ids, int hp, int wp);
 /* Initial noise: c·h·w normals drawn from fx_rng seeded with seed in
- * (ch, y, x) order, then packed. */
+ * (ch, y, x) order, then packed; the sampler passes c = in_channels/4. */
 void fx_sampler_noise(float *packed, int c, int h, int w, uint64_t seed);
 
 /* ---- a trajectory ------------------------------------------------------- */

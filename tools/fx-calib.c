@@ -74,9 +74,8 @@ int main(int argc, char **argv)
 			break;
 		}
 		case OPT_SEED:
-			if (!fx_parse_int(arg, 0, 0x7fffffffL, &v))
-				return fx_cli_usage_error(&cli, "--seed wants a non-negative integer, not '%s'", arg);
-			o.seed = (uint64_t)v;
+			if (!fx_cli_seed(&cli, arg, &o.seed))
+				return FX_EXIT_USAGE;
 			break;
 		case OPT_SAMPLES:
 			if (!fx_parse_int(arg, 1, 1 << 20, &v))

@@ -130,15 +130,16 @@ int main(int argc, char **argv)
 		case OPT_COND: o.cond = arg; break;
 		case OPT_PROMPTS:
 		case OPT_STEPS:
-		case OPT_SEED:
-			if (!fx_parse_int(arg, id == OPT_SEED ? 0 : 1, 1000000, &v))
+			if (!fx_parse_int(arg, 1, 1000000, &v))
 				return fx_cli_usage_error(&cli, "bad number '%s'", arg);
 			if (id == OPT_PROMPTS)
 				o.prompts = (int)v;
-			else if (id == OPT_STEPS)
-				o.steps = (int)v;
 			else
-				o.seed = (uint64_t)v;
+				o.steps = (int)v;
+			break;
+		case OPT_SEED:
+			if (!fx_cli_seed(&cli, arg, &o.seed))
+				return FX_EXIT_USAGE;
 			break;
 		case OPT_RES:
 			if (sscanf(arg, "%dx%d", &o.width, &o.height) != 2 || o.width <= 0 || o.height <= 0 ||

@@ -102,9 +102,9 @@ int main(int argc, char **argv)
 			so.in_channels = (int)v;
 			break;
 		case OPT_SEED:
-			if (!num(&cli, "seed", arg, 0, 0x7fffffffL, &v))
+			if (!fx_cli_seed(&cli, arg, &so.seed))
 				return FX_EXIT_USAGE;
-			so.seed = co.seed = (uint64_t)v;
+			co.seed = so.seed;
 			break;
 		case OPT_SCHNELL:
 			so.schnell = true;

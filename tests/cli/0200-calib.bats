@@ -370,3 +370,263 @@ PY
 	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" -o "$o"
 	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" --hessian --blocks 3 -o "$BATS_TEST_TMPDIR/b3.safetensors"
 }
+
+# fxref.py: the sampler and the row sampling as fx-calib(1) spells them
+# out, in plain Python (no numpy), to check the page against the tool.
+write_fxref() {
+	cat >"$BATS_TEST_TMPDIR/fxref.py" <<'PY'
+import array, json, math, struct
+M64 = (1 << 64) - 1
+class Tensors(dict):  # name -> (shape, [float]), BF16/F32 decoded when first read
+    def __init__(self, raw, base, hdr):
+        super().__init__()
+        self.raw, self.base, self.hdr = raw, base, hdr
+    def __missing__(self, k):
+        v = self.hdr[k]
+        b, e = v["data_offsets"]
+        buf = self.raw[self.base + b:self.base + e]
+        if v["dtype"] == "BF16":   # the high half of an f32
+            w = bytearray(2 * len(buf))
+            w[2::4], w[3::4] = buf[0::2], buf[1::2]
+            buf = bytes(w)
+        assert v["dtype"] in ("BF16", "F32"), k
+        self[k] = (v["shape"], list(array.array("f", buf)))
+        return self[k]
+    def names(self):
+        return [k for k in self.hdr if k != "__metadata__"]
+def load(path):  # (metadata, Tensors)
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    return hdr.get("__metadata__", {}), Tensors(raw, 8 + n, hdr)
+def rows(t):
+    (m, k), a = t
+    return [a[i * k:(i + 1) * k] for i in range(m)]
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+def bf16(x):  # f32 -> nearest BF16, ties to even
+    u = struct.unpack("<I", struct.pack("<f", x))[0]
+    u = ((u + 0x7fff + ((u >> 16) & 1)) >> 16) << 16
+    return struct.unpack("<f", struct.pack("<I", u & 0xffffffff))[0]
+def sigmas(n, ni, dynamic):  # Sampling 1-2 (without the final 0)
+    m = (1.15 - 0.5) / (4096.0 - 256.0)
+    e = f32(math.exp(ni * m + (0.5 - 256.0 * m)))
+    step = (1.0 / n - 1.0) / (n - 1) if n > 1 else 0.0
+    u = [f32(1.0 / n) if i == n - 1 else f32(i * step + 1.0) for i in range(n)]
+    return [f32(e / f32(e + f32(f32(1.0 / x) - 1.0))) if dynamic else x for x in u]
+def timestep(s):  # Sampling 3
+    return bf16(f32(bf16(f32(bf16(f32(s * 1000.0)) / 1000.0)) * 1000.0))
+def guidance(g):  # Sampling 4
+    return bf16(f32(bf16(f32(g)) * 1000.0))
+class SplitMix:  # Noise
+    def __init__(self, seed):
+        self.s = seed & M64
+    def u64(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & M64
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+    def uniform(self):
+        return ((self.u64() >> 11) + 0.5) * 2.0 ** -53
+def noise(seed, in_channels, width, height):  # packed (Ni, in_channels), flattened
+    g, c, h, w = SplitMix(seed), in_channels // 4, height // 8, width // 8
+    vals = []
+    while len(vals) < c * h * w:
+        u1, u2 = g.uniform(), g.uniform()
+        r, a = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
+        vals += [f32(r * math.cos(a)), f32(r * math.sin(a))]
+    out, k = [0.0] * (c * h * w), 0
+    for ch in range(c):
+        for y in range(h):
+            for x in range(w):
+                out[((y // 2) * (w // 2) + x // 2) * 4 * c + ch * 4 + (y % 2) * 2 + x % 2] = vals[k]
+                k += 1
+    return out
+def E(t, d):  # Forward: the sinusoid
+    k, c = d // 2, f32(-math.log(10000.0))
+    a = [f32(t * f32(math.exp(f32(f32(c * i) / k)))) for i in range(k)]
+    return [math.cos(x) for x in a] + [math.sin(x) for x in a]
+def linear(T, name, x):
+    (n, k), w = T[name + ".weight"]
+    b = T[name + ".bias"][1]
+    return [sum(w[r * k + j] * x[j] for j in range(k)) + b[r] for r in range(n)]
+def silu(v):
+    return [x / (1.0 + math.exp(-x)) for x in v]
+_mlp = {}
+def mlp(T, name, u):  # cached: the text and guidance parts repeat every step
+    key = (id(T), name, tuple(u))
+    if key not in _mlp:
+        _mlp[key] = linear(T, name + ".linear_2", silu(linear(T, name + ".linear_1", u)))
+    return _mlp[key]
+def adaln_input(T, pooled, t, g):  # SiLU(temb)
+    P = "time_text_embed."
+    d = T[P + "timestep_embedder.linear_1.weight"][0][1]
+    parts = [mlp(T, P + "timestep_embedder", E(t, d)), mlp(T, P + "text_embedder", pooled)]
+    if g is not None:
+        parts.append(mlp(T, P + "guidance_embedder", E(g, d)))
+    return silu([sum(v) for v in zip(*parts)])
+def modulated_ln(x, shift, scale):
+    n = len(x)
+    mu = sum(x) / n
+    r = 1.0 / math.sqrt(sum((v - mu) ** 2 for v in x) / n + 1e-6)
+    return [(v - mu) * r * (1.0 + sc) + sh for v, sh, sc in zip(x, shift, scale)]
+def close(row, ref):  # a BF16 sample against the f64 reference: 1.5 BF16 steps
+    return all(abs(a - b) <= 1.5 * 2.0 ** -8 * max(abs(b), 1e-3) for a, b in zip(row, ref))
+def fnv_calib(name):  # Statistics: FNV-1a with fx-calib's starting value
+    h = 1469598103934665603
+    for c in name.encode():
+        h = ((h ^ c) * 1099511628211) & M64
+    return h
+PY
+}
+
+@test "--seed takes 0 to 2^64-1: 2^31 and 2^64-1 give different outputs, recorded faithfully; 2^64, -1 and junk are refused naming the range" {
+	x=$BATS_TEST_TMPDIR/x.safetensors
+	for s in 18446744073709551616 99999999999999999999 -1 +1 ' 1' 1e3 0x10 ''; do
+		run -2 --separate-stderr fx-calib "${ARGS[@]}" --seed "$s" -o "$x"
+		[[ "$stderr" == *"--seed wants an integer from 0 to 18446744073709551615 (2^64-1), not '$s'"* ]]
+	done
+	[ ! -e "$x" ]
+	a=$BATS_TEST_TMPDIR/a.safetensors b=$BATS_TEST_TMPDIR/b.safetensors
+	run -0 fx-calib "${ARGS[@]}" --seed 2147483648 -o "$a"
+	run -0 fx-calib "${ARGS[@]}" --seed 18446744073709551615 -o "$b"
+	! cmp -s "$a" "$b"
+	# seeds from 2^63 on are recorded as seed - 2^64 (fx-calib(1), FILES)
+	python3 - "$a" "$b" <<'PY'
+import json, struct, sys
+def meta(p):
+    raw = open(p, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n])["__metadata__"]
+assert json.loads(meta(sys.argv[1])["fx.params"])["seed"] == 2147483648
+assert json.loads(meta(sys.argv[2])["fx.params"])["seed"] == -1
+assert meta(sys.argv[1])["fx.layers"] != meta(sys.argv[2])["fx.layers"]
+PY
+	run -0 fx-verify "$b"
+	run -0 --separate-stderr fx-calib "${ARGS[@]}" --seed 18446744073709551615 -o "$b"
+	[[ "$stderr" == *"up to date"* ]]
+	run -0 --separate-stderr fx-calib "${ARGS[@]}" --seed 9223372036854775807 -o "$b"
+	[[ "$stderr" != *"up to date"* ]]
+}
+
+@test "a small seed is recorded as before the 64-bit seeds, so earlier outputs keep their recipe" {
+	c=$BATS_TEST_TMPDIR/c.safetensors
+	run -0 fx-calib "${ARGS[@]}" --seed 7 -o "$c"
+	python3 - "$c" <<'PY'
+import hashlib, json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+md = json.loads(raw[8:8 + n])["__metadata__"]
+# the exact bytes fx-calib wrote for --seed 7 before seeds became 64-bit
+params = '{"blocks":"0-3","guidance":3.5,"hessian":0,"prompts":2,"res":"128x128","samples":48,"seed":7,"steps":2}'
+assert md["fx.params"] == params, md["fx.params"]
+# fx-formats(5): the recipe hashes {format, inputs, params, version}, keys sorted, compact
+canon = '{"format":"fx.calib","inputs":%s,"params":%s,"version":%s}' % (md["fx.inputs"], params, md["fx.version"])
+assert hashlib.sha256(canon.encode()).hexdigest() == md["fx.recipe"]
+PY
+}
+
+@test "fx-synth and fx-eval parse --seed as fx-calib does (one parser, one message)" {
+	for t in fx-synth fx-eval; do
+		for s in 18446744073709551616 -1; do
+			run -2 --separate-stderr "$t" --seed "$s" -o "$BATS_TEST_TMPDIR/x"
+			[[ "$stderr" == *"$t: error: --seed wants an integer from 0 to 18446744073709551615 (2^64-1), not '$s'"* ]]
+		done
+	done
+	run -0 fx-synth -q --seed 18446744073709551615 -o "$BATS_TEST_TMPDIR/m1"
+	run -0 fx-synth -q --seed 9223372036854775808 -o "$BATS_TEST_TMPDIR/m2"
+	! cmp -s "$BATS_TEST_TMPDIR/m1/diffusion_pytorch_model.safetensors" "$BATS_TEST_TMPDIR/m2/diffusion_pytorch_model.safetensors"
+	# a valid seed gets past option parsing to the next complaint
+	run -2 --separate-stderr fx-eval --seed 18446744073709551615
+	[[ "$stderr" == *"error: --model and --cond are required"* ]]
+}
+
+@test "sampling follows fx-calib(1): sigma schedule, BF16 timestep and guidance, noise of in_channels/4 channels, seed N+p mod 2^64" {
+	write_fxref
+	# 16x16 is one image token; 12 steps reach sigma_11, whose timestep is
+	# 126 only through the middle BF16 rounding (bf16(1000 sigma) is 125.5);
+	# in_channels 128: 32 latent channels
+	m=$BATS_TEST_TMPDIR/m128
+	fx-synth -q --in-channels 128 -o "$m"
+	c=$BATS_TEST_TMPDIR/c.safetensors
+	run -0 fx-calib --model "$m" --cond "$C" --steps 12 --res 16x16 --guidance 4.25 --samples 64 \
+		--seed 18446744073709551615 -o "$c"
+	py "$m/diffusion_pytorch_model.safetensors" "$C" "$c" <<'PY'
+import sys
+from fxref import *
+_, T = load(sys.argv[1])
+_, C = load(sys.argv[2])
+_, S = load(sys.argv[3])
+sig = sigmas(12, 1, True)
+ts = [timestep(s) for s in sig]
+assert ts[11] == 126.0 and bf16(f32(sig[11] * 1000.0)) == 125.5, ts
+assert guidance(4.25) == 4256.0 and guidance(3.5) == 3504.0
+D = T["x_embedder.weight"][0][0]
+ada = rows(S["transformer_blocks.0.norm1.linear.samples"])
+qkv = rows(S["transformer_blocks.0.qkv_proj.samples"])
+assert len(ada) == 24 and len(qkv) == 24   # 2 prompts x 12 steps, one row each
+pooled = C["pooled_prompt_embeds"][1]
+for p, seed in [(0, 2**64 - 1), (1, 0)]:   # prompt 1's seed wraps to 0
+    pp = pooled[p * 768:(p + 1) * 768]
+    for i in range(12):
+        assert close(ada[12 * p + i], adaln_input(T, pp, ts[i], guidance(4.25))), (p, i)
+    # the rounding is what makes it match
+    assert not close(ada[12 * p + 11], adaln_input(T, pp, bf16(f32(sig[11] * 1000.0)), guidance(4.25)))
+    assert not close(ada[12 * p], adaln_input(T, pp, ts[0], 4250.0))
+    # step 0 of block 0's qkv_proj: the modulated LayerNorm of x_embedder(noise)
+    mod = linear(T, "transformer_blocks.0.norm1.linear", adaln_input(T, pp, ts[0], guidance(4.25)))
+    def qkv_in(z):
+        return modulated_ln(linear(T, "x_embedder", z), mod[0:D], mod[D:2 * D])
+    assert close(qkv[12 * p], qkv_in(noise(seed, 128, 16, 16))), p
+    assert not close(qkv[12 * p], qkv_in(noise(seed + 1, 128, 16, 16))), p
+    assert not close(qkv[12 * p], qkv_in(noise(seed, 64, 16, 16) + [0.0] * 64)), p   # not 16 channels
+PY
+	# schnell: no shift (sigma 1, 2/3, 1/3), no guidance
+	s=$BATS_TEST_TMPDIR/schnell
+	fx-synth -q --schnell -o "$s"
+	run -0 fx-calib --model "$s" --cond "$C" --prompts 1 --steps 3 --res 16x16 --samples 8 -o "$BATS_TEST_TMPDIR/s.safetensors"
+	py "$s/diffusion_pytorch_model.safetensors" "$C" "$BATS_TEST_TMPDIR/s.safetensors" <<'PY'
+import sys
+from fxref import *
+_, T = load(sys.argv[1])
+_, C = load(sys.argv[2])
+_, S = load(sys.argv[3])
+ts = [timestep(s) for s in sigmas(3, 1, False)]
+assert ts == [1000.0, 668.0, 334.0], ts
+ada = rows(S["single_transformer_blocks.1.norm.linear.samples"])
+assert len(ada) == 3
+for i in range(3):
+    assert close(ada[i], adaln_input(T, C["pooled_prompt_embeds"][1][:768], ts[i], None)), i
+PY
+}
+
+@test "the row sample follows fx-calib(1): reservoir with a generator per layer from N XOR the name's hash" {
+	write_fxref
+	A=(--model "$M" --cond "$C" --steps 3 --res 32x32 --seed 18446744073709551615)
+	run -0 fx-calib "${A[@]}" --samples 100000 -o "$BATS_TEST_TMPDIR/all.safetensors"
+	run -0 fx-calib "${A[@]}" --samples 5 -o "$BATS_TEST_TMPDIR/few.safetensors"
+	py "$BATS_TEST_TMPDIR/all.safetensors" "$BATS_TEST_TMPDIR/few.safetensors" 5 <<'PY'
+import sys
+from fxref import *
+_, every = load(sys.argv[1])
+_, few = load(sys.argv[2])
+cap, n = int(sys.argv[3]), 0
+for k in every.names():
+    if not k.endswith(".samples"):
+        continue
+    t = every[k]
+    g = SplitMix((2**64 - 1) ^ fnv_calib(k[:-len(".samples")]))
+    kept = []
+    for r, row in enumerate(rows(t)):   # every row, in order
+        if len(kept) < cap:
+            kept.append(row)
+        else:
+            j = g.u64() % (r + 1)
+            if j < cap:
+                kept[j] = row
+    assert rows(few[k]) == kept, k
+    n += 1
+assert n == 30, n
+PY
+}
