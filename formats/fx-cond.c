@@ -187,17 +187,15 @@ int fx_cond_read_prompts(char ***prompts, int *n, const char *path, struct fx_er
 	}
 	for (p = data; p < data + len; ) {
 		char *nl = memchr(p, '\n', (size_t)(data + len - p)), *s = p;
-		size_t l = nl ? (size_t)(nl - p) : (size_t)(data + len - p), k;
-		bool blank = true;
+		size_t l = nl ? (size_t)(nl - p) : (size_t)(data + len - p);
 
 		p = nl ? nl + 1 : data + len;
 		line++;
 		if (l && s[l - 1] == '\r')
 			l--;
-		for (k = 0; k < l; k++)
-			if (s[k] != ' ' && s[k] != '\t')
-				blank = false;
-		if (blank || s[0] == '#')
+		/* a line of spaces is a prompt, as FluxPipeline would encode it
+		 * (the tokens of the empty prompt); an empty line separates */
+		if (l == 0 || s[0] == '#')
 			continue;
 		if (!fx_utf8_valid(s, l)) {
 			ret = fx_error(err, FX_E_FORMAT, "'%s' line %zu: not valid UTF-8", path, line);
@@ -221,7 +219,7 @@ int fx_cond_read_prompts(char ***prompts, int *n, const char *path, struct fx_er
 		cnt++;
 	}
 	if (cnt == 0) {
-		ret = fx_error(err, FX_E_FORMAT, "'%s': no prompts (blank lines and '#' lines are skipped)", path);
+		ret = fx_error(err, FX_E_FORMAT, "'%s': no prompts (empty lines and '#' lines are skipped)", path);
 		goto out;
 	}
 	*prompts = v;
@@ -461,6 +459,16 @@ int fx_cond_run(const struct fx_cond_opts *o, bool *up_to_date, struct fx_stage 
 			firstc = i;
 		fx_log_debug("prompt %d: %zu T5 tokens, %zu CLIP tokens", i, n5 + 1, nc + 2);
 	}
+	{
+		int nblank = 0, first = -1;
+
+		for (int i = 0; i < P; i++)
+			if (prompts[i][strspn(prompts[i], " \t")] == '\0' && nblank++ == 0)
+				first = i;
+		if (nblank)
+			fx_log_info("%d prompt(s) of only spaces or tabs (the first: prompt %d): encoded as the "
+				    "empty prompt", nblank, first);
+	}
 	if (trunc5)
 		fx_log_warn("%d prompt(s) longer than %d T5 tokens were truncated (the first: prompt %d)", trunc5,
 			    L, first5);
@@ -474,22 +482,24 @@ int fx_cond_run(const struct fx_cond_opts *o, bool *up_to_date, struct fx_stage 
 	inputs = json_object();
 	{
 		char cfg5[8200], cfgc[8200], extra[64];
-		char *vp = join(paths.clip_tok, "vocab.json"), *mp = join(paths.clip_tok, "merges.txt");
-		const char *tf5[] = { paths.t5_tok }, *tfc[] = { vp, mp };
+		int nf5, nfc;
+		/* the tokenizer files and the configurations next to them, whose
+		 * special and added tokens change the ids */
+		const char *const *tf5 = fx_tok_t5_files(tok5, &nf5), *const *tfc = fx_tok_clip_files(tokc, &nfc);
 		static const char *const roles[] = { "t5", "t5_config", "t5_tokenizer", "clip", "clip_config",
 						     "clip_tokenizer" };
 		char ids[6][65];
 
 		snprintf(cfg5, sizeof(cfg5), "%s/config.json", paths.t5_dir);
 		snprintf(cfgc, sizeof(cfgc), "%s/config.json", paths.clip_dir);
-		ret = !vp || !mp || !inputs ? fx_error(err, FX_E_NOMEM, "out of memory") : 0;
+		ret = !inputs ? fx_error(err, FX_E_NOMEM, "out of memory") : 0;
 		if (ret == 0)
 			ret = fx_input_id(ids[0], paths.t5_dir, err);
 		if (ret == 0)
 			ret = fx_file_sha256(ids[1], cfg5, err);
 		snprintf(extra, sizeof(extra), "eos %d pad %d", fx_tok_t5_eos(tok5), fx_tok_t5_pad(tok5));
 		if (ret == 0)
-			ret = tokenizer_id(ids[2], tf5, 1, extra, err);
+			ret = tokenizer_id(ids[2], tf5, nf5, extra, err);
 		if (ret == 0)
 			ret = fx_input_id(ids[3], paths.clip_dir, err);
 		if (ret == 0)
@@ -497,9 +507,7 @@ int fx_cond_run(const struct fx_cond_opts *o, bool *up_to_date, struct fx_stage 
 		snprintf(extra, sizeof(extra), "bos %d eos %d pad %d", fx_tok_clip_bos(tokc), fx_tok_clip_eos(tokc),
 			 fx_tok_clip_pad(tokc));
 		if (ret == 0)
-			ret = tokenizer_id(ids[5], tfc, 2, extra, err);
-		free(vp);
-		free(mp);
+			ret = tokenizer_id(ids[5], tfc, nfc, extra, err);
 		if (ret < 0)
 			goto out;
 		for (size_t k = 0; k < FX_ARRAY_SIZE(roles); k++) {

@@ -42,9 +42,11 @@ int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, co
 		   const char *clip_tok, struct fx_err *err);
 void fx_cond_paths_release(struct fx_cond_paths *p);
 
-/* Reads the prompts: one a line, CR LF or LF; blank lines and lines whose
- * first character is '#' are skipped; invalid UTF-8 is an error naming the
- * line. *prompts is a malloc'ed array of malloc'ed strings. */
+/* Reads the prompts: one a line, CR LF or LF; empty lines and lines whose
+ * first character is '#' are skipped, a line of only spaces or tabs is a
+ * prompt (FluxPipeline encodes it as the empty prompt); invalid UTF-8 is an
+ * error naming the line. *prompts is a malloc'ed array of malloc'ed
+ * strings. */
 int fx_cond_read_prompts(char ***prompts, int *n, const char *path, struct fx_err *err);
 void fx_cond_prompts_free(char **prompts, int n);
 

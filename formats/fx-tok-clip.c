@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/fx-io.h"
+#include "fx-tok-added.h"
 #include "fx-tok-unicode.h"
 
 #define MAX_FILE (256u << 20)
@@ -31,6 +32,11 @@ struct fx_tok_clip {
 	int bos, eos, pad, unk;
 	char byte_enc[256][3]; /* byte -> UTF-8 of its GPT-2 alphabet character */
 	uint8_t byte_len[256];
+	struct fx_tok_added added;
+	struct fx_tok_config cfg;
+	char *vocab_path, *merges_path;
+	const char *files[4];  /* vocab.json, merges.txt, then cfg's files */
+	int nfiles;
 };
 
 static uint32_t fnv(const char *s, size_t n)
@@ -212,67 +218,78 @@ out:
 	return ret;
 }
 
-/* "pad_token" of a tokenizer config: a string or {"content": ...}. */
-static const char *pad_token_of(json_t *root)
+static int32_t vocab_cb(const void *model, const char *s, size_t n)
 {
-	json_t *p = json_object_get(root, "pad_token");
-
-	if (json_is_object(p))
-		p = json_object_get(p, "content");
-	return json_string_value(p);
+	return smap_get(&((const struct fx_tok_clip *)model)->vocab, s, n);
 }
 
-static int find_pad(struct fx_tok_clip *t)
+static int norm_cb(const void *model, const char *s, size_t n, char **out, size_t *out_len);
+
+/* The added tokens of transformers' CLIPTokenizer: the configuration's
+ * added_tokens_decoder, then the special tokens it names (bos
+ * <|startoftext|>, eos, unk and pad <|endoftext|> when it names none) and
+ * its additional_special_tokens; a pad token "!" makes "!" special text. */
+static int add_specials(struct fx_tok_clip *t, struct fx_err *err)
 {
-	static const char *const names[] = { "tokenizer_config.json", "special_tokens_map.json" };
-	size_t i;
+	static const char *const keys[] = { "bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+					    "cls_token", "mask_token" };
+	static const char *const dflt[] = { BOS_TEXT, EOS_TEXT, EOS_TEXT, NULL, EOS_TEXT, NULL, NULL };
+	static const char *const lists[] = { "additional_special_tokens", "extra_special_tokens" };
+	int32_t ids[FX_ARRAY_SIZE(keys)], id;
+	int ret;
 
-	for (i = 0; i < FX_ARRAY_SIZE(names); i++) {
-		char *p = join(t->dir, names[i]);
-		json_t *root = p ? json_load_file(p, 0, NULL) : NULL;
-		const char *pad = root ? pad_token_of(root) : NULL;
-		int32_t id = pad ? smap_get(&t->vocab, pad, strlen(pad)) : -1;
+	if ((ret = fx_tok_config_load(&t->cfg, t->dir, err)) < 0 ||
+	    (ret = fx_tok_added_from_config(&t->added, &t->cfg, err)) < 0)
+		return ret;
+	for (size_t k = 0; k < FX_ARRAY_SIZE(keys); k++)
+		if ((ret = fx_tok_added_special(&t->added, fx_tok_config_get(&t->cfg, keys[k]), dflt[k], vocab_cb, t,
+						t->nvocab, &ids[k], err)) < 0)
+			return ret;
+	for (size_t k = 0; k < FX_ARRAY_SIZE(lists); k++) {
+		json_t *el;
+		size_t i;
 
-		json_decref(root);
-		free(p);
-		if (id >= 0)
-			return id;
+		json_array_foreach(fx_tok_config_get(&t->cfg, lists[k]), i, el)
+			if ((ret = fx_tok_added_special(&t->added, el, NULL, vocab_cb, t, t->nvocab, &id, err)) < 0)
+				return ret;
 	}
-	return t->eos;
+	if (ids[0] < 0 || ids[1] < 0)
+		return fx_error(err, FX_E_FORMAT, "'%s': no start- or end-of-text token (%s, %s)", t->vocab_path,
+				BOS_TEXT, EOS_TEXT);
+	t->bos = ids[0];
+	t->eos = ids[1];
+	t->unk = ids[2] >= 0 ? ids[2] : t->eos;
+	t->pad = ids[4] >= 0 ? ids[4] : t->eos;
+	t->files[0] = t->vocab_path;
+	t->files[1] = t->merges_path;
+	t->nfiles = 2;
+	for (int i = 0; i < t->cfg.nfiles; i++)
+		t->files[t->nfiles++] = t->cfg.files[i];
+	return fx_tok_added_prepare(&t->added, norm_cb, t, err);
 }
 
 int fx_tok_clip_open(struct fx_tok_clip **out, const char *dir, struct fx_err *err)
 {
 	struct fx_tok_clip *t = calloc(1, sizeof(*t));
-	char *vp = NULL, *mp = NULL;
 	int ret;
 
 	*out = NULL;
 	if (!t)
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	t->dir = strdup(dir);
-	vp = join(dir, "vocab.json");
-	mp = join(dir, "merges.txt");
-	if (!t->dir || !vp || !mp) {
+	t->vocab_path = join(dir, "vocab.json");
+	t->merges_path = join(dir, "merges.txt");
+	if (!t->dir || !t->vocab_path || !t->merges_path) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
 	byte_alphabet(t);
-	if ((ret = load_vocab(t, vp, err)) < 0 || (ret = load_merges(t, mp, err)) < 0)
+	if ((ret = load_vocab(t, t->vocab_path, err)) < 0 || (ret = load_merges(t, t->merges_path, err)) < 0 ||
+	    (ret = add_specials(t, err)) < 0)
 		goto out;
-	t->bos = smap_get(&t->vocab, BOS_TEXT, strlen(BOS_TEXT));
-	t->eos = smap_get(&t->vocab, EOS_TEXT, strlen(EOS_TEXT));
-	if (t->bos < 0 || t->eos < 0) {
-		ret = fx_error(err, FX_E_FORMAT, "'%s': no %s or %s token", vp, BOS_TEXT, EOS_TEXT);
-		goto out;
-	}
-	t->unk = t->eos;
-	t->pad = find_pad(t);
 	*out = t;
 	t = NULL;
 out:
-	free(vp);
-	free(mp);
 	fx_tok_clip_free(t);
 	return ret;
 }
@@ -283,6 +300,10 @@ void fx_tok_clip_free(struct fx_tok_clip *t)
 		return;
 	smap_release(&t->vocab);
 	smap_release(&t->merges);
+	fx_tok_added_release(&t->added);
+	fx_tok_config_release(&t->cfg);
+	free(t->vocab_path);
+	free(t->merges_path);
 	free(t->dir);
 	free(t);
 }
@@ -310,6 +331,12 @@ int fx_tok_clip_eos(const struct fx_tok_clip *t)
 int fx_tok_clip_pad(const struct fx_tok_clip *t)
 {
 	return t->pad;
+}
+
+const char *const *fx_tok_clip_files(const struct fx_tok_clip *t, int *n)
+{
+	*n = t->nfiles;
+	return t->files;
 }
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -480,15 +507,39 @@ static bool is_contraction(const uint32_t *c, size_t n, size_t i, size_t *len)
 	}
 }
 
-/* A stretch of text without special tokens: normalize, split, BPE. */
-static int segment(const struct fx_tok_clip *t, const char *s, size_t n, struct ids *d)
+struct buf {
+	char *p;
+	size_t n, cap;
+};
+
+static int buf_put(struct buf *b, const char *s, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 256;
+		char *p;
+
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		if (!(p = realloc(b->p, cap)))
+			return FX_E_NOMEM;
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+	b->p[b->n] = '\0';
+	return 0;
+}
+
+/* CLIP's normalizer: NFC, whitespace runs -> " ", lowercase; appends the
+ * UTF-8 to out (invalid bytes become U+FFFD). */
+static int normalize(const char *s, size_t n, struct buf *out)
 {
 	uint32_t *cp = malloc((n + 1) * sizeof(*cp)), *nf = malloc((4 * n + 1) * sizeof(*nf));
-	uint32_t *lo = malloc((8 * n + 1) * sizeof(*lo));
-	size_t nc = 0, nn, nl = 0, i;
+	size_t nc = 0, nn, i;
 	int ret = 0;
 
-	if (!cp || !nf || !lo) {
+	if (!cp || !nf) {
 		ret = FX_E_NOMEM;
 		goto out;
 	}
@@ -499,16 +550,65 @@ static int segment(const struct fx_tok_clip *t, const char *s, size_t n, struct 
 		i += l > 0 ? (size_t)l : 1;
 	}
 	nn = fx_uni_nfc(nf, cp, nc);
-	/* \s+ -> " ", then lowercase */
-	for (i = 0; i < nn; i++) {
+	for (i = 0; i < nn && ret == 0; i++) {
+		uint32_t lo[2];
+		char u[8];
+		int k, l = 0;
+
 		if (fx_uni_is_space(nf[i])) {
 			if (i == 0 || !fx_uni_is_space(nf[i - 1]))
-				lo[nl++] = ' ';
+				ret = buf_put(out, " ", 1);
 			continue;
 		}
-		nl += (size_t)fx_uni_lower(nf[i], &lo[nl]);
+		k = fx_uni_lower(nf[i], lo);
+		for (int j = 0; j < k; j++)
+			l += fx_utf8_encode(lo[j], u + l);
+		ret = buf_put(out, u, (size_t)l);
 	}
-	/* CLIP's pattern, leftmost first */
+out:
+	free(cp);
+	free(nf);
+	return ret;
+}
+
+static int norm_cb(const void *model, const char *s, size_t n, char **out, size_t *out_len)
+{
+	struct buf b = {0};
+	int ret;
+
+	(void)model;
+	ret = normalize(s, n, &b);
+	if (ret == 0 && !b.p)
+		ret = buf_put(&b, "", 0);
+	if (ret < 0) {
+		free(b.p);
+		return ret;
+	}
+	*out = b.p;
+	*out_len = b.n;
+	return 0;
+}
+
+/* Normalized text between added tokens: CLIP's pattern, then BPE. */
+static int words(const struct fx_tok_clip *t, const char *s, size_t n, struct ids *d)
+{
+	uint32_t *lo = malloc((n + 1) * sizeof(*lo));
+	size_t nl = 0, i;
+	int ret = 0;
+
+	if (!lo)
+		return FX_E_NOMEM;
+	for (i = 0; i < n; ) {
+		int l = fx_utf8_decode(s + i, n - i, &lo[nl]);
+
+		nl++;
+		i += l > 0 ? (size_t)l : 1;
+	}
+	/* CLIP's pattern, leftmost first. Its alternatives <\|startoftext\|>
+	 * and <\|endoftext\|> are left out: such a piece (text that was not an
+	 * added token, "<|ENDOFTEXT|>" lowercased) is split again by the
+	 * byte-level pre-tokenizer's GPT-2 pattern into "<|", the word, "|>",
+	 * which the rules below give directly */
 	for (i = 0; i < nl && ret == 0; ) {
 		size_t j = i, len;
 
@@ -531,47 +631,55 @@ static int segment(const struct fx_tok_clip *t, const char *s, size_t n, struct 
 		ret = piece(t, lo + i, j - i, d);
 		i = j;
 	}
-out:
-	free(cp);
-	free(nf);
 	free(lo);
 	return ret;
+}
+
+/* The state of one fx_tok_clip_tokenize call. */
+struct run {
+	const struct fx_tok_clip *t;
+	struct ids d;
+	struct buf norm;
+};
+
+static int normalized_piece(void *ctx, const char *s, size_t n, int32_t id)
+{
+	struct run *r = ctx;
+
+	return id >= 0 ? ids_put(&r->d, id) : words(r->t, s, n, &r->d);
+}
+
+/* Raw text between the added tokens matched on the raw text: normalize it,
+ * then cut out the tokens matched on normalized text. */
+static int raw_piece(void *ctx, const char *s, size_t n, int32_t id)
+{
+	struct run *r = ctx;
+	int ret;
+
+	if (id >= 0)
+		return ids_put(&r->d, id);
+	r->norm.n = 0;
+	if ((ret = normalize(s, n, &r->norm)) < 0)
+		return ret;
+	return fx_tok_added_split(&r->t->added, r->norm.p, r->norm.n, true, normalized_piece, r);
 }
 
 int fx_tok_clip_tokenize(const struct fx_tok_clip *t, const char *text, int32_t **ids, size_t *n,
 			 struct fx_err *err)
 {
-	struct ids d = {0};
-	const char *p = text;
-	int ret = 0;
+	struct run r = { .t = t };
+	int ret;
 
 	*ids = NULL;
 	*n = 0;
-	while (*p && ret == 0) {
-		const char *a = strstr(p, BOS_TEXT), *b = strstr(p, EOS_TEXT), *sp = a;
-		size_t sl = sizeof(BOS_TEXT) - 1;
-		int32_t sid = t->bos;
-
-		if (!a || (b && b < a)) {
-			sp = b;
-			sl = sizeof(EOS_TEXT) - 1;
-			sid = t->eos;
-		}
-		if (!sp) {
-			ret = segment(t, p, strlen(p), &d);
-			break;
-		}
-		if (sp > p && (ret = segment(t, p, (size_t)(sp - p), &d)) < 0)
-			break;
-		ret = ids_put(&d, sid);
-		p = sp + sl;
-	}
+	ret = fx_tok_added_split(&t->added, text, strlen(text), false, raw_piece, &r);
+	free(r.norm.p);
 	if (ret < 0) {
-		free(d.v);
+		free(r.d.v);
 		return fx_error(err, ret, "out of memory while tokenizing");
 	}
-	*ids = d.v;
-	*n = d.n;
+	*ids = r.d.v;
+	*n = r.d.n;
 	return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "../common/fx-io.h"
+#include "fx-tok-added.h"
 #include "fx-tok-unicode.h"
 
 #define MAX_FILE (512u << 20)
@@ -44,6 +45,10 @@ struct fx_tok_t5 {
 	bool graphemes;          /* tokenizer.json: the tokenizers library's per-grapheme mapping */
 	char repl[8];            /* "▁" */
 	int repl_len;
+	struct fx_tok_added added;
+	struct fx_tok_config cfg;
+	const char *files[3];    /* the tokenizer file, then cfg's files */
+	int nfiles;
 };
 
 /* ---- small helpers ------------------------------------------------- */
@@ -293,9 +298,7 @@ static int load_json(struct fx_tok_t5 *t, const char *text, size_t len, struct f
 	static const char *const norms[] = { "Precompiled", "Replace", "Strip", NULL };
 	static const char *const pres[] = { "WhitespaceSplit", "Metaspace", NULL };
 	json_error_t je;
-	json_t *root = json_loadb(text, len, 0, &je), *model, *vocab, *el, *added, *pre = NULL,
-	       *prec = NULL;
-	bool *special = NULL;
+	json_t *root = json_loadb(text, len, 0, &je), *model, *vocab, *el, *pre = NULL, *prec = NULL;
 	const char *ty;
 	int cap = 0, ret = 0, unk;
 	size_t i;
@@ -321,22 +324,14 @@ static int load_json(struct fx_tok_t5 *t, const char *text, size_t len, struct f
 	}
 	unk = json_is_integer(json_object_get(model, "unk_id")) ?
 	      (int)json_integer_value(json_object_get(model, "unk_id")) : -1;
-	/* added (special) tokens are matched before the model, never by it */
-	special = calloc(json_array_size(vocab), 1);
-	if (!special) {
-		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+	/* the added tokens are cut out before the model runs; the model itself
+	 * matches every piece, those and <unk> included (the tokenizers
+	 * library's Unigram does: "＜/s＞" normalizes to "</s>", the piece </s>) */
+	if ((ret = fx_tok_added_from_json(&t->added, json_object_get(root, "added_tokens"), t->path, err)) < 0)
 		goto out;
-	}
-	added = json_object_get(root, "added_tokens");
-	json_array_foreach(added, i, el) {
-		json_int_t id = json_integer_value(json_object_get(el, "id"));
-
-		if (id >= 0 && (size_t)id < json_array_size(vocab))
-			special[id] = true;
-	}
 	json_array_foreach(vocab, i, el) {
 		json_t *p = json_array_get(el, 0), *s = json_array_get(el, 1);
-		int type = (int)i == unk ? T_UNKNOWN : special[i] ? T_CONTROL : T_NORMAL;
+		int type = T_NORMAL;
 
 		if (!json_is_string(p) || !json_is_number(s)) {
 			ret = fx_error(err, FX_E_FORMAT, "'%s': model.vocab[%zu] is not [piece, score]", t->path, i);
@@ -408,7 +403,6 @@ static int load_json(struct fx_tok_t5 *t, const char *text, size_t len, struct f
 		}
 	}
 out:
-	free(special);
 	json_decref(root);
 	return ret;
 }
@@ -559,6 +553,91 @@ bad:
 	return fx_error(err, FX_E_FORMAT, "'%s': malformed SentencePiece model (protobuf)", t->path);
 }
 
+/* ---- added tokens ---------------------------------------------------------- */
+
+static int norm_cb(const void *model, const char *s, size_t n, char **out, size_t *out_len);
+
+static int32_t vocab_cb(const void *model, const char *s, size_t n)
+{
+	return lookup(model, s, n, fnv(s, n));
+}
+
+/* The special tokens transformers' T5 tokenizer adds when it loads: those
+ * the configuration next to the tokenizer file names (eos </s>, unk <unk>
+ * and pad <pad> when it names none), its additional_special_tokens, and
+ * <extra_id_0> .. <extra_id_N-1> for "extra_ids": N (100 when not given)
+ * unless that list holds some already. The pad id follows the
+ * configuration's pad_token; EOS is the post-processor's. */
+static int add_specials(struct fx_tok_t5 *t, struct fx_err *err)
+{
+	static const char *const keys[] = { "bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+					    "cls_token", "mask_token" };
+	static const char *const dflt[] = { NULL, "</s>", "<unk>", NULL, "<pad>", NULL, NULL };
+	static const char *const lists[] = { "additional_special_tokens", "extra_special_tokens" };
+	char *dir = strdup(t->path), *slash;
+	bool have_extra = false;
+	json_t *v, *el;
+	int32_t id;
+	int ret;
+
+	if (!dir)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	slash = strrchr(dir, '/');
+	if (slash)
+		*slash = '\0';
+	ret = fx_tok_config_load(&t->cfg, slash ? (slash == dir ? "/" : dir) : ".", err);
+	free(dir);
+	if (ret < 0 || (ret = fx_tok_added_from_config(&t->added, &t->cfg, err)) < 0)
+		return ret;
+	for (size_t k = 0; k < FX_ARRAY_SIZE(keys); k++) {
+		v = fx_tok_config_get(&t->cfg, keys[k]);
+		if ((ret = fx_tok_added_special(&t->added, v, dflt[k], vocab_cb, t, t->n, &id, err)) < 0)
+			return ret;
+		if (!strcmp(keys[k], "pad_token") && v && id >= 0)
+			t->pad = id;
+		if (!strcmp(keys[k], "eos_token") && t->eos < 0)
+			t->eos = id;
+	}
+	for (size_t k = 0; k < FX_ARRAY_SIZE(lists); k++) {
+		size_t i;
+
+		v = fx_tok_config_get(&t->cfg, lists[k]);
+		json_array_foreach(v, i, el) {
+			json_t *c = json_is_object(el) ? json_object_get(el, "content") : el;
+
+			if (json_is_string(c) && strstr(json_string_value(c), "<extra_id_"))
+				have_extra = true;
+			if ((ret = fx_tok_added_special(&t->added, el, NULL, vocab_cb, t, t->n, &id, err)) < 0)
+				return ret;
+		}
+	}
+	v = t->cfg.config ? json_object_get(t->cfg.config, "extra_ids") : NULL;
+	if (!have_extra) {
+		json_int_t ne = json_is_integer(v) ? json_integer_value(v) : 100;
+
+		if (ne > 4096)
+			return fx_error(err, FX_E_UNSUPPORTED, "'%s': extra_ids %lld, fx reads at most 4096",
+					t->cfg.files[0], (long long)ne);
+		for (json_int_t i = 0; i < ne; i++) {
+			char name[40];
+			json_t *s;
+
+			snprintf(name, sizeof(name), "<extra_id_%lld>", (long long)i);
+			if (!(s = json_string(name)))
+				return fx_error(err, FX_E_NOMEM, "out of memory");
+			ret = fx_tok_added_special(&t->added, s, NULL, vocab_cb, t, t->n, &id, err);
+			json_decref(s);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	t->files[0] = t->path;
+	t->nfiles = 1;
+	for (int i = 0; i < t->cfg.nfiles; i++)
+		t->files[t->nfiles++] = t->cfg.files[i];
+	return fx_tok_added_prepare(&t->added, norm_cb, t, err);
+}
+
 /* ---- open ---------------------------------------------------------------- */
 
 static char *join(const char *dir, const char *name)
@@ -621,7 +700,7 @@ int fx_tok_t5_open(struct fx_tok_t5 **out, const char *path, struct fx_err *err)
 		else
 			ret = load_spiece(t, (const unsigned char *)data, len, err);
 	}
-	if (ret < 0 || (ret = finish_vocab(t, err)) < 0)
+	if (ret < 0 || (ret = finish_vocab(t, err)) < 0 || (ret = add_specials(t, err)) < 0)
 		goto out;
 	if (t->eos < 0)
 		t->eos = lookup_str(t, "</s>");
@@ -652,6 +731,8 @@ void fx_tok_t5_free(struct fx_tok_t5 *t)
 	free(t->hash);
 	free(t->trie);
 	free(t->norm);
+	fx_tok_added_release(&t->added);
+	fx_tok_config_release(&t->cfg);
 	free(t);
 }
 
@@ -673,6 +754,12 @@ int fx_tok_t5_eos(const struct fx_tok_t5 *t)
 int fx_tok_t5_pad(const struct fx_tok_t5 *t)
 {
 	return t->pad;
+}
+
+const char *const *fx_tok_t5_files(const struct fx_tok_t5 *t, int *n)
+{
+	*n = t->nfiles;
+	return t->files;
 }
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -739,10 +826,10 @@ static size_t charsmap_match(const struct fx_tok_t5 *t, const unsigned char *s, 
 
 /* SentencePiece's normalization: at each position the longest match of
  * the character map, else one character; invalid UTF-8 -> U+FFFD. */
-static int normalize_spm(const struct fx_tok_t5 *t, const char *text, struct buf *out)
+static int normalize_spm(const struct fx_tok_t5 *t, const char *text, size_t n, struct buf *out)
 {
 	const unsigned char *s = (const unsigned char *)text;
-	size_t n = strlen(text), i = 0;
+	size_t i = 0;
 	int ret;
 
 	while (i < n) {
@@ -784,9 +871,9 @@ static int map_char(const struct fx_tok_t5 *t, const char *s, size_t n, bool bad
  * cluster, a cluster of fewer than 6 bytes that starts with a key of the
  * map becomes the replacement of its shortest such key (the rest of the
  * cluster is dropped); otherwise each character is mapped on its own. */
-static int normalize_graphemes(const struct fx_tok_t5 *t, const char *text, struct buf *out)
+static int normalize_graphemes(const struct fx_tok_t5 *t, const char *text, size_t n, struct buf *out)
 {
-	size_t n = strlen(text), nc = 0, i;
+	size_t nc = 0, i;
 	uint32_t *cps = malloc((n + 1) * sizeof(*cps));
 	size_t *off = malloc((n + 1) * sizeof(*off));
 	bool *bad = malloc(n + 1);
@@ -827,11 +914,27 @@ out:
 	return ret;
 }
 
-static int normalize(const struct fx_tok_t5 *t, const char *text, struct buf *out)
+static int normalize(const struct fx_tok_t5 *t, const char *text, size_t n, struct buf *out)
 {
 	if (t->graphemes && t->trie)
-		return normalize_graphemes(t, text, out);
-	return normalize_spm(t, text, out);
+		return normalize_graphemes(t, text, n, out);
+	return normalize_spm(t, text, n, out);
+}
+
+static int norm_cb(const void *model, const char *s, size_t n, char **out, size_t *out_len)
+{
+	struct buf b = {0};
+	int ret = normalize(model, s, n, &b);
+
+	if (ret == 0 && !b.p)
+		ret = buf_put(&b, "", 0);
+	if (ret < 0) {
+		free(b.p);
+		return ret;
+	}
+	*out = b.p;
+	*out_len = b.n;
+	return 0;
 }
 
 struct node {
@@ -931,64 +1034,100 @@ static int viterbi(const struct fx_tok_t5 *t, const char *w, size_t n, struct no
 	return ret;
 }
 
-int fx_tok_t5_tokenize(const struct fx_tok_t5 *t, const char *text, int32_t **ids, size_t *n,
-		       struct fx_err *err)
+/* The state of one fx_tok_t5_tokenize call. */
+struct run {
+	const struct fx_tok_t5 *t;
+	struct ids d;
+	struct buf norm, word;
+	struct node *nodes;
+	size_t nodes_cap;
+	bool first;              /* no word yet: the one word without "▁" when add_prefix is off */
+};
+
+/* Normalized text between added tokens: whitespace separates words, each
+ * gets the "▁" prefix and goes through Viterbi. */
+static int words(struct run *r, const char *s, size_t n)
 {
-	struct buf norm = {0}, word = {0};
-	struct ids d = {0};
-	struct node *nodes = NULL;
-	size_t i = 0, nodes_cap = 0;
-	bool first = true;
+	const struct fx_tok_t5 *t = r->t;
+	size_t i = 0;
 	int ret;
 
-	*ids = NULL;
-	*n = 0;
-	if ((ret = normalize(t, text, &norm)) < 0)
-		goto out;
-	while (i < norm.n) {
+	while (i < n) {
 		size_t start, end;
 		uint32_t cp;
 		int l;
 
 		/* skip whitespace */
-		while (i < norm.n && (l = fx_utf8_decode(norm.p + i, norm.n - i, &cp)) > 0 &&
-		       fx_uni_is_space(cp))
+		while (i < n && (l = fx_utf8_decode(s + i, n - i, &cp)) > 0 && fx_uni_is_space(cp))
 			i += (size_t)l;
-		if (i >= norm.n)
+		if (i >= n)
 			break;
 		start = i;
-		while (i < norm.n) {
-			l = fx_utf8_decode(norm.p + i, norm.n - i, &cp);
+		while (i < n) {
+			l = fx_utf8_decode(s + i, n - i, &cp);
 			if (l > 0 && fx_uni_is_space(cp))
 				break;
 			i += l > 0 ? (size_t)l : 1;
 		}
 		end = i;
-		word.n = 0;
-		if ((t->add_prefix || !first) && (ret = buf_put(&word, t->repl, (size_t)t->repl_len)) < 0)
-			goto out;
-		first = false;
-		if ((ret = buf_put(&word, norm.p + start, end - start)) < 0)
-			goto out;
-		if (word.n + 1 > nodes_cap) {
-			free(nodes);
-			nodes_cap = word.n + 1;
-			if (!(nodes = malloc(nodes_cap * sizeof(*nodes)))) {
-				ret = FX_E_NOMEM;
-				goto out;
-			}
+		r->word.n = 0;
+		if ((t->add_prefix || !r->first) && (ret = buf_put(&r->word, t->repl, (size_t)t->repl_len)) < 0)
+			return ret;
+		r->first = false;
+		if ((ret = buf_put(&r->word, s + start, end - start)) < 0)
+			return ret;
+		if (r->word.n + 1 > r->nodes_cap) {
+			free(r->nodes);
+			r->nodes_cap = r->word.n + 1;
+			if (!(r->nodes = malloc(r->nodes_cap * sizeof(*r->nodes))))
+				return FX_E_NOMEM;
 		}
-		if ((ret = viterbi(t, word.p, word.n, nodes, &d)) < 0)
-			goto out;
+		if ((ret = viterbi(t, r->word.p, r->word.n, r->nodes, &r->d)) < 0)
+			return ret;
 	}
-	*ids = d.v;
-	*n = d.n;
-	d.v = NULL;
-out:
-	free(d.v);
-	free(nodes);
-	free(norm.p);
-	free(word.p);
+	return 0;
+}
+
+static int normalized_piece(void *ctx, const char *s, size_t n, int32_t id)
+{
+	struct run *r = ctx;
+
+	return id >= 0 ? ids_put(&r->d, id) : words(r, s, n);
+}
+
+/* Raw text between the added tokens matched on the raw text: normalize it,
+ * then cut out the tokens matched on normalized text. */
+static int raw_piece(void *ctx, const char *s, size_t n, int32_t id)
+{
+	struct run *r = ctx;
+	int ret;
+
+	if (id >= 0)
+		return ids_put(&r->d, id);
+	r->norm.n = 0;
+	if ((ret = normalize(r->t, s, n, &r->norm)) < 0)
+		return ret;
+	return fx_tok_added_split(&r->t->added, r->norm.p, r->norm.n, true, normalized_piece, r);
+}
+
+int fx_tok_t5_tokenize(const struct fx_tok_t5 *t, const char *text, int32_t **ids, size_t *n,
+		       struct fx_err *err)
+{
+	struct run r = { .t = t, .first = true };
+	int ret;
+
+	*ids = NULL;
+	*n = 0;
+	ret = fx_tok_added_split(&t->added, text, strlen(text), false, raw_piece, &r);
+	if (ret == 0) {
+		*ids = r.d.v;
+		*n = r.d.n;
+		r.d.v = NULL;
+	}
+	free(r.d.v);
+	free(r.nodes);
+	free(r.norm.p);
+	free(r.word.p);
 	if (ret == FX_E_NOMEM)
 		return fx_error(err, FX_E_NOMEM, "out of memory while tokenizing");
 	return ret;

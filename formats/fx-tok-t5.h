@@ -14,7 +14,14 @@
  * library (per grapheme cluster: a cluster under 6 bytes starting with a
  * key becomes that shortest key's replacement, else each character is
  * mapped alone). The two differ only for combining marks that follow a
- * mapped character (e.g. "ﬁ" + U+0301: tokenizers drops the accent). */
+ * mapped character (e.g. "ﬁ" + U+0301: tokenizers drops the accent).
+ *
+ * Before all that, the added tokens (fx-tok-added.h) are cut out of the
+ * text as transformers does, for both forms: those of tokenizer.json and of
+ * tokenizer_config.json / special_tokens_map.json next to the file, with
+ * the special tokens these name (</s>, <unk>, <pad> by default) and
+ * <extra_id_N> as transformers' T5 tokenizer adds them. The text between is
+ * normalized and split on its own. */
 #ifndef FX_TOK_T5_H
 #define FX_TOK_T5_H
 
@@ -31,7 +38,11 @@ void fx_tok_t5_free(struct fx_tok_t5 *t);
 const char *fx_tok_t5_path(const struct fx_tok_t5 *t);
 int fx_tok_t5_vocab_size(const struct fx_tok_t5 *t);
 int fx_tok_t5_eos(const struct fx_tok_t5 *t);
+/* The pad id: the configuration's pad_token, else the model's <pad>. */
 int fx_tok_t5_pad(const struct fx_tok_t5 *t);
+/* The files read: the tokenizer file, then the configuration files that
+ * were there (*n of them; borrowed). */
+const char *const *fx_tok_t5_files(const struct fx_tok_t5 *t, int *n);
 
 /* The pieces of text (UTF-8; invalid bytes count as U+FFFD), without EOS:
  * *ids is malloc'ed (may be NULL when *n is 0), the caller frees it. */

@@ -14,7 +14,7 @@ enum { OPT_T5 = 256, OPT_CLIP, OPT_PROMPTS, OPT_MAX_LEN, OPT_BLOCKS_OF, OPT_TOK_
 static const struct fx_opt opts[] = {
 	{ "t5", 0, FX_OPT_REQ, "T5DIR", "T5 encoder: text_encoder_2/ (tokenizer there or in ../tokenizer_2/), or the FLUX folder", OPT_T5 },
 	{ "clip", 0, FX_OPT_REQ, "CLIPDIR", "CLIP text model: text_encoder/ (tokenizer there or in ../tokenizer/), or the FLUX folder", OPT_CLIP },
-	{ "prompts", 0, FX_OPT_REQ, "FILE", "prompts, one a line ('#' lines and blank lines skipped)", OPT_PROMPTS },
+	{ "prompts", 0, FX_OPT_REQ, "FILE", "prompts, one a line ('#' lines and empty lines skipped)", OPT_PROMPTS },
 	{ "max-len", 0, FX_OPT_REQ, "L", "T5 tokens per prompt: 512 for dev, 256 for schnell (default 512)", OPT_MAX_LEN },
 	{ "blocks-of", 0, FX_OPT_REQ, "N", "prompts encoded per pass over the layers (default 16, with --device cuda 64)", OPT_BLOCKS_OF },
 	{ "tokenizer-t5", 0, FX_OPT_REQ, "DIR", "T5 tokenizer folder (tokenizer.json or spiece.model) or file, instead of the search", OPT_TOK_T5 },

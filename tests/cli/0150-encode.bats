@@ -266,6 +266,96 @@ PY
 	! ls "$BATS_TEST_TMPDIR" | grep -q '\.tmp\.'
 }
 
+# ids_vs_ref OUT TOKDIR_T5 TOKDIR_CLIP PROMPT...: the token id rows of OUT
+# (fx-encode --max-len 24) are those of tests/fixtures/text-special-ref.json
+# (transformers) for these tokenizers, one prompt per row; CLIP rows are 77
+# long there, the reference's 24 then padding
+ids_vs_ref() {
+	python3 - "$BATS_TEST_DIRNAME/../fixtures/text-special-ref.json" "$@" <<'PY'
+import json, struct, sys
+ref, out, t5, clip, prompts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+cases = {(c["tokenizer"], c["prompt"]): c["ids"] for c in json.load(open(ref, encoding="utf-8"))["cases"]}
+d = open(out, "rb").read()
+n = struct.unpack("<Q", d[:8])[0]
+h = json.loads(d[8:8 + n])
+def rows(name, width):
+    a, b = h[name]["data_offsets"]
+    v = struct.unpack("<%di" % ((b - a) // 4), d[8 + n + a:8 + n + b])
+    return [list(v[i:i + width]) for i in range(0, len(v), width)]
+assert json.loads(h["__metadata__"]["fx.prompts"]) == prompts, h["__metadata__"]["fx.prompts"]
+r5, rc = rows("t5_input_ids", 24), rows("clip_input_ids", 77)
+for i, p in enumerate(prompts):
+    w5, wc = cases[(t5, p)], cases[(clip, p)]
+    assert r5[i] == w5, (p, "T5", r5[i], w5)
+    assert rc[i][:24] == wc and set(rc[i][24:]) <= {wc[-1]}, (p, "CLIP", rc[i], wc)
+PY
+}
+
+@test "special-token text: </s>, <pad>, <unk>, <|endoftext|> are one id each, as transformers" {
+	printf '%s\n' '</s>' 'a</s>b' '  </s>  ' '<pad>a<unk>' 'a photo</s>of a cat' '<extra_id_0>' \
+		'<|endoftext|>' 'a <|endoftext|> b' '<|startoftext|>x' '<|ENDOFTEXT|>' >"$P"
+	run -0 fx-encode -q --t5 "$FIX/t5" --clip "$FIX/clip" --max-len 24 --prompts "$P" -o "$O"
+	ids_vs_ref "$O" text/t5 text/clip '</s>' 'a</s>b' '  </s>  ' '<pad>a<unk>' 'a photo</s>of a cat' \
+		'<extra_id_0>' '<|endoftext|>' 'a <|endoftext|> b' '<|startoftext|>x' '<|ENDOFTEXT|>'
+}
+
+@test "a pad token that is ordinary text (\"!\") is special text; FLUX.1's CLIP configuration" {
+	printf '%s\n' 'hello!' 'hi ! there!!' '</s>' '<|ENDOFTEXT|>' >"$P"
+	# T5: pad_token "!" in tokenizer_config.json only (the ids of <extra_id_N>
+	# there are past this encoder's vocabulary, so no such prompt here)
+	run -0 fx-encode -q --t5 "$FIX/t5" --clip "$FIX/clip" --tokenizer-t5 "$FIX/t5-added" \
+		--tokenizer-clip "$FIX/clip-pad" --max-len 24 --prompts "$P" -o "$O"
+	ids_vs_ref "$O" text/t5-added text/clip-pad 'hello!' 'hi ! there!!' '</s>' '<|ENDOFTEXT|>'
+	run -0 fx-encode -q --t5 "$FIX/t5" --clip "$FIX/clip" --tokenizer-clip "$FIX/clip-flux" \
+		--max-len 24 --prompts "$P" -o "$O" --force
+	ids_vs_ref "$O" text/t5 text/clip-flux 'hello!' 'hi ! there!!' '</s>' '<|ENDOFTEXT|>'
+	echo '<extra_id_0>' >"$P"
+	run -3 --separate-stderr fx-encode --t5 "$FIX/t5" --clip "$FIX/clip" --tokenizer-t5 "$FIX/t5-added" \
+		--prompts "$P" -o "$BATS_TEST_TMPDIR/x.safetensors"
+	[[ "$stderr" == *"gives token id 699 (prompt 0)"*"do not belong together"* ]]
+}
+
+@test "a line of spaces is a prompt (the empty prompt's tokens), an empty line is not" {
+	printf 'a photo of a cat\n\n   \n\t\r\n\r\n# note\n' >"$P"
+	run -0 --separate-stderr fx-encode "${ARGS[@]}" --max-len 24 --prompts "$P" -o "$O" --json
+	[ "$(json_field "$output" 'd["computed"]')" = "['prompt.0', 'prompt.1', 'prompt.2']" ]
+	[[ "$stderr" == *"2 prompt(s) of only spaces or tabs (the first: prompt 1)"* ]]
+	ids_vs_ref "$O" text/t5 text/clip 'a photo of a cat' '   ' $'\t'
+	# FluxPipeline encodes "" the same way
+	python3 - "$BATS_TEST_DIRNAME/../fixtures/text-special-ref.json" <<'PY'
+import json, sys
+c = {(x["tokenizer"], x["prompt"]): x["ids"] for x in json.load(open(sys.argv[1], encoding="utf-8"))["cases"]}
+for t in ("text/t5", "text/clip"):
+    assert c[(t, "   ")] == c[(t, "\t")] == c[(t, "")], t
+PY
+}
+
+@test "the tokenizer configuration is part of the recipe: a new special token re-encodes" {
+	C=$BATS_TEST_TMPDIR/clip
+	cp -r "$FIX/clip" "$C"
+	echo 'a photo of a cat' >"$P"
+	run -0 fx-encode -q --t5 "$FIX/t5" --clip "$C" --max-len 24 --prompts "$P" -o "$O"
+	python3 - "$C/tokenizer_config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["additional_special_tokens"] = ["photo"]
+json.dump(c, open(sys.argv[1], "w"))
+PY
+	run -0 --separate-stderr fx-encode --t5 "$FIX/t5" --clip "$C" --max-len 24 --prompts "$P" -o "$O" --json
+	[ "$(json_field "$output" 'd["computed"]')" = "['prompt.0']" ]
+	# "photo" is now one special token: its vocabulary id, not "photo</w>"
+	python3 - "$O" "$C/vocab.json" <<'PY'
+import json, struct, sys
+d = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", d[:8])[0]
+h = json.loads(d[8:8 + n])
+a, b = h["clip_input_ids"]["data_offsets"]
+ids = struct.unpack("<77i", d[8 + n + a:8 + n + b])
+v = json.load(open(sys.argv[2], encoding="utf-8"))
+assert ids[1:6] == (v["a</w>"], v["photo"], v["of</w>"], v["a</w>"], v["cat</w>"]), ids[:8]
+PY
+}
+
 @test "man/fx-encode.1: every --help option has an OPTIONS entry, the SYNOPSIS is the usage line" {
 	MAN=$BATS_TEST_DIRNAME/../../man/fx-encode.1
 	[ -s "$MAN" ]

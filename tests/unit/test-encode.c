@@ -243,6 +243,77 @@ static void test_tokenizer_errors(void **state)
 	assert_null(t5);
 }
 
+/* Special-token text against transformers (tests/fixtures/text-special-ref.json,
+ * made by gen_text_special.py): every case's ids of FluxPipeline's call,
+ * padding included, for the fixture tokenizers and their variants with
+ * FLUX.1's <extra_id_N>, added-token flags, FLUX.1's CLIP configuration and
+ * a pad token "!". */
+static void test_special_tokens(void **state)
+{
+	struct fx_tok_t5 *t5 = NULL;
+	struct fx_tok_clip *cl = NULL;
+	char path[4096], cur[4096] = "";
+	json_error_t je;
+	json_t *root, *cases, *c;
+	size_t i;
+	int len, checked = 0;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/fixtures/text-special-ref.json", src_dir());
+	root = json_load_file(path, 0, &je);
+	if (!root)
+		fail_msg("'%s': %s", path, je.text);
+	len = (int)json_integer_value(json_object_get(root, "len"));
+	cases = json_object_get(root, "cases");
+	assert_true(len >= 2 && json_array_size(cases) > 100);
+	json_array_foreach(cases, i, c) {
+		const char *kind = json_string_value(json_object_get(c, "kind"));
+		const char *tok = json_string_value(json_object_get(c, "tokenizer"));
+		const char *p = json_string_value(json_object_get(c, "prompt"));
+		json_t *want = json_object_get(c, "ids");
+		int32_t got[64], w[64];
+		struct fx_err err = {0};
+		char where[4096];
+		int nt = 0, k;
+
+		assert_true(kind && tok && p && (int)json_array_size(want) == len && len <= 64);
+		for (k = 0; k < len; k++)
+			w[k] = (int32_t)json_integer_value(json_array_get(want, (size_t)k));
+		snprintf(where, sizeof(where), "%s/fixtures/%s", src_dir(), tok);
+		if (strcmp(cur, where)) {   /* the cases come grouped by tokenizer */
+			fx_tok_t5_free(t5);
+			fx_tok_clip_free(cl);
+			t5 = NULL;
+			cl = NULL;
+			if (!strcmp(kind, "t5") ? fx_tok_t5_open(&t5, where, &err) < 0 :
+						  fx_tok_clip_open(&cl, where, &err) < 0)
+				fail_msg("%s", err.msg);
+			snprintf(cur, sizeof(cur), "%s", where);
+		}
+		if (t5)
+			assert_int_equal(fx_tok_t5_encode(t5, p, got, len, &nt, &err), 0);
+		else
+			assert_int_equal(fx_tok_clip_encode(cl, p, got, len, &nt, &err), 0);
+		for (k = 0; k < len && got[k] == w[k]; k++)
+			;
+		if (k < len) {
+			fprintf(stderr, "%s '%s': ids differ at %d\n  got ", tok, p, k);
+			for (int j = 0; j < len; j++)
+				fprintf(stderr, "%d ", got[j]);
+			fprintf(stderr, "\n  want ");
+			for (int j = 0; j < len; j++)
+				fprintf(stderr, "%d ", w[j]);
+			fprintf(stderr, "\n");
+			fail_msg("%s: ids of '%s' differ from transformers'", tok, p);
+		}
+		checked++;
+	}
+	printf("# %d special-token cases agree with transformers\n", checked);
+	fx_tok_t5_free(t5);
+	fx_tok_clip_free(cl);
+	json_decref(root);
+}
+
 static void test_unicode(void **state)
 {
 	uint32_t cp, lo[2], in[4], out[12];
@@ -462,6 +533,7 @@ int main(void)
 		cmocka_unit_test(test_t5_forms_differ),
 		cmocka_unit_test(test_clip_tokenizer),
 		cmocka_unit_test(test_truncation_and_padding),
+		cmocka_unit_test(test_special_tokens),
 		cmocka_unit_test(test_tokenizer_errors),
 		cmocka_unit_test(test_t5_buckets),
 		cmocka_unit_test(test_t5_encoder),
