@@ -1,6 +1,7 @@
 /* getopt_long driven by one option table; --help and --version. */
 #include "fx-cli.h"
 #include "fx-log.h"
+#include "fx-room.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -280,7 +281,14 @@ int fx_cli_next(struct fx_cli *cli, const char **optarg_out)
 	for (;;) {
 		c = getopt_long(cli->argc, cli->argv, so, lo, NULL);
 		if (c == -1) {
+			struct fx_err err;
+
 			cli->optind = optind;
+			/* before the model is mapped: OpenBLAS would spin where it does not fit */
+			if (fx_room_blas(&err) < 0) {
+				fx_log_error("%s", err.msg);
+				exit(FX_EXIT_IO);
+			}
 			return 0;
 		}
 		if (c == '?') {

@@ -46,7 +46,8 @@ static int json_int(json_t *o, const char *key, int dflt)
 	return json_is_integer(v) ? (int)json_integer_value(v) : dflt;
 }
 
-/* NULL when every value is finite (and, for smooth, > 0); else why not. */
+/* NULL when every value is finite (and, for smooth, > 0); else why not
+ * ("NaN", "Inf", "-Inf", "a value <= 0"). */
 static const char *bad_f32(const struct fx_tensor *t, bool positive, int64_t *at)
 {
 	const float *v = t->data;
@@ -55,11 +56,22 @@ static const char *bad_f32(const struct fx_tensor *t, bool positive, int64_t *at
 	for (i = 0; i < n; i++) {
 		*at = (int64_t)i;
 		if (!isfinite(v[i]))
-			return "NaN or Inf";
+			return isnan(v[i]) ? "NaN" : v[i] > 0 ? "Inf" : "-Inf";
 		if (positive && !(v[i] > 0.0f))
 			return "a value <= 0";
 	}
 	return NULL;
+}
+
+/* "[3]" or "[2,5]": an element index in the tensor's shape. */
+static const char *index_str(char *buf, size_t cap, const struct fx_tensor *t, int64_t at)
+{
+	if (t->ndim == 2 && t->shape[1] > 0)
+		snprintf(buf, cap, "[%lld,%lld]", (long long)(at / t->shape[1]),
+			 (long long)(at % t->shape[1]));
+	else
+		snprintf(buf, cap, "[%lld]", (long long)at);
+	return buf;
 }
 
 static bool all_zero(const struct fx_tensor *t)
@@ -85,7 +97,7 @@ static void check_group(struct fx_audit *a, const struct fx_st *st, const char *
 {
 	int64_t N = dim_of(d, bg->n), K = dim_of(d, bg->k);
 	const struct fx_tensor *t[FX_ARRAY_SIZE(roles)];
-	char name[200], w[96], missing[128] = "", sa[48], sb[48];
+	char name[200], w[96], missing[128] = "", sa[48], sb[48], ix[48];
 	int64_t want[FX_ARRAY_SIZE(roles)][2], at;
 	int ndim[FX_ARRAY_SIZE(roles)] = { 1, 2, 2, 1, 1 };
 	enum fx_dtype dt[FX_ARRAY_SIZE(roles)] = { FX_F32, FX_F32, FX_F32, FX_I64, FX_F32 };
@@ -129,7 +141,8 @@ static void check_group(struct fx_audit *a, const struct fx_st *st, const char *
 		if (!t[i])
 			continue;
 		if ((why = bad_f32(t[i], i == 0, &at))) {
-			fx_audit_add(a, FX_SEV_ERROR, "values", t[i]->name, "has %s at %lld", why, (long long)at);
+			fx_audit_add(a, FX_SEV_ERROR, "values", t[i]->name, "has %s at %s", why,
+				     index_str(ix, sizeof(ix), t[i], at));
 			ok = false;
 		} else if (i > 0 && r > 0 && all_zero(t[i])) {
 			fx_audit_add(a, FX_SEV_ERROR, "values", t[i]->name,

@@ -312,6 +312,43 @@ fail:
 	return ret;
 }
 
+int fx_audit_input(const struct fx_st *st, const char *want, const char *model_path,
+		   const char *tool, struct fx_err *err)
+{
+	struct fx_audit_opts o = { .model = model_path };
+	struct fx_audit a;
+	size_t i;
+	int ret;
+
+	if ((ret = fx_file_expect(st, want, tool, err)) < 0)
+		return ret;
+	fx_audit_init(&a);
+	snprintf(a.path, sizeof(a.path), "%s", fx_st_path(st));
+	audit_fx_header(&a, st);
+	if ((ret = fx_audit_prov(&a, st, model_path ? &o : NULL, err)) < 0)
+		goto out;
+	if (!strcmp(want, FX_FMT_BRANCH))
+		fx_audit_branch(&a, st);
+	for (i = 0; i < a.nfind; i++) {
+		const struct fx_finding *f = &a.find[i];
+		const char *msg = f->msg;
+		size_t pl = strlen(fx_st_path(st));
+
+		if (f->sev != FX_SEV_ERROR)
+			continue;
+		/* messages that already start with the file's name */
+		if (msg[0] == '\'' && !strncmp(msg + 1, fx_st_path(st), pl) && !strncmp(msg + 1 + pl, "': ", 3))
+			msg += pl + 4;
+		ret = fx_error(err, !strcmp(f->check, "crc32") ? FX_E_HASH : FX_E_FORMAT,
+			       "'%s': %s%s%s (fx-verify lists every finding)", fx_st_path(st),
+			       f->where[0] ? f->where : "", f->where[0] ? ": " : "", msg);
+		break;
+	}
+out:
+	fx_audit_release(&a);
+	return ret;
+}
+
 void *fx_audit_json(const struct fx_audit *a)
 {
 	json_t *o = json_object(), *f = json_array(), *dt = json_object(), *lines = json_array();

@@ -5,6 +5,8 @@
 #include "../common/fx-err.h"
 #include "../common/fx-tensor.h"
 
+struct fx_st;
+
 enum fx_severity { FX_SEV_NOTE, FX_SEV_WARN, FX_SEV_ERROR };
 
 struct fx_finding {
@@ -48,6 +50,14 @@ void fx_audit_add(struct fx_audit *a, enum fx_severity sev, const char *check, c
 void fx_audit_line(struct fx_audit *a, const char *fmt, ...) FX_PRINTF(2, 3);
 /* Count of findings that fail the audit (errors, and warnings when strict). */
 size_t fx_audit_failures(const struct fx_audit *a, bool strict);
+/* What a stage checks of an fx intermediate it reads, as fx-verify would:
+ * format (want) and version, the header (recipe against params and inputs,
+ * so an edited header shows), every tensor's checksum, the groups the model
+ * at model_path gives (present, dtype, shape; nothing extra) and, for a
+ * branch file, its per-layer audit. The first error is returned as
+ * FX_E_FORMAT (FX_E_HASH for a checksum) naming the file and the check. */
+int fx_audit_input(const struct fx_st *st, const char *want, const char *model_path,
+		   const char *tool, struct fx_err *err);
 /* JSON object (jansson json_t *, returned as void * to keep jansson out of
  * callers that don't need it); caller json_decref()s. */
 void *fx_audit_json(const struct fx_audit *a);

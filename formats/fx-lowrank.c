@@ -12,6 +12,7 @@
 #include "../common/fx-tensor.h"
 #include "../kernels/fx-device.h"
 #include "../kernels/fx-lowrank.h"
+#include "fx-audit.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-model.h"
@@ -375,6 +376,7 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 	if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
 	    (ret = fx_file_expect(calib, FX_FMT_CALIB, "fx-lowrank", err)) < 0 ||
 	    (ret = check_calib_model(calib, model_id, err)) < 0 ||
+	    (ret = fx_audit_input(calib, FX_FMT_CALIB, o->model, "fx-lowrank", err)) < 0 ||
 	    (ret = fx_stage_input(s, "calib", o->calib, err)) < 0)
 		goto out;
 	fx_stage_param_int(s, "rank", ko.rank);

@@ -14,6 +14,7 @@
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
 #include "../kernels/fx-quant.h"
+#include "fx-audit.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-meta.h"
@@ -421,8 +422,8 @@ static int open_shards(struct shards *s, const char *const *paths, int n, const 
 			return fx_error(err, FX_E_HASH, "'%s' was made from another model than '%s' "
 					"(stale %s; rerun the stage that wrote it)",
 					paths[i], model_path, fmt);
-		/* also drops the pages the checksum pass touched */
-		if ((ret = fx_file_check_crc(s->st[i], err)) < 0)
+		/* header, checksums (dropping the pages they touch) and groups */
+		if ((ret = fx_audit_input(s->st[i], fmt, model_path, "fx-pack", err)) < 0)
 			return ret;
 	}
 	/* one identity for the set, whatever the sharding */

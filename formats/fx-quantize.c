@@ -5,12 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cblas.h>
+#include <jansson.h>
 #include <omp.h>
 
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
 #include "../kernels/fx-ops.h"
 #include "../kernels/fx-quant.h"
+#include "fx-audit.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-model.h"
@@ -62,6 +64,22 @@ static int check_finite(const struct fx_tensor *t, const struct fx_st *st, struc
 		snprintf(at, sizeof(at), "[%zu]", i);
 	return fx_error(err, FX_E_VALUE, "'%s': tensor '%s' has %s at %s", fx_st_path(st), t->name,
 			isnan(v[i]) ? "NaN" : v[i] > 0 ? "Inf" : "-Inf", at);
+}
+
+/* The smoothing and branch were searched against residuals of one
+ * precision: quantizing with the other silently loses that. */
+static int check_precision(const struct fx_st *branch, const char *want, struct fx_err *err)
+{
+	json_t *p = json_loads(fx_st_meta(branch, "fx.params"), 0, NULL);
+	const char *have = json_string_value(json_object_get(p, "precision"));
+	int ret = 0;
+
+	if (have && strcmp(have, want))
+		ret = fx_error(err, FX_E_FORMAT, "'%s' was made for --precision %s, not %s "
+			       "(rerun fx-lowrank with --precision %s)", fx_st_path(branch), have,
+			       want, want);
+	json_decref(p);
+	return ret;
 }
 
 /* Declares the fx.quant tensors of one group. */
@@ -535,16 +553,17 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	if (o->branch) {
 		if ((ret = fx_st_open(&branch, o->branch, err)) < 0 ||
 		    (ret = fx_file_expect(branch, FX_FMT_BRANCH, "fx-quant", err)) < 0 ||
-		    (ret = fx_file_check_crc(branch, err)) < 0 ||
 		    (ret = check_model_of(branch, model_id, "branch file", err)) < 0 ||
+		    (ret = fx_audit_input(branch, FX_FMT_BRANCH, o->model, "fx-quant", err)) < 0 ||
+		    (ret = check_precision(branch, o->precision, err)) < 0 ||
 		    (ret = fx_stage_input(s, "branch", o->branch, err)) < 0)
 			goto out;
 	}
 	if (o->search && o->calib) {
 		if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
 		    (ret = fx_file_expect(calib, FX_FMT_CALIB, "fx-quant", err)) < 0 ||
-		    (ret = fx_file_check_crc(calib, err)) < 0 ||
 		    (ret = check_model_of(calib, model_id, "calib file", err)) < 0 ||
+		    (ret = fx_audit_input(calib, FX_FMT_CALIB, o->model, "fx-quant", err)) < 0 ||
 		    (ret = fx_stage_input(s, "calib", o->calib, err)) < 0)
 			goto out;
 	}
