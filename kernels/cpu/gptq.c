@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../../common/fx-tensor.h"
+#include "fx-cpu-simd.h"
 
 #define TILE 16        /* rows swept together: U is read once per tile */
 #define JCHUNK 512     /* columns of a tile's deferred update kept in cache */
@@ -101,12 +102,15 @@ int fx_gptq_new(struct fx_gptq **out, const double *h, int64_t k, double damp, i
 		mean += diag[i];
 	mean /= (double)k;
 	for (tries = 0; tries < 7; tries++, damp *= 10.0) {
-		/* H in visiting order, upper triangle, damped; dead rows/columns unit */
+		/* H in visiting order, damped, dead rows/columns unit, stored
+		 * flipped (row i holds visiting row k-1-i): J·H·J = L·Lᵀ gives
+		 * H⁻¹'s upper factor as U = J·L⁻¹·J, one factorization and one
+		 * triangular inverse instead of two factorizations and an inverse */
 		for (i = 0; i < k; i++) {
-			int64_t a = g->perm[i];
+			int64_t a = g->perm[k - 1 - i];
 
-			for (j = i; j < k; j++) {
-				int64_t b = g->perm[j];
+			for (j = 0; j <= i; j++) {
+				int64_t b = g->perm[k - 1 - j];
 				double v = a <= b ? h[a * k + b] : h[b * k + a];
 
 				if (g->dead[a] || g->dead[b])
@@ -115,11 +119,8 @@ int fx_gptq_new(struct fx_gptq **out, const double *h, int64_t k, double damp, i
 			}
 			hp[i * k + i] += damp * mean;
 		}
-		if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)k, hp, (lapack_int)k) != 0)
-			continue;
-		/* H⁻¹ from its factor, then H⁻¹'s own upper factor */
-		if (LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', (lapack_int)k, hp, (lapack_int)k) != 0 ||
-		    LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)k, hp, (lapack_int)k) != 0)
+		if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)k, hp, (lapack_int)k) != 0 ||
+		    LAPACKE_dtrtri(LAPACK_ROW_MAJOR, 'L', 'N', (lapack_int)k, hp, (lapack_int)k) != 0)
 			continue;
 		break;
 	}
@@ -131,7 +132,7 @@ int fx_gptq_new(struct fx_gptq **out, const double *h, int64_t k, double damp, i
 	g->damp = damp;
 	for (i = 0; i < k; i++)
 		for (j = 0; j < k; j++)
-			g->u[i * k + j] = j >= i ? (float)hp[i * k + j] : 0.0f;
+			g->u[i * k + j] = j >= i ? (float)hp[(k - 1 - i) * k + (k - 1 - j)] : 0.0f;
 	*out = g;
 	g = NULL;
 out:
@@ -163,13 +164,52 @@ static inline uint8_t quant_one(enum fx_qprec p, float x, float s, float z, floa
 	return (uint8_t)((int)v & 15);
 }
 
+/* w[r][j0+j] -= Σ_b e[r][b]·u[b][j] for j < nj, subtracting b in order:
+ * elementwise, so every vector width gives the same bytes. Two rows at a
+ * time share each load of u. */
+FX_CPU_CLONES
+static void deferred(float *restrict wp, const float *restrict eb, const float *restrict u,
+		     int64_t k, int64_t B, int64_t nb, int nt, int64_t j0, int64_t nj)
+{
+	int r = 0;
+
+	for (; r + 1 < nt; r += 2) {
+		float *restrict w0 = wp + r * k + j0, *restrict w1 = wp + (r + 1) * k + j0;
+		const float *e0 = eb + r * B, *e1 = eb + (r + 1) * B;
+
+		for (int64_t b = 0; b < nb; b++) {
+			const float *restrict ub = u + b * k;
+			float a0 = e0[b], a1 = e1[b];
+
+#pragma omp simd
+			for (int64_t j = 0; j < nj; j++) {
+				w0[j] -= a0 * ub[j];
+				w1[j] -= a1 * ub[j];
+			}
+		}
+	}
+	for (; r < nt; r++) {
+		float *restrict w0 = wp + r * k + j0;
+		const float *e0 = eb + r * B;
+
+		for (int64_t b = 0; b < nb; b++) {
+			const float *restrict ub = u + b * k;
+			float a0 = e0[b];
+
+#pragma omp simd
+			for (int64_t j = 0; j < nj; j++)
+				w0[j] -= a0 * ub[j];
+		}
+	}
+}
+
 /* Rows [0, nt) of a tile: the sweep, codes into their source columns. */
 static void sweep_tile(const struct fx_gptq *g, enum fx_qprec p, float *wp, float *eb, int nt,
 		       const float *gs, const float *gz, const float *rt, int64_t G, int64_t ng,
 		       uint8_t *codes)
 {
 	const int64_t k = g->k, B = g->block;
-	int64_t blk, i, j, b;
+	int64_t blk, i, j;
 	int r;
 
 	for (blk = 0; blk < k; blk += B) {
@@ -187,26 +227,16 @@ static void sweep_tile(const struct fx_gptq *g, enum fx_qprec p, float *wp, floa
 
 				*cb = (uint8_t)(col & 1 ? (*cb & 0x0f) | (c << 4) : (*cb & 0xf0) | c);
 				e = (w[i] - deq) / ui[i];
+#pragma omp simd
 				for (j = i + 1; j < be; j++)
 					w[j] -= e * ui[j];
 				eb[r * B + (i - blk)] = e;
 			}
 		}
 		/* the block's errors reach the later columns, b in order */
-		for (int64_t j0 = be; j0 < k; j0 += JCHUNK) {
-			int64_t j1 = j0 + JCHUNK < k ? j0 + JCHUNK : k;
-
-			for (b = 0; b < nb; b++) {
-				const float *ub = g->u + (blk + b) * k;
-
-				for (r = 0; r < nt; r++) {
-					float *w = wp + r * k, e = eb[r * B + b];
-
-					for (j = j0; j < j1; j++)
-						w[j] -= e * ub[j];
-				}
-			}
-		}
+		for (int64_t j0 = be; j0 < k; j0 += JCHUNK)
+			deferred(wp, eb, g->u + blk * k + j0, k, B, nb, nt, j0,
+				 (j0 + JCHUNK < k ? j0 + JCHUNK : k) - j0);
 	}
 }
 
