@@ -147,8 +147,13 @@ check-unit: $(UNITS)
 check-cli: tools
 	@FX_BIN=$(abspath $(BIN)) FX_TESTS=$(abspath $(B)/tests) bash tests/run.sh cli
 
-bench: tools $(B)/bench/fx-forward-bench
-	@FX_BIN=$(abspath $(BIN)) FX_FORWARD_BENCH=$(abspath $(B)/bench/fx-forward-bench) bash bench/run.sh
+bench: tools $(B)/bench/fx-forward-bench $(B)/bench/fx-gptq-bench
+	@FX_BIN=$(abspath $(BIN)) FX_FORWARD_BENCH=$(abspath $(B)/bench/fx-forward-bench) \
+	  FX_GPTQ_BENCH=$(abspath $(B)/bench/fx-gptq-bench) bash bench/run.sh
+
+$(B)/bench/fx-gptq-bench: $(B)/obj/bench/gptq.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(B)/bench/fx-forward-bench: $(B)/obj/bench/forward.o $(LIB)
 	@mkdir -p $(dir $@)

@@ -25,12 +25,16 @@
 #            diffusers/torch CPU forward (target >= 1), and the projected
 #            FLUX.1-dev calibration times
 #   lowrank  bench/lowrank.sh (fx-lowrank per fused group, projected total)
+#   gptq     the GPTQ sweep (kernels/cpu/gptq.c, FX_GPTQ_BENCH) per FLUX-width
+#            layer: factorization of the K x K Hessian and the sweep per row,
+#            projected to each W4A4 and adaLN shape and to FLUX.1-dev (76 of
+#            each W4A4 shape, 38 norm1 pairs, 38 single-block norms)
 set -euo pipefail
 export LC_ALL=C
 
-want_quant=0 want_calib=0 want_lowrank=0 want_encode=0
+want_quant=0 want_calib=0 want_lowrank=0 want_encode=0 want_gptq=0
 if (($# == 0)); then
-	want_quant=1 want_calib=1 want_lowrank=1 want_encode=1
+	want_quant=1 want_calib=1 want_lowrank=1 want_encode=1 want_gptq=1
 fi
 for a in "$@"; do
 	case $a in
@@ -38,8 +42,9 @@ for a in "$@"; do
 	calib) want_calib=1 ;;
 	lowrank) want_lowrank=1 ;;
 	encode) want_encode=1 ;;
+	gptq) want_gptq=1 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank, encode)" >&2; exit 2 ;;
+	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank, encode, gptq)" >&2; exit 2 ;;
 	esac
 done
 
@@ -283,9 +288,36 @@ bench_lowrank() {
 	((rc == 0)) || note "bench/lowrank.sh exited with status $rc"
 }
 
+# ---------------------------------------------------------------------------
+bench_gptq() {
+	section "GPTQ sweep (issue 14): FLUX-width layers, INT4 grid"
+	if [[ -z ${FX_GPTQ_BENCH:-} || ! -x ${FX_GPTQ_BENCH:-} ]]; then
+		note "gptq: skipped (FX_GPTQ_BENCH not built: make bench builds it)"
+		row "GPTQ" "-" "-" "-" "n/a" "skipped: fx-gptq-bench not built" "-" "-"
+		return 0
+	fi
+	local k3 k12 f3 r3 f12 r12 qkv out fc1 fc2 n1 n2 total
+	# the sweep's time is linear in the rows: a slice of rows is timed
+	read -r _ _ f3 r3 < <("$FX_GPTQ_BENCH" 3072 256)
+	read -r _ _ f12 r12 < <("$FX_GPTQ_BENCH" 12288 32)
+	note "K=3072: factor $(secs_h "$f3"), sweep $(calc "$r3 * 1000" '%.2f') ms per row"
+	note "K=12288: factor $(secs_h "$f12"), sweep $(calc "$r12 * 1000" '%.2f') ms per row"
+	qkv=$(calc "$f3 + 9216 * $r3")
+	out=$(calc "$f3 + 3072 * $r3")
+	fc1=$(calc "$f3 + 12288 * $r3")
+	fc2=$(calc "$f12 + 3072 * $r12")
+	n1=$(calc "$f3 + 18432 * $r3")
+	n2=$(calc "$f3 + 9216 * $r3")
+	note "per layer: qkv 9216x3072 $(secs_h "$qkv"), out 3072x3072 $(secs_h "$out"), fc1 12288x3072 $(secs_h "$fc1"), fc2 3072x12288 $(secs_h "$fc2"), norm1 18432x3072 $(secs_h "$n1"), single norm 9216x3072 $(secs_h "$n2")"
+	total=$(calc "76 * ($qkv + $out + $fc1 + $fc2) + 38 * $n1 + 38 * $n2")
+	note "projected FLUX.1-dev GPTQ (304 W4A4 + 76 adaLN layers): $(secs_h "$total")"
+	row "GPTQ" "FLUX.1-dev, 380 layers" "$(secs_h "$total")" "-" "fc2 $(secs_h "$fc2")/layer" "projection from timed slices" "-" "lowrank + GPTQ < 60 min"
+}
+
 ((want_quant)) && bench_quant
 ((want_calib)) && bench_calib
 ((want_lowrank)) && bench_lowrank
+((want_gptq)) && bench_gptq
 if ((want_encode)); then
 	section "fx-encode (issue 8)"
 	# bench/encode.sh adds its rows to the shared table itself

@@ -165,8 +165,10 @@ static inline uint8_t quant_one(enum fx_qprec p, float x, float s, float z, floa
 }
 
 /* w[r][j0+j] -= Σ_b e[r][b]·u[b][j] for j < nj, subtracting b in order:
- * elementwise, so every vector width gives the same bytes. Two rows at a
- * time share each load of u. */
+ * elementwise, so every vector width gives the same bytes. Two rows and
+ * 32 columns stay in registers across the block's b; each load of u
+ * serves both rows. */
+#define JR 32
 FX_CPU_CLONES
 static void deferred(float *restrict wp, const float *restrict eb, const float *restrict u,
 		     int64_t k, int64_t B, int64_t nb, int nt, int64_t j0, int64_t nj)
@@ -176,17 +178,31 @@ static void deferred(float *restrict wp, const float *restrict eb, const float *
 	for (; r + 1 < nt; r += 2) {
 		float *restrict w0 = wp + r * k + j0, *restrict w1 = wp + (r + 1) * k + j0;
 		const float *e0 = eb + r * B, *e1 = eb + (r + 1) * B;
+		int64_t j = 0;
 
-		for (int64_t b = 0; b < nb; b++) {
-			const float *restrict ub = u + b * k;
-			float a0 = e0[b], a1 = e1[b];
+		for (; j + JR <= nj; j += JR) {
+			float a0[JR], a1[JR];
+
+			memcpy(a0, w0 + j, sizeof(a0));
+			memcpy(a1, w1 + j, sizeof(a1));
+			for (int64_t b = 0; b < nb; b++) {
+				const float *restrict ub = u + b * k + j;
+				float f0 = e0[b], f1 = e1[b];
 
 #pragma omp simd
-			for (int64_t j = 0; j < nj; j++) {
-				w0[j] -= a0 * ub[j];
-				w1[j] -= a1 * ub[j];
+				for (int jj = 0; jj < JR; jj++) {
+					a0[jj] -= f0 * ub[jj];
+					a1[jj] -= f1 * ub[jj];
+				}
 			}
+			memcpy(w0 + j, a0, sizeof(a0));
+			memcpy(w1 + j, a1, sizeof(a1));
 		}
+		for (int64_t b = 0; b < nb; b++)
+			for (int64_t jt = j; jt < nj; jt++) {
+				w0[jt] -= e0[b] * u[b * k + jt];
+				w1[jt] -= e1[b] * u[b * k + jt];
+			}
 	}
 	for (; r < nt; r++) {
 		float *restrict w0 = wp + r * k + j0;
