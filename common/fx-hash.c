@@ -2,6 +2,7 @@
 #include "fx-hash.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-map.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -315,6 +316,7 @@ out:
 int fx_file_sha256(char hex[65], const char *path, struct fx_err *err)
 {
 	char *abspath = NULL, *cpath = NULL;
+	struct fx_file_id id;
 	struct stat st, st2;
 	struct key k;
 	int fd, ret = 0;
@@ -331,6 +333,11 @@ int fx_file_sha256(char hex[65], const char *path, struct fx_err *err)
 		ret = fx_error(err, FX_E_IO, "'%s' is not a regular file", path);
 		goto out;
 	}
+	/* the identity must be of the bytes the run mapped, not of a file put
+	 * at the path since */
+	fx_file_id_of(&id, &st);
+	if ((ret = fx_map_check_same(path, &id, err)) < 0)
+		goto out;
 	abspath = realpath(path, NULL);
 	cpath = abspath ? cache_path(abspath) : NULL;
 	k.path = abspath;
@@ -347,11 +354,16 @@ int fx_file_sha256(char hex[65], const char *path, struct fx_err *err)
 		pthread_mutex_unlock(&g_cache_lock);
 	}
 	ret = hash_fd(fd, path, hex, err);
-	if (ret < 0 || !cpath)
+	if (ret < 0)
 		goto out;
-	/* a file that changed while it was read is not cached */
+	/* a file that changed while it was read has no identity */
 	if (fstat(fd, &st2) != 0 || (uint64_t)st2.st_size != k.size ||
-	    st2.st_mtim.tv_sec != st.st_mtim.tv_sec || st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec)
+	    st2.st_mtim.tv_sec != st.st_mtim.tv_sec || st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
+		hex[0] = '\0';
+		ret = fx_error(err, FX_E_IO, "'%s' changed while the run read it; nothing written", path);
+		goto out;
+	}
+	if (!cpath)
 		goto out;
 	pthread_mutex_lock(&g_cache_lock);
 	cache_store(cpath, &k, hex);

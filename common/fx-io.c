@@ -1,7 +1,9 @@
 /* Atomic outputs (<out>.tmp.<pid>, fsync, rename), signal cleanup, write helpers. */
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-map.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -10,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct fx_out {
@@ -70,15 +74,75 @@ static void reg_del(int slot)
 	pthread_mutex_unlock(&g_lock);
 }
 
-static void on_signal(int sig)
+/* One line on stderr from a signal handler: "PROG: " and the parts. */
+static void say(const char *const *parts)
+{
+	char buf[PATH_MAX + 256];
+	const char *pre[] = { fx_log_prog(), ": " };
+	size_t n = 0, i, k;
+
+	for (i = 0; i < 2; i++)
+		for (k = 0; pre[i][k] && n < sizeof(buf) - 1; k++)
+			buf[n++] = pre[i][k];
+	for (; *parts; parts++)
+		for (k = 0; (*parts)[k] && n < sizeof(buf) - 1; k++)
+			buf[n++] = (*parts)[k];
+	buf[n++] = '\n';
+	(void)!write(STDERR_FILENO, buf, n);
+}
+
+static void unlink_live(void)
 {
 	int i;
 
-	(void)sig;
 	for (i = 0; i < MAX_TMP; i++)
 		if (g_used[i])
 			unlink(g_tmp[i]);
+}
+
+static void on_signal(int sig)
+{
+	const char *name = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" :
+			   sig == SIGHUP ? "SIGHUP" : "a signal";
+
+	unlink_live();
+	say((const char *[]){ "interrupted by ", name, ", nothing written", NULL });
 	_exit(FX_EXIT_IO);
+}
+
+/* A mapped input truncated under the run faults on its next read. One of
+ * our files: name it, clean up, exit 4. Anything else is a bug: clean up
+ * and let the fault happen again with the default action (a core dump). */
+static void on_bus(int sig, siginfo_t *si, void *ctx)
+{
+	const char *path = fx_map_path_at(si->si_addr);
+	int saved = errno;
+
+	(void)ctx;
+	unlink_live();
+	if (!path) {
+		signal(sig, SIG_DFL);
+		errno = saved;
+		return;
+	}
+	say((const char *[]){ "error: '", path, "' changed while the run read it (truncated or "
+			      "rewritten in place); nothing written", NULL });
+	_exit(FX_EXIT_IO);
+}
+
+void fx_io_install_bus_handler(void)
+{
+	struct sigaction sa, old;
+
+	/* installed already, or a program with its own handler keeps it */
+	if (sigaction(SIGBUS, NULL, &old) != 0 || (old.sa_flags & SA_SIGINFO) ||
+	    old.sa_handler != SIG_DFL)
+		return;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_bus;
+	sa.sa_flags = SA_SIGINFO;
+	sigfillset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
 }
 
 void fx_io_install_signal_cleanup(void)
@@ -96,6 +160,7 @@ void fx_io_install_signal_cleanup(void)
 			continue;
 		sigaction(sigs[i], &sa, NULL);
 	}
+	fx_io_install_bus_handler();
 	g_handlers = 1;
 }
 
@@ -126,24 +191,174 @@ static void out_free(struct fx_out *o)
 	free(o);
 }
 
+/* Files this run rewrites from their own content (fx-meta in place, a stage
+ * reusing its previous output): mapping them does not make them inputs. */
+static struct { dev_t dev; ino_t ino; } g_rewrites[8];
+static int g_nrewrites;
+
+void fx_out_rewrites(const char *path)
+{
+	struct stat sb;
+
+	pthread_mutex_lock(&g_lock);
+	if (g_nrewrites < (int)FX_ARRAY_SIZE(g_rewrites) && stat(path, &sb) == 0) {
+		g_rewrites[g_nrewrites].dev = sb.st_dev;
+		g_rewrites[g_nrewrites++].ino = sb.st_ino;
+	}
+	pthread_mutex_unlock(&g_lock);
+}
+
+static bool is_rewrite(const struct stat *sb)
+{
+	bool hit = false;
+	int i;
+
+	pthread_mutex_lock(&g_lock);
+	for (i = 0; i < g_nrewrites && !hit; i++)
+		hit = g_rewrites[i].dev == sb->st_dev && g_rewrites[i].ino == sb->st_ino;
+	pthread_mutex_unlock(&g_lock);
+	return hit;
+}
+
+static const char *kind(mode_t m)
+{
+	return S_ISCHR(m) ? "character device" : S_ISBLK(m) ? "block device" :
+	       S_ISFIFO(m) ? "FIFO" : S_ISSOCK(m) ? "socket" : "special file";
+}
+
+int fx_out_check(const char *path, struct fx_err *err)
+{
+	char in[PATH_MAX], to[PATH_MAX];
+	struct stat ls, sb;
+	ssize_t k;
+
+	if (!path || !*path)
+		return fx_error(err, FX_E_ARG, "no output file given");
+	if (lstat(path, &ls) != 0)
+		return 0;   /* nothing there to replace */
+	if (S_ISDIR(ls.st_mode) || (S_ISLNK(ls.st_mode) && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)))
+		return fx_error(err, FX_E_ARG, "output '%s' is a directory", path);
+	/* rename() would replace the link itself, not what it points to */
+	if (S_ISLNK(ls.st_mode)) {
+		k = readlink(path, to, sizeof(to) - 1);
+		to[k < 0 ? 0 : k] = '\0';
+		return fx_error(err, FX_E_ARG, "output '%s' is a symbolic link to '%s', not a regular "
+				"file (refused even with --force)", path, to);
+	}
+	/* a device node or FIFO would be replaced by a regular file (or hang a read) */
+	if (!S_ISREG(ls.st_mode))
+		return fx_error(err, FX_E_ARG, "output '%s' is a %s, not a regular file (refused even "
+				"with --force)", path, kind(ls.st_mode));
+	if (!is_rewrite(&ls) && fx_map_find((uint64_t)ls.st_dev, (uint64_t)ls.st_ino, in, sizeof(in)))
+		return fx_error(err, FX_E_ARG, "output '%s' is the input '%s' (the same file): refused "
+				"even with --force", path, in);
+	return 0;
+}
+
+/* Removes path when nobody holds its lock; true when removed. A filesystem
+ * without flock leaves the decision to the caller's pid test. */
+static bool unlink_unlocked(const char *path)
+{
+	struct stat a, b;
+	bool gone = false;
+	int fd;
+
+	if (lstat(path, &a) != 0 || !S_ISREG(a.st_mode))
+		return false;
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if ((flock(fd, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK) && fstat(fd, &b) == 0 &&
+	    b.st_dev == a.st_dev && b.st_ino == a.st_ino)
+		gone = unlink(path) == 0;
+	close(fd);
+	return gone;
+}
+
+void fx_out_sweep(const char *path)
+{
+	const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+	char *dir = !slash ? strdup(".") : slash == path ? strdup("/") :
+		    strndup(path, (size_t)(slash - path));
+	char full[PATH_MAX];
+	size_t blen = strlen(base);
+	struct dirent *de;
+	DIR *d;
+
+	if (!dir || !(d = opendir(dir))) {
+		free(dir);
+		return;
+	}
+	while ((de = readdir(d))) {
+		const char *nm = de->d_name, *p;
+		char *end;
+		long pid;
+
+		if (strncmp(nm, base, blen) || strncmp(nm + blen, ".tmp.", 5))
+			continue;
+		p = nm + blen + 5;
+		if (*p < '1' || *p > '9')
+			continue;
+		errno = 0;
+		pid = strtol(p, &end, 10);
+		if (*end || errno || pid > INT_MAX || pid == (long)getpid())
+			continue;
+		/* a live pid (or another user's) may be writing it; so may a lock
+		 * holder in another pid namespace */
+		if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		if (snprintf(full, sizeof(full), "%s%s%s", slash ? dir : "", slash ? "/" : "", nm) >=
+		    (int)sizeof(full))
+			continue;
+		if (unlink_unlocked(full))
+			fx_log_info("removed stale temporary '%s' of a run that died", full);
+	}
+	closedir(d);
+	free(dir);
+}
+
+/* Creates tmp and locks it: the lock tells a later run's sweep that it is
+ * live, even from another pid namespace. A file that such a sweep unlinked
+ * between the two steps is created again. */
+static int create_locked(const char *tmp)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct stat sb;
+	int fd = -1, i;
+
+	for (i = 0; i < 4; i++) {
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return -1;
+		if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+			close(fd);
+			nanosleep(&ms, NULL);
+			continue;
+		}
+		if (fstat(fd, &sb) == 0 && sb.st_nlink == 0) {
+			close(fd);
+			continue;
+		}
+		return fd;
+	}
+	errno = EEXIST;
+	return -1;
+}
+
 int fx_out_open(struct fx_out **out, const char *path, bool force, struct fx_err *err)
 {
 	struct fx_out *o = NULL;
 	struct stat st;
 	size_t n;
-	int ret = 0;
+	int ret;
 
 	*out = NULL;
-	if (!path || !*path)
-		return fx_error(err, FX_E_ARG, "no output file given");
-	if (lstat(path, &st) == 0) {
-		if (S_ISDIR(st.st_mode) || (stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
-			return fx_error(err, FX_E_ARG, "output '%s' is a directory", path);
-		if (!force)
-			return fx_error(err, FX_E_ARG, "output '%s' exists (use --force to overwrite)",
-					path);
-	}
+	if ((ret = fx_out_check(path, err)) < 0)
+		return ret;
+	if (!force && lstat(path, &st) == 0)
+		return fx_error(err, FX_E_ARG, "output '%s' exists (use --force to overwrite)", path);
 	auto_install();
+	fx_out_sweep(path);
 	o = calloc(1, sizeof(*o));
 	n = strlen(path) + 32;
 	if (!o || !(o->path = strdup(path)) || !(o->tmp = malloc(n))) {
@@ -158,12 +373,12 @@ int fx_out_open(struct fx_out **out, const char *path, bool force, struct fx_err
 			       o->tmp);
 		goto out;
 	}
-	o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	o->fd = create_locked(o->tmp);
 	if (o->fd < 0 && errno == EEXIST) {
 		/* a leftover of a dead process with our pid, unless we own it */
 		if (!reg_has_other(o->slot))
-			unlink(o->tmp);
-		o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+			unlink_unlocked(o->tmp);
+		o->fd = create_locked(o->tmp);
 	}
 	if (o->fd < 0) {
 		ret = fx_error(err, FX_E_IO, "cannot create '%s': %s", o->tmp, strerror(errno));
@@ -225,6 +440,10 @@ int fx_out_commit(struct fx_out *o, struct fx_err *err)
 		ret = fx_error(err, FX_E_IO, "close '%s': %s", o->tmp, strerror(errno));
 		goto fail;
 	}
+	/* an input rewritten in place during the run: the output would hold
+	 * and record bytes that no longer exist */
+	if ((ret = fx_map_check_unchanged(err)) < 0)
+		goto fail;
 	if (rename(o->tmp, o->path) != 0) {
 		ret = fx_error(err, FX_E_IO, "rename '%s' to '%s': %s", o->tmp, o->path,
 			       strerror(errno));
@@ -249,6 +468,29 @@ void fx_out_abort(struct fx_out *o)
 	}
 	unlink(o->tmp);
 	out_free(o);
+}
+
+void fx_test_sync(const char *point, const char *path)
+{
+	const char *flag = getenv("FX_TEST_SYNC"), *base, *pb;
+	struct timespec ts = { 0, 10 * 1000 * 1000 };
+	char go[PATH_MAX];
+	size_t n;
+	int fd, i;
+
+	if (!flag || !*flag)
+		return;
+	base = strrchr(flag, '/') ? strrchr(flag, '/') + 1 : flag;
+	pb = path && strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+	n = strlen(point);
+	if (strncmp(base, point, n) || (pb ? base[n] != '-' || strcmp(base + n + 1, pb) : base[n] != 0))
+		return;
+	if (snprintf(go, sizeof(go), "%s.go", flag) >= (int)sizeof(go))
+		return;
+	if ((fd = open(flag, O_WRONLY | O_CREAT | O_CLOEXEC, 0644)) >= 0)
+		close(fd);
+	for (i = 0; i < 3000 && access(go, F_OK) != 0; i++)   /* 30 s at most */
+		nanosleep(&ts, NULL);
 }
 
 /* Fault injection: the N-th write while FX_FAULT_IO=N is set fails. A change

@@ -9,6 +9,7 @@
 #include <errno.h>
 
 #include "../common/fx-hash.h"
+#include "../common/fx-io.h"
 #include "fx-model.h"
 
 int fx_file_info(const struct fx_st *st, struct fx_file_info *info, struct fx_err *err)
@@ -221,18 +222,25 @@ int fx_input_id(char out[65], const char *path, struct fx_err *err)
 	size_t i;
 	int ret;
 
+	fx_test_sync("input-id", path);
 	if (stat(path, &sb) != 0)
 		return fx_error(err, FX_E_IO, "cannot open '%s': %s", path, strerror(errno));
 	if (S_ISREG(sb.st_mode)) {
 		struct fx_st *st = NULL;
 		const char *recipe;
 
-		/* an fx file is identified by its recipe plus its CRCs */
+		/* an fx file is identified by its recipe plus its CRCs, read from
+		 * the file the run has open (fx_st_check_same) */
 		if (fx_st_open(&st, path, NULL) == 0 && fx_st_meta(st, "fx.format") &&
 		    (recipe = fx_st_meta(st, "fx.recipe")) && fx_st_meta(st, "fx.crc32")) {
-			struct fx_sha256 *hh = fx_sha256_new();
+			struct fx_sha256 *hh;
 			const char *crc = fx_st_meta(st, "fx.crc32");
 
+			if ((ret = fx_st_check_same(st, err)) < 0) {
+				fx_st_close(st);
+				return ret;
+			}
+			hh = fx_sha256_new();
 			fx_sha256_update(hh, recipe, strlen(recipe));
 			fx_sha256_update(hh, crc, strlen(crc));
 			fx_sha256_final(hh, out);

@@ -17,6 +17,7 @@
 #include "../common/fx-hash.h"
 
 #include "../common/fx-io.h"
+#include "../common/fx-map.h"
 
 #define META_KEY "__metadata__"
 #define JSON_FLAGS (JSON_SORT_KEYS | JSON_COMPACT)
@@ -112,6 +113,7 @@ struct fx_st {
 	const uint8_t *base;
 	size_t size;
 	bool mapped;
+	struct fx_file_id id;   /* of the file mapped, when mapped */
 	uint64_t hdr_len;
 	size_t n;
 	struct ent *ents;       /* by offset */
@@ -378,67 +380,13 @@ static struct fx_st *st_alloc(const char *name)
 	return st;
 }
 
-/* Read-only file mappings of open files. fx_tensor_release unmaps pages
- * only inside one of them: MADV_DONTNEED on a PROT_READ private file mapping
- * drops our page-table entries (resident memory) and leaves the pages in the
- * page cache for the next stage, while on a caller's buffer (fx_st_open_mem)
- * it would zero the data. (MADV_PAGEOUT evicted the input from the page cache,
- * so every stage re-read its model from disk.) */
-static pthread_mutex_t maps_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct { const void *base; size_t size; } *maps;
-static size_t nmaps, capmaps;
-
-static void map_register(const void *base, size_t size, bool add)
-{
-	size_t i;
-
-	pthread_mutex_lock(&maps_lock);
-	if (add) {
-		if (nmaps == capmaps) {
-			size_t cap = capmaps ? 2 * capmaps : 16;
-			void *p = realloc(maps, cap * sizeof(*maps));
-
-			if (!p)
-				goto out;   /* unregistered: its pages are just never released */
-			maps = p;
-			capmaps = cap;
-		}
-		maps[nmaps].base = base;
-		maps[nmaps++].size = size;
-	} else {
-		for (i = 0; i < nmaps; i++)
-			if (maps[i].base == base) {
-				maps[i] = maps[--nmaps];
-				break;
-			}
-	}
-out:
-	pthread_mutex_unlock(&maps_lock);
-}
-
-static bool map_contains_locked(const void *p, size_t n)
-{
-	uintptr_t a = (uintptr_t)p;
-	size_t i;
-
-	for (i = 0; i < nmaps; i++) {
-		uintptr_t b = (uintptr_t)maps[i].base;
-
-		if (a >= b && a - b <= maps[i].size && n <= maps[i].size - (a - b))
-			return true;
-	}
-	return false;
-}
-
-static bool map_contains(const void *p, size_t n)
-{
-	bool in;
-
-	pthread_mutex_lock(&maps_lock);
-	in = map_contains_locked(p, n);
-	pthread_mutex_unlock(&maps_lock);
-	return in;
-}
+/* Read-only file mappings of open files are registered (common/fx-map.c).
+ * fx_tensor_release unmaps pages only inside one of them: MADV_DONTNEED on a
+ * PROT_READ private file mapping drops our page-table entries (resident
+ * memory) and leaves the pages in the page cache for the next stage, while on
+ * a caller's buffer (fx_st_open_mem) it would zero the data. (MADV_PAGEOUT
+ * evicted the input from the page cache, so every stage re-read its model
+ * from disk.) */
 
 int fx_st_open_mem(struct fx_st **out, const void *buf, size_t len, const char *name,
 		   struct fx_err *err)
@@ -476,7 +424,8 @@ int fx_st_open(struct fx_st **out, const char *path, struct fx_err *err)
 		ret = nomem(err);
 		goto out;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO given as an input is refused below, not waited on */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0 || fstat(fd, &sb) != 0) {
 		ret = fx_error(err, FX_E_IO, "cannot open '%s': %s", path, strerror(errno));
 		goto out;
@@ -498,7 +447,8 @@ int fx_st_open(struct fx_st **out, const char *path, struct fx_err *err)
 		}
 		st->base = map;
 		st->mapped = true;
-		map_register(map, st->size, true);
+		fx_file_id_of(&st->id, &sb);
+		fx_map_add(map, st->size, path, &sb);
 	}
 	ret = parse(st, err);
 out:
@@ -518,7 +468,7 @@ void fx_st_close(struct fx_st *st)
 	if (!st)
 		return;
 	if (st->mapped) {
-		map_register(st->base, st->size, false);
+		fx_map_del(st->base);
 		munmap((void *)(uintptr_t)st->base, st->size);
 	}
 	if (st->ents)
@@ -533,6 +483,11 @@ void fx_st_close(struct fx_st *st)
 	free(st->meta);
 	free(st->path);
 	free(st);
+}
+
+int fx_st_check_same(const struct fx_st *st, struct fx_err *err)
+{
+	return st->mapped ? fx_map_check_same(st->path, &st->id, err) : 0;
 }
 
 const char *fx_st_path(const struct fx_st *st)
@@ -1593,7 +1548,7 @@ void fx_mem_prefault(const void *p, size_t n)
 {
 	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a, b;
 
-	if (!n || !map_contains(p, n))
+	if (!n || !fx_map_contains(p, n))
 		return;
 	/* the mapping starts at offset 0 of the file: whole pages stay inside */
 	a = (uintptr_t)p & ~(pg - 1);
@@ -1610,11 +1565,9 @@ void fx_tensor_release(const struct fx_tensor *t)
 	/* only whole pages inside the tensor: neighbours may still be in use */
 	a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
 	b = ((uintptr_t)t->data + t->nbytes) & ~(pg - 1);
-	/* under the lock: a file closed meanwhile must not leave the range to
-	 * someone else's memory */
-	pthread_mutex_lock(&maps_lock);
-	if (b > a && map_contains_locked(t->data, t->nbytes))
-		madvise((void *)a, b - a, MADV_DONTNEED);
-	pthread_mutex_unlock(&maps_lock);
+	/* under the registry's lock: a file closed meanwhile must not leave the
+	 * range to someone else's memory */
+	if (b > a)
+		fx_map_advise(t->data, t->nbytes, (void *)a, b - a, MADV_DONTNEED);
 }
 

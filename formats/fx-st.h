@@ -20,6 +20,10 @@ int fx_st_open_mem(struct fx_st **out, const void *buf, size_t len,
 		   const char *name, struct fx_err *err);
 void fx_st_close(struct fx_st *st);
 
+/* FX_E_IO when this process maps another file under st's path than st
+ * (the path was replaced between two opens): an identity read from st would
+ * not be of the bytes the run reads. */
+int fx_st_check_same(const struct fx_st *st, struct fx_err *err);
 const char *fx_st_path(const struct fx_st *st);
 size_t fx_st_count(const struct fx_st *st);
 /* Tensors in file order (ascending data offset). Borrowed. */

@@ -148,6 +148,7 @@ static void load_old(struct fx_stage *s)
 		return;
 	}
 	s->old = st;
+	fx_out_rewrites(s->out_path);   /* read for reuse, not an input */
 }
 
 int fx_stage_check(struct fx_stage *s, bool force, struct fx_err *err)
@@ -155,6 +156,11 @@ int fx_stage_check(struct fx_stage *s, bool force, struct fx_err *err)
 	char *inputs;
 	int ret;
 
+	/* before the up-to-date probe reads the output and before any work: an
+	 * output that is an input, a link, a device or a FIFO is refused */
+	if ((ret = fx_out_check(s->out_path, err)) < 0)
+		return ret;
+	fx_out_sweep(s->out_path);
 	free(s->params_canon);
 	s->params_canon = json_dumps(s->params, JSON_SORT_KEYS | JSON_COMPACT);
 	inputs = json_dumps(s->inputs, JSON_SORT_KEYS | JSON_COMPACT);
@@ -253,6 +259,7 @@ int fx_stage_begin(struct fx_stage *s, struct fx_err *err)
 	ret = fx_out_open(&s->out, s->out_path, true, err);
 	if (ret < 0)
 		return ret;
+	fx_test_sync("stage-begin", NULL);
 	ret = fx_stw_begin(s->w, fx_out_fd(s->out), err);
 	if (ret < 0)
 		return ret;

@@ -112,6 +112,7 @@ int main(int argc, char **argv)
 	if (same) {
 		fx_log_info("%s: metadata up to date", file);
 	} else {
+		fx_out_rewrites(file);   /* its own input by design */
 		if ((ret = fx_meta_write(file, fx_meta_keys, (const char *const *)vals, FX_META_COUNT,
 					 &in_place, &err)) < 0)
 			goto fail;
