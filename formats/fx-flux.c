@@ -317,7 +317,8 @@ static int ensure_w(struct fx_flux *f, size_t nw, size_t nb, struct fx_err *err)
 int fx_flux_linear_dense(struct fx_flux *f, const struct fx_group *g, const float *x,
 			 int64_t m, float *y, struct fx_err *err)
 {
-	bool bf16 = m == 1;
+	/* merged LoRAs: the raw BF16 weights are not the model's values */
+	bool bf16 = m == 1 && !fx_model_group_merged(f->m, g);
 	int ret, i;
 
 	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)

@@ -12,8 +12,10 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
+#include "fx-hash.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 
 #define BFL_PREFIX "model.diffusion_model."
 #define MAX_BLOCKS 10000
@@ -24,6 +26,19 @@ struct plain {
 	char *name;                  /* diffusers name */
 	const struct fx_tensor *t;   /* source tensor */
 	bool swap;                   /* BFL norm_out: row halves swapped */
+};
+
+/* A LoRA product on rows [row0,row0+nrows) of a source tensor, all its
+ * columns: source row row0+i gets factor·up[up_row0+i,:]·down (a bias
+ * target: factor·bias[up_row0+i]). Sorted by (t, seq): the LoRAs apply in
+ * the order given. */
+struct pair {
+	const struct fx_tensor *t;
+	const struct fx_lora_entry *e;
+	const char *file;
+	int64_t row0, nrows, up_row0;
+	bool bias;
+	size_t seq;
 };
 
 /* A tensor with a per-tensor scale companion (FP8 exports). */
@@ -51,7 +66,13 @@ struct fx_model {
 	size_t nused, capused;
 	struct scaled *scaled;       /* sorted by t once the model is built */
 	size_t nscaled, capscaled;
+	struct fx_lora_file **loras;
+	size_t nloras;
+	struct pair *pairs;          /* sorted by (t, seq) */
+	size_t npairs, cappairs;
 };
+
+static const struct plain *find_plain(const struct fx_model *m, const char *name);
 
 static int grow(void *pp, size_t *cap, size_t need, size_t elem)
 {
@@ -1068,12 +1089,250 @@ out:
 	return ret;
 }
 
+/* ---- LoRAs ------------------------------------------------------------- */
+
+static int cmp_pair(const void *a, const void *b)
+{
+	const struct pair *x = a, *y = b;
+	uintptr_t p = (uintptr_t)x->t, q = (uintptr_t)y->t;
+
+	if (p != q)
+		return p < q ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The pairs on t: *first and their count. */
+static size_t pairs_of(const struct fx_model *m, const struct fx_tensor *t, const struct pair **first)
+{
+	size_t lo = 0, hi = m->npairs, n = 0;
+
+	*first = NULL;
+	if (!t)
+		return 0;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if ((uintptr_t)m->pairs[mid].t < (uintptr_t)t)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	while (lo + n < m->npairs && m->pairs[lo + n].t == t)
+		n++;
+	if (n)
+		*first = &m->pairs[lo];
+	return n;
+}
+
+static int add_pair(struct fx_model *m, const struct fx_tensor *t, const struct fx_lora_entry *e,
+		    const char *file, int64_t row0, int64_t nrows, int64_t up_row0, bool bias,
+		    struct fx_err *err)
+{
+	if (grow(&m->pairs, &m->cappairs, m->npairs + 1, sizeof(*m->pairs)) < 0)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	m->pairs[m->npairs] = (struct pair){ t, e, file, row0, nrows, up_row0, bias, m->npairs };
+	m->npairs++;
+	return 0;
+}
+
+/* Module rows [e->mrow0, +e->nrows) of a module held at rows [trow0,
+ * trow0+n) of t (swap: BFL norm_out, module row r at source row
+ * (r + n/2) % n) as pairs on t. */
+static int add_pairs(struct fx_model *m, const struct fx_tensor *t, const struct fx_lora_entry *e,
+		     const char *file, int64_t trow0, int64_t n, bool swap, bool bias,
+		     struct fx_err *err)
+{
+	int64_t a = e->mrow0, b = e->mrow0 + e->nrows, h = n / 2, lo, hi;
+	int ret;
+
+	if (!swap)
+		return add_pair(m, t, e, file, trow0 + a, b - a, e->up_row0, bias, err);
+	/* module rows below h sit at source rows + h, the others at - h */
+	lo = a;
+	hi = b < h ? b : h;
+	if (lo < hi && (ret = add_pair(m, t, e, file, trow0 + lo + h, hi - lo, e->up_row0, bias,
+				       err)) < 0)
+		return ret;
+	lo = a > h ? a : h;
+	hi = b;
+	if (lo < hi)
+		return add_pair(m, t, e, file, trow0 + lo - h, hi - lo, e->up_row0 + (lo - a), bias,
+				err);
+	return 0;
+}
+
+/* One LoRA entry onto the tensors of the module it names. */
+static int bind_entry(struct fx_model *m, const struct fx_lora_file *lf, const struct fx_lora_entry *e,
+		      struct fx_err *err)
+{
+	const char *file = fx_lora_file_path(lf);
+	const struct fx_tensor *w = NULL, *b = NULL;
+	const struct plain *pw = NULL, *pb = NULL;
+	int64_t trow0 = 0, n = 0;
+	char nm[NAME_CAP], s1[64], s2[64];
+	bool swap = false;
+	size_t i;
+	int j, ret;
+
+	for (i = 0; i < m->ngroups; i++)
+		for (j = 0; j < m->groups[i].nmembers; j++) {
+			const struct fx_member *mb = &m->groups[i].members[j];
+
+			if (strcmp(mb->name, e->module))
+				continue;
+			if (!w) {
+				w = mb->weight;
+				trow0 = mb->row0;
+				n = mb->nrows;
+			}
+			if (!b)
+				b = mb->bias;
+		}
+	if (!w) {
+		snprintf(nm, sizeof(nm), "%s.weight", e->module);
+		pw = find_plain(m, nm);
+		snprintf(nm, sizeof(nm), "%s.bias", e->module);
+		pb = find_plain(m, nm);
+		if (pw && pw->t->ndim == 2) {
+			w = pw->t;
+			b = pb ? pb->t : NULL;
+			n = w->shape[0];
+			swap = pw->swap;
+		}
+	}
+	if (!w)
+		return fx_error(err, FX_E_FORMAT,
+				"LoRA key '%s' is for '%s', which the model '%s' does not have (in '%s')",
+				e->key, e->module, m->src, file);
+	if (e->down->shape[1] != w->shape[1])
+		return fx_error(err, FX_E_FORMAT,
+				"LoRA layer '%s' has down %s, but '%s' takes %lld inputs (tensor '%s' %s, in '%s')",
+				e->key, fx_shape_str(s1, sizeof(s1), e->down->ndim, e->down->shape),
+				e->module, (long long)w->shape[1], w->name,
+				fx_shape_str(s2, sizeof(s2), w->ndim, w->shape), file);
+	if (e->mrows != n)
+		return fx_error(err, FX_E_FORMAT,
+				"LoRA layer '%s' has up %s for %lld outputs, but '%s' has %lld (tensor '%s', in '%s')",
+				e->key, fx_shape_str(s1, sizeof(s1), e->up->ndim, e->up->shape),
+				(long long)e->mrows, e->module, (long long)n, w->name, file);
+	if ((ret = add_pairs(m, w, e, file, trow0, n, swap, false, err)) < 0)
+		return ret;
+	if (!e->bias)
+		return 0;
+	if (!b)
+		return fx_error(err, FX_E_FORMAT,
+				"LoRA layer '%s' changes the bias of '%s', which has none (in '%s')",
+				e->key, e->module, file);
+	return add_pairs(m, b, e, file, trow0, n, swap, true, err);
+}
+
+/* g->lora: the pairs on its members' rows, in order, as one digest. */
+static void group_digest(struct fx_model *m, struct fx_group *g)
+{
+	struct fx_sha256 *h = NULL;
+	int i, k;
+
+	g->lora[0] = '\0';
+	for (i = 0; i < g->nmembers; i++) {
+		const struct fx_member *mb = &g->members[i];
+
+		for (k = 0; k < 2; k++) {
+			const struct fx_tensor *t = k ? mb->bias : mb->weight;
+			const struct pair *p;
+			size_t np = pairs_of(m, t, &p), q;
+
+			for (q = 0; q < np; q++) {
+				char txt[160];
+
+				if (p[q].row0 >= mb->row0 + mb->nrows || p[q].row0 + p[q].nrows <= mb->row0)
+					continue;
+				if (!h)
+					h = fx_sha256_new();
+				snprintf(txt, sizeof(txt), "%d|%d|%lld|%lld|%lld|", i, k,
+					 (long long)p[q].row0, (long long)p[q].nrows,
+					 (long long)p[q].up_row0);
+				fx_sha256_update(h, txt, strlen(txt));
+				fx_sha256_update(h, p[q].e->digest, 64);
+			}
+		}
+	}
+	if (h)
+		fx_sha256_final(h, g->lora);
+}
+
+int fx_model_open_loras(struct fx_model **out, const char *path, const struct fx_loras *l,
+			struct fx_err *err)
+{
+	struct fx_model *m = NULL;
+	size_t i, k;
+	int ret;
+
+	if ((ret = fx_model_open(&m, path, err)) < 0)
+		return ret;
+	*out = NULL;
+	if (l && l->n) {
+		m->loras = calloc((size_t)l->n, sizeof(*m->loras));
+		if (!m->loras) {
+			ret = fx_error(err, FX_E_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	for (i = 0; l && i < (size_t)l->n; i++) {
+		struct fx_lora_file *lf = NULL;
+
+		ret = fx_lora_file_open(&lf, l->v[i].path, l->v[i].scale, l->ignore_unknown,
+					m->cfg.hidden, m->cfg.mlp_hidden, err);
+		if (ret < 0)
+			goto out;
+		m->loras[m->nloras++] = lf;
+		for (k = 0; k < fx_lora_file_count(lf); k++)
+			if ((ret = bind_entry(m, lf, fx_lora_file_entry(lf, k), err)) < 0)
+				goto out;
+	}
+	if (m->npairs)
+		qsort(m->pairs, m->npairs, sizeof(*m->pairs), cmp_pair);
+	for (i = 0; i < m->ngroups; i++)
+		group_digest(m, &m->groups[i]);
+	*out = m;
+	m = NULL;
+out:
+	fx_model_close(m);
+	return ret;
+}
+
+size_t fx_model_nloras(const struct fx_model *m)
+{
+	return m->nloras;
+}
+
+const struct fx_lora_file *fx_model_lora(const struct fx_model *m, size_t i)
+{
+	return i < m->nloras ? m->loras[i] : NULL;
+}
+
+bool fx_model_group_merged(const struct fx_model *m, const struct fx_group *g)
+{
+	(void)m;
+	return g->lora[0] != '\0';
+}
+
+bool fx_model_tensor_merged(const struct fx_model *m, const struct fx_tensor *t)
+{
+	const struct pair *p;
+
+	return pairs_of(m, t, &p) > 0;
+}
+
 void fx_model_close(struct fx_model *m)
 {
 	size_t i;
 
 	if (!m)
 		return;
+	for (i = 0; i < m->nloras; i++)
+		fx_lora_file_close(m->loras[i]);
+	free(m->loras);
+	free(m->pairs);
 	fx_stset_close(m->set);
 	for (i = 0; i < m->nplain; i++)
 		free(m->plain[i].name);
@@ -1243,6 +1502,155 @@ static int value_error(const struct fx_model *m, const struct fx_tensor *t, int6
 			file_of(m, t));
 }
 
+/* dst (rows of copy_rows' region, f32, dst_ld apart) += the LoRA products
+ * on t, pair after pair (the order the LoRAs were given). Each element is
+ * factor·Σ_j up[i,j]·down[j,c], j in order, then added: the same bytes
+ * whatever the rows read at once or the threads. A sum that is no longer
+ * finite is FX_E_VALUE naming the tensor, the element and the LoRA. */
+static int add_loras(const struct fx_model *m, float *dst, int64_t dst_ld, const struct fx_tensor *t,
+		     const struct pair *p, size_t np, int64_t row0, int64_t nrows, int64_t col0,
+		     int64_t ncols, bool swap, struct fx_err *err)
+{
+	int64_t tld = t->ndim > 1 ? t->shape[1] : 1;
+	float *a = NULL, *u = NULL;
+	int ret = 0;
+
+	for (size_t q = 0; q < np && ret == 0; q++) {
+		const struct pair *pq = &p[q];
+		const struct fx_lora_entry *e = pq->e;
+		const float f = (float)e->factor;
+		int64_t lo = row0 > pq->row0 ? row0 : pq->row0;
+		int64_t hi = row0 + nrows < pq->row0 + pq->nrows ? row0 + nrows : pq->row0 + pq->nrows;
+		int64_t r = e->down->shape[0], K = e->down->shape[1], bad = -1, badc = 0;
+		size_t ues = fx_dtype_size(e->up->dtype), des = fx_dtype_size(e->down->dtype);
+		bool oom = false;
+
+		if (lo >= hi)
+			continue;
+		if (pq->bias) {
+			/* a bias read as rows of one element */
+			float v;
+
+			for (int64_t i = 0; i < nrows; i++) {
+				int64_t sr = row0 + (swap ? (i + nrows / 2) % nrows : i);
+
+				if (sr < lo || sr >= hi)
+					continue;
+				fx_to_f32(&v, (const char *)e->bias->data +
+					  (size_t)(pq->up_row0 + sr - pq->row0) * fx_dtype_size(e->bias->dtype),
+					  e->bias->dtype, 1);
+				dst[i * dst_ld] = dst[i * dst_ld] + v * f;
+				if (!isfinite(dst[i * dst_ld]) && bad < 0)
+					bad = sr;
+			}
+		} else {
+			/* down's columns of the region and up's rows, widened once */
+			a = malloc((size_t)(r * ncols) * sizeof(float));
+			u = malloc((size_t)(r * (hi - lo)) * sizeof(float));
+			if (!a || !u) {
+				ret = fx_error(err, FX_E_NOMEM, "out of memory");
+				break;
+			}
+			for (int64_t j = 0; j < r; j++)
+				fx_to_f32(a + j * ncols, (const char *)e->down->data + (size_t)(j * K + col0) * des,
+					  e->down->dtype, (size_t)ncols);
+			fx_to_f32(u, (const char *)e->up->data + (size_t)((pq->up_row0 + lo - pq->row0) * r) * ues,
+				  e->up->dtype, (size_t)(r * (hi - lo)));
+#pragma omp parallel if ((hi - lo) * ncols * r > 262144)
+			{
+				float *acc = malloc((size_t)ncols * sizeof(float));
+
+#pragma omp for schedule(static)
+				for (int64_t i = 0; i < nrows; i++) {
+					int64_t sr = row0 + (swap ? (i + nrows / 2) % nrows : i);
+					const float *ui = u + (sr - lo) * r;
+					float *d = dst + i * dst_ld;
+
+					if (sr < lo || sr >= hi)
+						continue;
+					if (!acc) {
+#pragma omp atomic write
+						oom = true;
+						continue;
+					}
+					for (int64_t c = 0; c < ncols; c++)
+						acc[c] = 0.0f;
+					for (int64_t j = 0; j < r; j++) {
+						const float uj = ui[j], *aj = a + j * ncols;
+
+						for (int64_t c = 0; c < ncols; c++)
+							acc[c] += uj * aj[c];
+					}
+					for (int64_t c = 0; c < ncols; c++)
+						d[c] = d[c] + acc[c] * f;
+					for (int64_t c = 0; c < ncols; c++)
+						if (!isfinite(d[c])) {
+#pragma omp critical(fx_model_lora_bad)
+							if (bad < 0 || sr < bad || (sr == bad && c < badc)) {
+								bad = sr;
+								badc = c;
+							}
+							break;
+						}
+				}
+				free(acc);
+			}
+			free(a);
+			free(u);
+			a = u = NULL;
+			if (oom)
+				ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		}
+		if (ret == 0 && bad >= 0) {
+			char at[64];
+
+			if (t->ndim > 1)
+				snprintf(at, sizeof(at), "[%lld,%lld]", (long long)bad, (long long)(col0 + badc));
+			else
+				snprintf(at, sizeof(at), "[%lld]", (long long)bad);
+			ret = fx_error(err, FX_E_VALUE,
+				       "tensor '%s' is not finite at %s after merging LoRA layer '%s' (in '%s')",
+				       t->name, at, e->key, pq->file);
+		}
+	}
+	free(a);
+	free(u);
+	(void)m;
+	(void)tld;
+	return ret;
+}
+
+/* copy_rows through the LoRAs: the values the model holds, merged; BF16
+ * destinations get the merged f32 sum rounded once. */
+static int read_rows(const struct fx_model *m, void *dst, bool bf16, int64_t dst_ld,
+		     const struct fx_tensor *t, int64_t row0, int64_t nrows, int64_t col0,
+		     int64_t ncols, bool swap, struct fx_err *err)
+{
+	const struct pair *p;
+	size_t np = pairs_of(m, t, &p);
+	float *tmp = NULL;
+	int64_t bad;
+	int ret;
+
+	if (!np || !bf16) {
+		bad = copy_rows(dst, bf16, dst_ld, t, scale_of(m, t), row0, nrows, col0, ncols, swap);
+		if (bad >= 0)
+			return value_error(m, t, bad, err);
+		return np ? add_loras(m, dst, dst_ld, t, p, np, row0, nrows, col0, ncols, swap, err) : 0;
+	}
+	tmp = malloc((size_t)(nrows * ncols) * sizeof(float));
+	if (!tmp)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	bad = copy_rows(tmp, false, ncols, t, scale_of(m, t), row0, nrows, col0, ncols, swap);
+	ret = bad >= 0 ? value_error(m, t, bad, err)
+		       : add_loras(m, tmp, ncols, t, p, np, row0, nrows, col0, ncols, swap, err);
+	for (int64_t r = 0; ret == 0 && r < nrows; r++)
+		for (int64_t c = 0; c < ncols; c++)
+			((uint16_t *)dst)[r * dst_ld + c] = fx_f32_to_bf16(tmp[r * ncols + c]);
+	free(tmp);
+	return ret;
+}
+
 static int group_convert(const struct fx_model *m, const struct fx_group *g, void *w, bool bf16,
 			 float *b, struct fx_err *err)
 {
@@ -1253,20 +1661,16 @@ static int group_convert(const struct fx_model *m, const struct fx_group *g, voi
 		memset(b, 0, (size_t)g->n * sizeof(*b));
 	for (i = 0; i < g->nmembers; i++) {
 		const struct fx_member *mb = &g->members[i];
-		int64_t bad;
+		int ret;
 
-		if (w) {
-			bad = copy_rows((char *)w + (size_t)(mb->out_row0 * g->k) * es, bf16, g->k,
-					mb->weight, scale_of(m, mb->weight), mb->row0, mb->nrows, mb->col0, mb->ncols, false);
-			if (bad >= 0)
-				return value_error(m, mb->weight, bad, err);
-		}
-		if (b && mb->bias) {
-			bad = copy_rows(b + mb->out_row0, false, 1, mb->bias, scale_of(m, mb->bias), mb->row0, mb->nrows, 0,
-					1, false);
-			if (bad >= 0)
-				return value_error(m, mb->bias, bad, err);
-		}
+		if (w && (ret = read_rows(m, (char *)w + (size_t)(mb->out_row0 * g->k) * es, bf16, g->k,
+					  mb->weight, mb->row0, mb->nrows, mb->col0, mb->ncols, false,
+					  err)) < 0)
+			return ret;
+		if (b && mb->bias &&
+		    (ret = read_rows(m, b + mb->out_row0, false, 1, mb->bias, mb->row0, mb->nrows, 0, 1,
+				     false, err)) < 0)
+			return ret;
 	}
 	return 0;
 }
@@ -1286,30 +1690,32 @@ int fx_model_group_bf16(const struct fx_model *m, const struct fx_group *g, uint
 int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, int64_t r0,
 			    int64_t nr, const int64_t *rows, float *dst, struct fx_err *err)
 {
-	int64_t bad = -1;
-	int bad_member = -1;
+	int ret;
 
 	if (rows) {
+		struct fx_err first = { 0 };
+		int64_t first_i = -1;
+
 		/* one row each; the first bad one in row order is reported */
 		#pragma omp parallel for schedule(static) if (nr * g->k > 65536)
 		for (int64_t i = 0; i < nr; i++) {
-			int64_t r = rows[i], b;
+			int64_t r = rows[i];
+			struct fx_err e = { 0 };
 			int mi = 0;
 
 			while (mi + 1 < g->nmembers && r >= g->members[mi + 1].out_row0)
 				mi++;
-			b = copy_rows(dst + i * g->k, false, g->k, g->members[mi].weight,
-				      scale_of(m, g->members[mi].weight), g->members[mi].row0 + (r - g->members[mi].out_row0), 1,
-				      g->members[mi].col0, g->members[mi].ncols, false);
-			if (b >= 0) {
+			if (read_rows(m, dst + i * g->k, false, g->k, g->members[mi].weight,
+				      g->members[mi].row0 + (r - g->members[mi].out_row0), 1,
+				      g->members[mi].col0, g->members[mi].ncols, false, &e) < 0) {
 				#pragma omp critical(fx_model_rows)
-				if (bad_member < 0 || b < bad) {
-					bad = b;
-					bad_member = mi;
+				if (first_i < 0 || i < first_i) {
+					first_i = i;
+					first = e;
 				}
 			}
 		}
-		return bad_member >= 0 ? value_error(m, g->members[bad_member].weight, bad, err) : 0;
+		return first_i >= 0 ? fx_error(err, first.code, "%s", first.msg) : 0;
 	}
 	for (int i = 0; i < g->nmembers; i++) {
 		const struct fx_member *mb = &g->members[i];
@@ -1318,10 +1724,10 @@ int fx_model_group_rows_f32(const struct fx_model *m, const struct fx_group *g, 
 
 		if (a >= e)
 			continue;
-		bad = copy_rows(dst + (a - r0) * g->k, false, g->k, mb->weight,
-				scale_of(m, mb->weight), mb->row0 + (a - mb->out_row0), e - a, mb->col0, mb->ncols, false);
-		if (bad >= 0)
-			return value_error(m, mb->weight, bad, err);
+		ret = read_rows(m, dst + (a - r0) * g->k, false, g->k, mb->weight,
+				mb->row0 + (a - mb->out_row0), e - a, mb->col0, mb->ncols, false, err);
+		if (ret < 0)
+			return ret;
 	}
 	return 0;
 }
@@ -1357,15 +1763,14 @@ static int plain_convert(const struct fx_model *m, const char *name, void *dst, 
 			 struct fx_err *err)
 {
 	const struct plain *p = find_plain(m, name);
-	int64_t rows, ld, bad;
+	int64_t rows, ld;
 
 	if (!p)
 		return fx_error(err, FX_E_ARG, "no plain tensor '%s' in the model (in '%s')", name,
 				m->src);
 	rows = p->t->shape[0];
 	ld = p->t->ndim > 1 ? p->t->shape[1] : 1;
-	bad = copy_rows(dst, bf16, ld, p->t, scale_of(m, p->t), 0, rows, 0, ld, p->swap);
-	return bad >= 0 ? value_error(m, p->t, bad, err) : 0;
+	return read_rows(m, dst, bf16, ld, p->t, 0, rows, 0, ld, p->swap, err);
 }
 
 int fx_model_plain_bf16(const struct fx_model *m, const char *name, uint16_t *dst,
@@ -1384,7 +1789,15 @@ void fx_model_group_release(const struct fx_model *m, const struct fx_group *g)
 {
 	int i;
 
-	(void)m;
+	for (i = 0; i < g->nmembers; i++) {
+		const struct pair *p;
+		size_t np = pairs_of(m, g->members[i].weight, &p), q;
+
+		for (q = 0; q < np; q++) {
+			fx_tensor_release(p[q].e->up);
+			fx_tensor_release(p[q].e->down);
+		}
+	}
 	for (i = 0; i < g->nmembers; i++) {
 		/* BFL members share one tensor: release it after its last member */
 		if (i + 1 < g->nmembers && g->members[i + 1].weight == g->members[i].weight)

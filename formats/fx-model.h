@@ -55,6 +55,9 @@ struct fx_group {
 	struct fx_member members[FX_GROUP_MAX_MEMBERS];
 	int adaln_chunks;            /* S for adaLN groups (6 or 3), else 0 */
 	bool gelu_input;             /* *_fc2: input comes from GELU (INT4 shift) */
+	char lora[65];               /* digest of the LoRA products merged into its
+				      * members' weights or biases; "" when none
+				      * (layer recipes hash it) */
 };
 
 struct fx_model;
@@ -78,6 +81,26 @@ int fx_model_resolve(const char *path, char **src, char **cfg, struct fx_err *er
  * absence of unexpected ones under the transformer's names. FX_E_FORMAT
  * names the tensor, the file and both shapes. */
 int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err);
+
+/* The same with LoRAs merged (fx-lora.h; l may be NULL or empty): every
+ * value read through this model (the group and plain converters) is
+ * W + Σ scale·(alpha/rank)·B·A in f32, in the order given, one LoRA after
+ * the other, rows computed as they are read (nothing merged is kept); BF16
+ * readers get that sum rounded once. A LoRA key that names no linear of
+ * this model, or whose shapes do not fit it, is an FX_E_FORMAT error naming
+ * the key, the file and the tensor. */
+struct fx_loras;
+struct fx_lora_file;
+int fx_model_open_loras(struct fx_model **out, const char *path, const struct fx_loras *l,
+			struct fx_err *err);
+/* The LoRA files merged, in order (borrowed). */
+size_t fx_model_nloras(const struct fx_model *m);
+const struct fx_lora_file *fx_model_lora(const struct fx_model *m, size_t i);
+/* True when a LoRA changes some value of g (its raw BF16 weights are then
+ * not what the model holds). */
+bool fx_model_group_merged(const struct fx_model *m, const struct fx_group *g);
+/* True when a LoRA changes the tensor t (a source tensor of the model). */
+bool fx_model_tensor_merged(const struct fx_model *m, const struct fx_tensor *t);
 
 /* The per-tensor scale companion applied to t, or NULL. */
 const struct fx_tensor *fx_model_scale_tensor(const struct fx_model *m, const struct fx_tensor *t);
