@@ -83,11 +83,11 @@ EOF
 
 @test "deps: make stops before compiling anything when packages are missing" {
 	stubs "build-essential" 1000 no
-	PATH=$S:$PATH run make -C "$REPO" --no-print-directory B="$BATS_TEST_TMPDIR/b" all
+	PATH=$S:$PATH run env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES make -C "$REPO" --no-print-directory B="$BATS_TEST_TMPDIR/b" all
 	assert_failure
 	assert_output --partial "sudo apt-get install -y libopenblas-dev"
 	[ ! -e "$BATS_TEST_TMPDIR/b" ]
-	PATH=$S:$PATH run make -C "$REPO" --no-print-directory B="$BATS_TEST_TMPDIR/b" check
+	PATH=$S:$PATH run env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES make -C "$REPO" --no-print-directory B="$BATS_TEST_TMPDIR/b" check
 	assert_failure
 	assert_output --partial "libcmocka-dev"
 	[ ! -e "$BATS_TEST_TMPDIR/b" ]

@@ -567,8 +567,9 @@ static uint64_t name_seed(const char *s)
 	return h;
 }
 
-/* A calib file for the model's W4A4 groups: the rows depend only on the
- * group name and shape, so an edited model gets the same rows. */
+/* A calib file for every group of the model, as fx-calib writes it (the
+ * stages check their inputs as fx-verify does): the rows depend only on
+ * the group name and shape, so an edited model gets the same rows. */
 static void mk_calib(const char *path, const char *model, int64_t m, bool bad_shape)
 {
 	struct fx_model *md = NULL;
@@ -587,8 +588,6 @@ static void mk_calib(const char *path, const char *model, int64_t m, bool bad_sh
 		const struct fx_group *g = fx_model_group(md, i);
 		int64_t k = g->k + (bad_shape ? 64 : 0), shp[2] = { m, k };
 
-		if (g->kind != FX_GROUP_W4A4)
-			continue;
 		snprintf(name, sizeof(name), "%s.absmax", g->name);
 		assert_int_equal(fx_stage_add(s, name, FX_F32, 1, &k, &err), 0);
 		snprintf(name, sizeof(name), "%s.samples", g->name);
@@ -601,10 +600,6 @@ static void mk_calib(const char *path, const char *model, int64_t m, bool bad_sh
 		float *x = malloc(m * k * 4), *xmax = malloc(k * 4);
 		uint16_t *xb = malloc(m * k * 2);
 
-		if (g->kind != FX_GROUP_W4A4) {
-			free(x); free(xmax); free(xb);
-			continue;
-		}
 		gen_rows(x, xmax, m, k, g->gelu_input, name_seed(g->name) ^ (uint64_t)k);
 		for (int64_t j = 0; j < m * k; j++)
 			xb[j] = fx_f32_to_bf16(x[j]);
@@ -877,7 +872,8 @@ static void test_stage_foreign_calib(void **state)
 	/* right model, wrong shapes */
 	mk_calib(c4, model, 32, true);
 	assert_int_equal(run_stage(model, c4, out, 32, "fp4", -1, -1, &utd, NULL, &err), FX_E_FORMAT);
-	assert_non_null(strstr(err.msg, "has shape [320], expected [256]"));
+	assert_non_null(strstr(err.msg, "is F32 [320], the model's"));
+	assert_non_null(strstr(err.msg, "wants F32 [256]"));
 	/* not a calib file at all */
 	assert_int_equal(run_stage(model, tpath("b.safetensors"), out, 32, "fp4", -1, -1, &utd, NULL,
 				   &err), FX_E_FORMAT);
