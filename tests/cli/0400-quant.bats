@@ -337,9 +337,11 @@ PY
 	W=$BATS_TEST_TMPDIR
 	fx-synth -q -o "$W/m2" --cond "$W/cond.safetensors" --prompts 1 --txt-len 16
 	fx-calib -q --model "$W/m2" --cond "$W/cond.safetensors" --steps 1 --res 128x128 --samples 64 -o "$W/calib.safetensors"
-	fx-lowrank -q --model "$W/m2" --calib "$W/calib.safetensors" --rank 32 --precision fp4 --alpha-grid 2 --iters 0 -o "$W/branch.safetensors"
 	for prec in fp4 int4; do
-		for extra in "" "--branch $W/branch.safetensors"; do
+		fx-lowrank -q --model "$W/m2" --calib "$W/calib.safetensors" --rank 32 --precision $prec --alpha-grid 2 --iters 0 -o "$W/branch-$prec.safetensors"
+	done
+	for prec in fp4 int4; do
+		for extra in "" "--branch $W/branch-$prec.safetensors"; do
 			# shellcheck disable=SC2086
 			fx-quant -q --model "$W/m2" $extra --precision "$prec" -o "$W/whole.safetensors"
 			for rows in 1 7 50; do
