@@ -188,7 +188,7 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 
 	if (!o || !o->model)
 		return 0;
-	if ((ret = fx_model_open(&m, o->model, err)) < 0)
+	if ((ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0)
 		return ret;
 	if (o->calib && (ret = fx_st_open(&calib, o->calib, err)) < 0)
 		goto out;

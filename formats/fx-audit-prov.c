@@ -9,6 +9,7 @@
 #include "../kernels/fx-quant.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
+#include "fx-lora.h"
 #include "fx-lowrank.h"
 #include "fx-model.h"
 
@@ -53,7 +54,7 @@ static bool recorded_as(const struct fx_st *st, const char *role, const char *id
 /* An input role's recorded id against the given file: a single file's id,
  * or (fx-pack) the id of the set it belongs to. */
 static int check_role(struct fx_audit *a, const struct fx_st *st, json_t *inputs, const char *role,
-		      const char *path, struct fx_err *err)
+		      const char *path, const struct fx_loras *o_loras, struct fx_err *err)
 {
 	const char *want = json_string_value(json_object_get(inputs, role));
 	const char *fmt = fx_st_meta(st, "fx.format");
@@ -63,12 +64,19 @@ static int check_role(struct fx_audit *a, const struct fx_st *st, json_t *inputs
 	/* not an input of this stage (fx-pack never reads the calib file) */
 	if (!want)
 		return 0;
-	if ((ret = fx_input_id(id, path, err)) < 0)
+	/* the model's identity covers the LoRAs merged into it */
+	ret = strcmp(role, "model") ? fx_input_id(id, path, err)
+				    : fx_lora_model_id(id, path, o_loras, err);
+	if (ret < 0)
 		return ret;
 	if (!recorded_as(st, role, id, path))
 		fx_audit_add(a, FX_SEV_ERROR, "stale", role,
-			     "%s was made from another %s than '%s' (recorded %.12s, given %.12s): "
-			     "rerun %s", fmt, role, path, want, id, stage_of(fmt));
+			     "%s was made from another %s than '%s'%s (recorded %.12s, given %.12s): "
+			     "rerun %s%s", fmt, role, path,
+			     strcmp(role, "model") || !o_loras || !o_loras->n ? "" : " with the given LoRAs",
+			     want, id, stage_of(fmt),
+			     !strcmp(role, "model") && fx_st_meta(st, "fx.loras") ? ", or give the LoRAs "
+			     "it records (fx.loras) with --lora" : "");
 	else
 		fx_audit_line(a, "[OK] provenance: %s '%s' matches", role, path);
 	return 0;
@@ -90,11 +98,11 @@ int fx_audit_provenance(struct fx_audit *a, const struct fx_st *st, const struct
 	}
 	inputs = json_loads(txt, 0, NULL);
 	if (o->model && ret == 0)
-		ret = check_role(a, st, inputs, "model", o->model, err);
+		ret = check_role(a, st, inputs, "model", o->model, o->loras, err);
 	if (o->calib && ret == 0)
-		ret = check_role(a, st, inputs, "calib", o->calib, err);
+		ret = check_role(a, st, inputs, "calib", o->calib, NULL, err);
 	if (o->branch && ret == 0)
-		ret = check_role(a, st, inputs, "branch", o->branch, err);
+		ret = check_role(a, st, inputs, "branch", o->branch, NULL, err);
 	json_decref(inputs);
 	return ret;
 }
@@ -129,7 +137,9 @@ static int chain_one(struct fx_audit *a, const struct fx_st *audited, const char
 	for (i = 0; i < FX_ARRAY_SIZE(roles); i++) {
 		if (!given[i] || !strcmp(roles[i], role))
 			continue;
-		if ((ret = fx_input_id(id, given[i], err)) < 0)
+		ret = i == 0 ? fx_lora_model_id(id, given[i], o->loras, err)
+			     : fx_input_id(id, given[i], err);
+		if (ret < 0)
 			goto out;
 		if (recorded_as(in, roles[i], id, given[i]))
 			continue;

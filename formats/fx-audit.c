@@ -14,6 +14,7 @@
 #include "fx-audit-packed.h"
 #include "fx-audit-prov.h"
 #include "fx-file.h"
+#include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-st.h"
 
@@ -186,7 +187,46 @@ static void model_value_finding(void *ctx, const char *msg)
 	fx_audit_add(ctx, FX_SEV_ERROR, "values", "", "%s", msg);
 }
 
-static int audit_model(struct fx_audit *a, const char *path, struct fx_err *err)
+/* What a file records of the LoRAs merged into its model (fx.loras), as
+ * one report line; a malformed entry is a finding. */
+static void audit_loras(struct fx_audit *a, const struct fx_st *st)
+{
+	const char *txt = fx_st_meta(st, "fx.loras");
+	json_t *j = txt ? json_loads(txt, 0, NULL) : NULL, *e;
+	char line[1024];
+	size_t i, used = 0;
+
+	if (!txt)
+		return;
+	if (!json_is_array(j) || !json_array_size(j)) {
+		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.loras is not a list of LoRAs: '%.200s'", txt);
+		json_decref(j);
+		return;
+	}
+	line[0] = '\0';
+	json_array_foreach(j, i, e) {
+		const char *f = json_string_value(json_object_get(e, "file"));
+		const char *h = json_string_value(json_object_get(e, "sha256"));
+		json_t *sc = json_object_get(e, "scale");
+		int k;
+
+		if (!f || !h || !json_is_number(sc)) {
+			fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.loras entry %zu lacks file, "
+				     "sha256 or scale", i);
+			break;
+		}
+		k = snprintf(line + used, sizeof(line) - used, "%s%s:%g (sha256 %.12s)", i ? ", " : "",
+			     f, json_number_value(sc), h);
+		if (k > 0 && (size_t)k < sizeof(line) - used)
+			used += (size_t)k;
+	}
+	fx_audit_line(a, "loras: made with %zu LoRA%s merged: %s", json_array_size(j),
+		      json_array_size(j) == 1 ? "" : "s", line);
+	json_decref(j);
+}
+
+static int audit_model(struct fx_audit *a, const char *path, const struct fx_audit_opts *o,
+		       struct fx_err *err)
 {
 	struct fx_model *m = NULL;
 	const struct fx_model_config *c;
@@ -194,9 +234,15 @@ static int audit_model(struct fx_audit *a, const char *path, struct fx_err *err)
 	size_t i;
 	int ret;
 
-	ret = fx_model_open(&m, path, err);
+	/* with --lora: the LoRAs are read against this model too */
+	ret = fx_model_open_loras(&m, path, o ? o->loras : NULL, err);
 	if (ret < 0)
 		return ret;
+	for (i = 0; i < fx_model_nloras(m); i++)
+		fx_audit_line(a, "[OK] lora: '%s' (%s naming, %zu products) fits the model",
+			      fx_lora_file_path(fx_model_lora(m, i)),
+			      fx_lora_file_kind(fx_model_lora(m, i)),
+			      fx_lora_file_count(fx_model_lora(m, i)));
 	snprintf(a->kind, sizeof(a->kind), "model");
 	c = fx_model_config(m);
 	set = fx_model_files(m);
@@ -273,13 +319,13 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 			return audit_two_file(a, path, tb, ul, o, err);
 	}
 	if (is_dir(path) || strstr(path, ".index.json"))
-		return audit_model(a, path, err);
+		return audit_model(a, path, o, err);
 	ret = fx_st_open(&st, path, err);
 	if (ret < 0)
 		return ret;
 	if (!fx_st_meta(st, "fx.format") && !fx_audit_is_packed(st) && looks_like_model(st)) {
 		fx_st_close(st);
-		return audit_model(a, path, err);
+		return audit_model(a, path, o, err);
 	}
 	a->nfiles = 1;
 	for (i = 0; i < fx_st_count(st); i++)
@@ -287,6 +333,7 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	if (fx_st_meta(st, "fx.format")) {
 		snprintf(a->kind, sizeof(a->kind), "%s", fx_st_meta(st, "fx.format"));
 		audit_fx_header(a, st);
+		audit_loras(a, st);
 		if ((ret = fx_audit_provenance(a, st, o, err)) < 0 ||
 		    (ret = fx_audit_prov(a, st, o, err)) < 0)
 			goto fail;
@@ -299,6 +346,7 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 			fx_audit_branch(a, st);
 	} else if (fx_audit_is_packed(st)) {
 		snprintf(a->kind, sizeof(a->kind), "nunchaku");
+		audit_loras(a, st);
 		fx_audit_packed(a, st);
 		if ((ret = fx_audit_numerics(a, st, o, err)) < 0)
 			goto fail;

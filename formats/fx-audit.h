@@ -16,8 +16,11 @@ struct fx_finding {
 	char msg[480];
 };
 
+struct fx_loras;
+
 struct fx_audit_opts {
 	const char *model;   /* --model, for provenance/numerics (later) */
+	const struct fx_loras *loras;   /* --lora: merged into the model */
 	const char *calib;
 	const char *branch;
 	bool strict;         /* warnings count as findings */

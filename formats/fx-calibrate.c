@@ -13,6 +13,7 @@
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-flux.h"
+#include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-sampler.h"
 #include "fx-stage.h"
@@ -216,7 +217,8 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	*up_to_date = false;
 	if (stage_out)
 		*stage_out = NULL;
-	if ((ret = fx_model_open(&m, o->model, err)) < 0 || (ret = fx_st_open(&cs, o->cond, err)) < 0)
+	if ((ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0 ||
+	    (ret = fx_st_open(&cs, o->cond, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
 	if ((ret = cond_tensor(cs, "prompt_embeds", 3, &pe, err)) < 0 ||
@@ -254,9 +256,8 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		goto out;
 
 	if ((ret = fx_stage_new(&s, "fx-calib", FX_FMT_CALIB, o->output, err)) < 0 ||
-	    (ret = fx_input_id(id, o->model, err)) < 0)
+	    (ret = fx_lora_stage_model(s, o->model, o->loras, id, err)) < 0)
 		goto out;
-	fx_stage_input_id(s, "model", id);
 	if ((ret = fx_stage_input(s, "cond", o->cond, err)) < 0)
 		goto out;
 	snprintf(res, sizeof(res), "%dx%d", sp.width, sp.height);

@@ -6,8 +6,11 @@
 
 #include "../common/fx-err.h"
 
+struct fx_loras;
+
 struct fx_calibrate_opts {
 	const char *model;
+	const struct fx_loras *loras;   /* merged into the model; NULL: none */
 	const char *cond;
 	const char *output;
 	int prompts;            /* 0: every entry of the conditioning file */

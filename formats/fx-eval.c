@@ -10,6 +10,7 @@
 #include "../common/fx-log.h"
 #include "fx-file.h"
 #include "fx-flux.h"
+#include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-packed-module.h"
 #include "fx-sampler.h"
@@ -202,7 +203,8 @@ int fx_eval_run(const struct fx_eval_opts *o, struct fx_eval_result *r, struct f
 			       o->nckpt);
 		goto out;
 	}
-	if ((ret = fx_model_open(&m, o->model, err)) < 0 || (ret = fx_st_open(&cs, o->cond, err)) < 0)
+	if ((ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0 ||
+	    (ret = fx_st_open(&cs, o->cond, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
 	pe = fx_st_find(cs, "prompt_embeds");

@@ -13,8 +13,11 @@
 /* PSNR/SNR reported for identical outputs (no error at all). */
 #define FX_EVAL_EXACT_DB 999.0
 
+struct fx_loras;
+
 struct fx_eval_opts {
 	const char *model;
+	const struct fx_loras *loras;   /* merged into the model; NULL: none */
 	const char *cond;
 	const char *ckpt[FX_EVAL_MAX_CKPT];
 	int nckpt;

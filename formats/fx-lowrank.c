@@ -15,6 +15,7 @@
 #include "fx-audit.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
+#include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-st.h"
 #include "fx-stage.h"
@@ -99,6 +100,8 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct ca
 		hash_tensor(h, g->members[i].weight);
 		hash_tensor(h, g->members[i].wscale);
 	}
+	if (g->lora[0])   /* the LoRA products merged into it */
+		fx_layer_hash_str(h, g->lora);
 	hash_tensor(h, ce->absmax);
 	hash_tensor(h, ce->samples);
 	fx_layer_hash_str(h, lparams);
@@ -361,7 +364,7 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 		goto out;
 	/* biases, norms and unquantized tensors: NaN/Inf named here, not by a
 	 * later stage (the weights are checked as they are widened) */
-	if ((ret = fx_model_open(&m, o->model, err)) < 0 ||
+	if ((ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0 ||
 	    (ret = fx_model_scan_values(m, false, NULL, NULL, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
@@ -370,9 +373,8 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 		goto out;
 	if ((ret = fx_stage_new(&s, "fx-lowrank", FX_FMT_BRANCH, o->output, err)) < 0)
 		goto out;
-	if ((ret = fx_input_id(model_id, o->model, err)) < 0)
+	if ((ret = fx_lora_stage_model(s, o->model, o->loras, model_id, err)) < 0)
 		goto out;
-	fx_stage_input_id(s, "model", model_id);
 	if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
 	    (ret = fx_file_expect(calib, FX_FMT_CALIB, "fx-lowrank", err)) < 0 ||
 	    (ret = check_calib_model(calib, model_id, err)) < 0 ||

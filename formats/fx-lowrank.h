@@ -37,8 +37,11 @@ enum fx_branch_stat {
 	FX_BRANCH_STAT_COUNT
 };
 
+struct fx_loras;
+
 struct fx_lowrank_stage_opts {
 	const char *model;
+	const struct fx_loras *loras;   /* merged into the model; NULL: none */
 	const char *calib;
 	const char *output;
 	int rank;                /* 32 */

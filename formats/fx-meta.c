@@ -293,6 +293,19 @@ void fx_meta_audit(const struct fx_st *st, struct fx_audit *a)
 			fx_audit_add(a, FX_SEV_ERROR, "metadata", fx_meta_keys[i],
 				     "metadata '%s' is not a JSON object", fx_meta_keys[i]);
 	}
+	if (fx_st_meta(st, "fx.loras")) {
+		/* not read by the loaders: tells a merged checkpoint apart */
+		json_t *l = json_loads(fx_st_meta(st, "fx.loras"), 0, NULL);
+
+		if (!json_is_array(l))
+			fx_audit_add(a, FX_SEV_ERROR, "metadata", "fx.loras",
+				     "metadata 'fx.loras' is not a JSON list");
+		else
+			fx_audit_add(a, FX_SEV_NOTE, "metadata", "fx.loras",
+				     "made with %zu LoRA%s merged: %.400s", json_array_size(l),
+				     json_array_size(l) == 1 ? "" : "s", fx_st_meta(st, "fx.loras"));
+		json_decref(l);
+	}
 	if (fx_meta_facts(st, &f, &err) < 0) {
 		fx_audit_add(a, FX_SEV_ERROR, "metadata", "", "%s", err.msg);
 		goto out;

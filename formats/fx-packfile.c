@@ -18,6 +18,7 @@
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-meta.h"
+#include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-pack.h"
 #include "fx-stage.h"
@@ -656,13 +657,12 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 		ret = fx_error(err, FX_E_ARG, "no --quant file given");
 		goto out;
 	}
-	if ((ret = fx_model_open(&x.m, o->model, err)) < 0)
+	if ((ret = fx_model_open_loras(&x.m, o->model, o->loras, err)) < 0)
 		goto out;
 	x.c = fx_model_config(x.m);
 	if ((ret = fx_stage_new(&x.s, "fx-pack", FX_FMT_PACKED, o->output, err)) < 0 ||
-	    (ret = fx_input_id(model_id, o->model, err)) < 0)
+	    (ret = fx_lora_stage_model(x.s, o->model, o->loras, model_id, err)) < 0)
 		goto out;
-	fx_stage_input_id(x.s, "model", model_id);
 	if ((ret = open_shards(&x.q, o->quant, o->nquant, FX_FMT_QUANT, o->model, model_id, x.s, "quant", err)) < 0 ||
 	    (ret = open_shards(&x.br, o->branch, o->nbranch, FX_FMT_BRANCH, o->model, model_id, x.s,
 				    "branch", err)) < 0)

@@ -7,8 +7,11 @@
 
 #define FX_PACK_MAX_SHARDS 64
 
+struct fx_loras;
+
 struct fx_packfile_opts {
 	const char *model;
+	const struct fx_loras *loras;   /* merged into the model; NULL: none */
 	const char *quant[FX_PACK_MAX_SHARDS];    /* fx.quant files (block shards) */
 	int nquant;
 	const char *branch[FX_PACK_MAX_SHARDS];   /* fx.branch files, or none */

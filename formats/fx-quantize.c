@@ -15,6 +15,7 @@
 #include "fx-audit.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
+#include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-stage.h"
 #include "fx-st.h"
@@ -198,6 +199,8 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct fx
 		hash_tensor(h, g->members[i].wscale);
 		hash_tensor(h, g->members[i].bias);
 	}
+	if (g->lora[0])   /* the LoRA products merged into it */
+		fx_layer_hash_str(h, g->lora);
 	for (i = 0; branch && i < 3; i++) {
 		snprintf(name, sizeof(name), "%s.%s", g->name, broles[i]);
 		hash_tensor(h, fx_st_find(branch, name));
@@ -538,7 +541,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		*stage_out = NULL;
 	/* biases, norms and unquantized tensors: NaN/Inf named here, not by a
 	 * later stage (the weights are checked as they are widened) */
-	if ((ret = fx_model_open(&m, o->model, err)) < 0 ||
+	if ((ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0 ||
 	    (ret = fx_model_scan_values(m, false, NULL, NULL, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
@@ -547,9 +550,8 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		goto out;
 	if ((ret = fx_stage_new(&s, "fx-quant", FX_FMT_QUANT, o->output, err)) < 0)
 		goto out;
-	if ((ret = fx_input_id(model_id, o->model, err)) < 0)
+	if ((ret = fx_lora_stage_model(s, o->model, o->loras, model_id, err)) < 0)
 		goto out;
-	fx_stage_input_id(s, "model", model_id);
 	if (o->branch) {
 		if ((ret = fx_st_open(&branch, o->branch, err)) < 0 ||
 		    (ret = fx_file_expect(branch, FX_FMT_BRANCH, "fx-quant", err)) < 0 ||

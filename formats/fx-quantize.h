@@ -5,8 +5,11 @@
 
 #include "../common/fx-err.h"
 
+struct fx_loras;
+
 struct fx_quantize_opts {
 	const char *model;
+	const struct fx_loras *loras;   /* merged into the model; NULL: none */
 	const char *branch;      /* NULL: plain round-to-nearest */
 	const char *calib;       /* for --search */
 	const char *precision;   /* "fp4" | "int4" */

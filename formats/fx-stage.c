@@ -211,8 +211,10 @@ int fx_stage_add(struct fx_stage *s, const char *name, enum fx_dtype dt, int ndi
 
 void fx_stage_meta(struct fx_stage *s, const char *key, const char *val)
 {
-	if (s->w)
-		fx_stw_meta(s->w, key, val, NULL);
+	/* set before the first tensor is declared (fx.loras with the model id) */
+	if (!s->w && fx_stw_new(&s->w, FX_STW_CRC32, NULL) < 0)
+		return;
+	fx_stw_meta(s->w, key, val, NULL);
 }
 
 void fx_stage_reserve(struct fx_stage *s, size_t spare)

@@ -11,6 +11,10 @@ VERIFYFLAGS ?=
 BLOCKS  ?=
 
 BLOCKS_OPT = $(if $(BLOCKS),--blocks $(BLOCKS))
+# LoRAs merged into the model by every stage that reads it, in order:
+# LORA="a.safetensors:0.8 b.safetensors" (SCALE defaults to 1)
+LORA    ?=
+LORA_OPTS = $(foreach l,$(LORA),--lora $(l))
 lc = $(shell printf '%s' '$(1)' | tr 'A-Z' 'a-z')
 # the checkpoint's name from MODEL in any form (model-name.sh)
 model_name = $(shell sh $(PIPELINES_DIR)model-name.sh '$(1)')

@@ -1,7 +1,7 @@
 # FLUX.1 -> plain round-to-nearest 4-bit Nunchaku checkpoint (no calibration,
 # no smoothing, rank 0): the baseline SVDQuant is measured against.
 #
-#   make -f pipelines/flux-rtn.mk MODEL=~/FLUX.1-dev [OUT=out] [PRECISION=fp4|int4]
+#   make -f pipelines/flux-rtn.mk MODEL=~/FLUX.1-dev [OUT=out] [PRECISION=fp4|int4] [LORA=...]
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 
 MODEL ?= $(error MODEL=<FLUX model folder or file> is required)
@@ -15,13 +15,13 @@ AUDIT := $(FINAL:.safetensors=.audit.txt)
 all: verify
 
 quant: | $(OUT)
-	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) --precision $(PRECISION) -o $(QUANT)
+	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --precision $(PRECISION) -o $(QUANT)
 
 pack: quant
-	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) --quant $(QUANT) -o $(FINAL)
+	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(QUANT) -o $(FINAL)
 
 meta: pack
-	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(FINAL)
+	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) $(FINAL)
 
 verify: meta
 	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st

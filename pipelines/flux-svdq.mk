@@ -3,7 +3,7 @@
 #
 #   make -f pipelines/flux-svdq.mk MODEL=~/FLUX.1-dev COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
-#        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev]
+#        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev] [LORA="a.safetensors:0.8 b.safetensors"]
 #        [PROMPTS_FILE=pipelines/prompts/calib-128.txt [T5=] [CLIP=] [MAX_LEN=]]  (instead of COND)
 #
 # Writes OUT/calib.safetensors, OUT/branch-r<rank>-<precision>.safetensors,
@@ -50,21 +50,21 @@ ifneq ($(PROMPTS_FILE),)
 endif
 
 calib: encode | $(OUT)
-	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
+	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
 
 lowrank: calib
-	$(FX)/fx-lowrank $(FXFLAGS) --model $(MODEL) --calib $(CALIB) --rank $(RANK) \
+	$(FX)/fx-lowrank $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --calib $(CALIB) --rank $(RANK) \
 		--precision $(PRECISION) $(if $(GRID),--alpha-grid $(GRID)) $(BLOCKS_OPT) -o $(BRANCH)
 
 quant: lowrank
-	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) --branch $(BRANCH) --precision $(PRECISION) \
+	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
 		$(BLOCKS_OPT) -o $(QUANT)
 
 pack: quant
-	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
+	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
 
 meta: pack
-	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(FINAL)
+	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) $(FINAL)
 
 verify: meta
 	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st

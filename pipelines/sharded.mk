@@ -4,7 +4,7 @@
 # leave gaps. The result is byte-identical to pipelines/flux-svdq.mk.
 #
 #   make -j4 -f pipelines/sharded.mk MODEL=... COND=... SHARDS="0-9 10-29 30-56" \
-#        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS= STEPS= RES= SAMPLES= GRID=]
+#        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS= STEPS= RES= SAMPLES= GRID=] [LORA=...]
 #
 # Block numbering: double blocks 0..18, then single blocks 19..56 (FLUX.1).
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
@@ -33,25 +33,25 @@ CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS
 all: verify
 
 calib: | $(OUT)
-	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
+	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
 
 # one job per block range: its branch, then its quantized residual
 define SHARD_RULE
 shard-$(1): calib
-	$$(FX)/fx-lowrank $$(FXFLAGS) --model $$(MODEL) --calib $$(CALIB) --rank $$(RANK) \
+	$$(FX)/fx-lowrank $$(FXFLAGS) --model $$(MODEL) $$(LORA_OPTS) --calib $$(CALIB) --rank $$(RANK) \
 		--precision $$(PRECISION) $$(if $$(GRID),--alpha-grid $$(GRID)) --blocks $(1) \
 		-o $$(call branch_of,$(1))
-	$$(FX)/fx-quant $$(FXFLAGS) --model $$(MODEL) --branch $$(call branch_of,$(1)) \
+	$$(FX)/fx-quant $$(FXFLAGS) --model $$(MODEL) $$(LORA_OPTS) --branch $$(call branch_of,$(1)) \
 		--precision $$(PRECISION) --blocks $(1) -o $$(call quant_of,$(1))
 endef
 $(foreach s,$(SHARDS),$(eval $(call SHARD_RULE,$(s))))
 
 pack: $(addprefix shard-,$(SHARDS))
-	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(foreach s,$(SHARDS),--quant $(call quant_of,$(s)) \
+	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) $(foreach s,$(SHARDS),--quant $(call quant_of,$(s)) \
 		--branch $(call branch_of,$(s))) -o $(FINAL)
 
 meta: pack
-	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(FINAL)
+	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) $(FINAL)
 
 verify: meta
 	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st

@@ -7,14 +7,16 @@
 #include "fx-cli.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
 
-enum { OPT_MODEL = 256, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED,
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED,
        OPT_SAMPLES, OPT_HESSIAN, OPT_BLOCKS, OPT_GEMM };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "cond", 0, FX_OPT_REQ, "C", "conditioning: prompt_embeds (P,L,D) + pooled_prompt_embeds (P,768)", OPT_COND },
 	{ "prompts", 0, FX_OPT_REQ, "P", "use the first P prompts (default: all)", OPT_PROMPTS },
 	{ "steps", 0, FX_OPT_REQ, "S", "sampling steps (default: dev 50, schnell 4)", OPT_STEPS },
@@ -36,7 +38,8 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
 	};
-	struct fx_calibrate_opts o = { .guidance = -1, .samples = 512, .first_block = -1, .last_block = -1 };
+	static struct fx_loras loras;
+	struct fx_calibrate_opts o = { .loras = &loras,  .guidance = -1, .samples = 512, .first_block = -1, .last_block = -1 };
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
 	const char *arg;
@@ -49,6 +52,11 @@ int main(int argc, char **argv)
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: o.model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((ret = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return ret;
+			break;
 		case OPT_COND: o.cond = arg; break;
 		case OPT_PROMPTS:
 			if (!fx_parse_int(arg, 1, 1000000, &v))

@@ -8,11 +8,14 @@
 #include "fx-eval.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
+#include "fx-tool.h"
 
-enum { OPT_MODEL = 256, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED, OPT_PLOT };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED, OPT_PLOT };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "the source FLUX model the checkpoints were made from", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "cond", 0, FX_OPT_REQ, "C", "conditioning: prompt_embeds + pooled_prompt_embeds", OPT_COND },
 	{ "prompts", 0, FX_OPT_REQ, "P", "use the first P prompts (default: all)", OPT_PROMPTS },
 	{ "steps", 0, FX_OPT_REQ, "S", "sampling steps (default 4)", OPT_STEPS },
@@ -115,7 +118,8 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_JSON | FX_CLI_THREADS,
 	};
-	struct fx_eval_opts o = { .guidance = -1 };
+	static struct fx_loras loras;
+	struct fx_eval_opts o = { .guidance = -1, .loras = &loras };
 	struct fx_eval_result r;
 	struct fx_err err = {0};
 	const char *arg, *plot = NULL;
@@ -127,6 +131,11 @@ int main(int argc, char **argv)
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: o.model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((ret = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return ret;
+			break;
 		case OPT_COND: o.cond = arg; break;
 		case OPT_PROMPTS:
 		case OPT_STEPS:

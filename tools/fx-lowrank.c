@@ -6,17 +6,19 @@
 #include "fx-cli.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 #include "fx-lowrank.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
 #include "fx-merge.h"
 #include "fx-file.h"
 
-enum { OPT_MODEL = 256, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_METHOD,
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_METHOD,
        OPT_BLOCKS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "calib", 0, FX_OPT_REQ, "C", "fx.calib file recorded from this model", OPT_CALIB },
 	{ "rank", 0, FX_OPT_REQ, "R", "rank of the low-rank branch, a multiple of 16 (default 32)", OPT_RANK },
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "quantization the search measures (default fp4)", OPT_PRECISION },
@@ -36,6 +38,7 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
 	};
+	static struct fx_loras loras;
 	struct fx_lowrank_stage_opts o;
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
@@ -45,11 +48,17 @@ int main(int argc, char **argv)
 	int id, ret;
 
 	fx_lowrank_stage_opts_init(&o);
+	o.loras = &loras;
 	fx_cli_init(&cli, argc, argv);
 	fx_io_install_signal_cleanup();
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: o.model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((ret = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return ret;
+			break;
 		case OPT_CALIB: o.calib = arg; break;
 		case OPT_RANK:
 			if (!fx_parse_int(arg, 16, 4096, &v) || v % 16)

@@ -8,13 +8,16 @@
 #include "fx-cli.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 #include "fx-meta.h"
 #include "fx-model.h"
+#include "fx-tool.h"
 
-enum { OPT_MODEL = 256, OPT_PRECISION, OPT_RANK, OPT_CHECK };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_PRECISION, OPT_RANK, OPT_CHECK };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "take the config from this FLUX model", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "override the precision read off the tensors", OPT_PRECISION },
 	{ "rank", 0, FX_OPT_REQ, "R", "override the rank read off the lora tensors", OPT_RANK },
 	{ "check", 0, FX_OPT_NONE, NULL, "only report; exit 1 when metadata is missing or wrong", OPT_CHECK },
@@ -29,11 +32,16 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_JSON,
 	};
+	static struct fx_loras loras;
 	struct fx_meta_opts mo = { .rank = -1 };
+	const char *keys[FX_META_COUNT + 1];
+	char *lj = NULL;
+	size_t nkeys = FX_META_COUNT;
 	struct fx_err err = {0};
 	struct fx_model *m = NULL;
 	struct fx_st *st = NULL;
 	char *vals[FX_META_COUNT] = {0};
+	const char *vals_lora = NULL;
 	const char *arg, *model = NULL, *file;
 	bool check = false, in_place = false, same = true;
 	int id, i, ret = 0;
@@ -44,6 +52,11 @@ int main(int argc, char **argv)
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((ret = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return ret;
+			break;
 		case OPT_PRECISION:
 			if (strcmp(arg, "fp4") && strcmp(arg, "int4"))
 				return fx_cli_usage_error(&cli, "--precision must be fp4 or int4, not '%s'", arg);
@@ -61,6 +74,8 @@ int main(int argc, char **argv)
 		return FX_EXIT_USAGE;
 	if (cli.optind != argc - 1)
 		return fx_cli_usage_error(&cli, "expected exactly one FILE");
+	if (loras.n && !model)
+		return fx_cli_usage_error(&cli, "--lora needs --model (the LoRAs merge into it)");
 	file = argv[cli.optind];
 
 	if ((ret = fx_st_open(&st, file, &err)) < 0)
@@ -95,7 +110,8 @@ int main(int argc, char **argv)
 		return n ? FX_EXIT_FINDINGS : FX_EXIT_OK;
 	}
 	if (model) {
-		if ((ret = fx_model_open(&m, model, &err)) < 0)
+		/* the LoRAs are read against the model: a wrong one is refused here */
+		if ((ret = fx_model_open_loras(&m, model, &loras, &err)) < 0)
 			goto fail;
 		mo.config_json = fx_model_config_json(m);
 	}
@@ -104,8 +120,30 @@ int main(int argc, char **argv)
 	for (i = 0; i < FX_META_COUNT; i++) {
 		const char *have = fx_st_meta(st, fx_meta_keys[i]);
 
+		keys[i] = fx_meta_keys[i];
 		if (!have || strcmp(have, vals[i]))
 			same = false;
+	}
+	/* fx.loras: what fx-pack recorded stays; given LoRAs must be those (an
+	 * fx checkpoint's model identity covers them), or are recorded on a
+	 * checkpoint another tool wrote */
+	if ((ret = fx_lora_describe(&lj, &loras, &err)) < 0)
+		goto fail;
+	if (lj) {
+		const char *have = fx_st_meta(st, "fx.loras");
+
+		if (fx_st_meta(st, "fx.format") && (!have || strcmp(have, lj))) {
+			ret = fx_error(&err, FX_E_HASH, "'%s' was made with %s%s, not the LoRAs given (%s): "
+				       "give the same --lora options as to fx-pack", file,
+				       have ? "the LoRAs " : "no LoRA", have ? have : "", lj);
+			goto fail;
+		}
+		if (!have || strcmp(have, lj)) {
+			same = false;
+			keys[nkeys] = "fx.loras";
+			vals_lora = lj;
+			nkeys++;
+		}
 	}
 	fx_st_close(st);
 	st = NULL;
@@ -113,8 +151,12 @@ int main(int argc, char **argv)
 		fx_log_info("%s: metadata up to date", file);
 	} else {
 		fx_out_rewrites(file);   /* its own input by design */
-		if ((ret = fx_meta_write(file, fx_meta_keys, (const char *const *)vals, FX_META_COUNT,
-					 &in_place, &err)) < 0)
+		const char *v[FX_META_COUNT + 1];
+
+		for (i = 0; i < FX_META_COUNT; i++)
+			v[i] = vals[i];
+		v[FX_META_COUNT] = vals_lora;
+		if ((ret = fx_meta_write(file, keys, v, nkeys, &in_place, &err)) < 0)
 			goto fail;
 		fx_log_info("%s: metadata written (%s)", file, in_place ? "in place" : "rewritten");
 	}
@@ -130,10 +172,12 @@ int main(int argc, char **argv)
 	}
 	for (i = 0; i < FX_META_COUNT; i++)
 		free(vals[i]);
+	free(lj);
 	fx_model_close(m);
 	return FX_EXIT_OK;
 fail:
 	fx_log_error("%s", err.msg);
+	free(lj);
 	for (i = 0; i < FX_META_COUNT; i++)
 		free(vals[i]);
 	fx_st_close(st);

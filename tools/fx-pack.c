@@ -6,14 +6,16 @@
 #include "fx-cli.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 #include "fx-packfile.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
 
-enum { OPT_MODEL = 256, OPT_QUANT, OPT_BRANCH, OPT_LEGACY };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_QUANT, OPT_BRANCH, OPT_LEGACY };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model the quant file was made from", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "quant", 0, FX_OPT_REQ, "Q", "fx.quant file; repeat for block shards", OPT_QUANT },
 	{ "branch", 0, FX_OPT_REQ, "B", "fx.branch file; repeat for block shards", OPT_BRANCH },
 	{ "legacy", 0, FX_OPT_REQ, "DIR", "also write the two-file folder form into DIR", OPT_LEGACY },
@@ -28,7 +30,8 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS,
 	};
-	struct fx_packfile_opts o = {0};
+	static struct fx_loras loras;
+	struct fx_packfile_opts o = { .loras = &loras };
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
 	const char *arg;
@@ -40,6 +43,11 @@ int main(int argc, char **argv)
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: o.model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((ret = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return ret;
+			break;
 		case OPT_QUANT:
 			if (o.nquant == FX_PACK_MAX_SHARDS)
 				return fx_cli_usage_error(&cli, "at most %d --quant files", FX_PACK_MAX_SHARDS);

@@ -6,16 +6,18 @@
 #include "fx-cli.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 #include "fx-quantize.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
 #include "fx-merge.h"
 #include "fx-file.h"
 
-enum { OPT_MODEL = 256, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_BLOCKS, OPT_MERGE };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_BLOCKS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "branch", 0, FX_OPT_REQ, "B", "fx.branch file (smoothing + low-rank); without it: plain RTN", OPT_BRANCH },
 	{ "calib", 0, FX_OPT_REQ, "C", "fx.calib file, used by --search", OPT_CALIB },
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "NVFP4 (group 16) or INT4 (group 64)", OPT_PRECISION },
@@ -33,7 +35,8 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS,
 	};
-	struct fx_quantize_opts o = { .first_block = -1, .last_block = -1 };
+	static struct fx_loras loras;
+	struct fx_quantize_opts o = { .loras = &loras,  .first_block = -1, .last_block = -1 };
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
 	const char *arg;
@@ -45,6 +48,11 @@ int main(int argc, char **argv)
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: o.model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((ret = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return ret;
+			break;
 		case OPT_BRANCH: o.branch = arg; break;
 		case OPT_CALIB: o.calib = arg; break;
 		case OPT_PRECISION: o.precision = arg; break;

@@ -7,11 +7,14 @@
 #include "fx-audit.h"
 #include "fx-cli.h"
 #include "fx-log.h"
+#include "fx-lora.h"
+#include "fx-tool.h"
 
-enum { OPT_MODEL = 256, OPT_CALIB, OPT_BRANCH, OPT_STRICT };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_BRANCH, OPT_STRICT };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "source model, for provenance and numerics", OPT_MODEL },
+	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "calib", 0, FX_OPT_REQ, "C", "fx.calib file, for provenance and output error", OPT_CALIB },
 	{ "branch", 0, FX_OPT_REQ, "B", "fx.branch file, for provenance", OPT_BRANCH },
 	{ "strict", 0, FX_OPT_NONE, NULL, "warnings count as findings", OPT_STRICT },
@@ -75,7 +78,8 @@ int main(int argc, char **argv)
 		.opts = opts,
 		.common = FX_CLI_JSON,
 	};
-	struct fx_audit_opts ao = {0};
+	static struct fx_loras loras;
+	struct fx_audit_opts ao = { .loras = &loras };
 	const char *arg;
 	json_t *root = NULL, *files = NULL;
 	size_t nerr = 0, nwarn = 0, nfail = 0;
@@ -85,6 +89,11 @@ int main(int argc, char **argv)
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
 		case OPT_MODEL: ao.model = arg; break;
+		case OPT_LORA:
+		case OPT_LORA_IGNORE:
+			if ((i = fx_tool_lora(&cli, &loras, id, OPT_LORA, arg)))
+				return i;
+			break;
 		case OPT_CALIB: ao.calib = arg; break;
 		case OPT_BRANCH: ao.branch = arg; break;
 		case OPT_STRICT: ao.strict = true; break;
@@ -94,6 +103,8 @@ int main(int argc, char **argv)
 		return FX_EXIT_USAGE;
 	if (cli.optind >= argc)
 		return fx_cli_usage_error(&cli, "no input files");
+	if (loras.n && !ao.model)
+		return fx_cli_usage_error(&cli, "--lora needs --model (the LoRAs merge into it)");
 	if (cli.c.json) {
 		root = json_object();
 		files = json_array();

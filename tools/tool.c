@@ -5,6 +5,7 @@
 
 #include "fx-cli.h"
 #include "fx-log.h"
+#include "fx-lora.h"
 #include "fx-merge.h"
 #include "fx-stage.h"
 
@@ -32,6 +33,19 @@ int fx_tool_stage_done(int ret, const struct fx_err *err, struct fx_stage *s, bo
 	}
 	fx_stage_free(s);
 	return FX_EXIT_OK;
+}
+
+int fx_tool_lora(struct fx_cli *cli, struct fx_loras *l, int id, int lora_id, const char *arg)
+{
+	struct fx_err err = {0};
+
+	if (id == lora_id + 1) {
+		l->ignore_unknown = true;
+		return 0;
+	}
+	if (fx_loras_add(l, arg, &err) < 0)
+		return fx_cli_usage_error(cli, "%s", err.msg);
+	return 0;
 }
 
 int fx_tool_require(struct fx_cli *cli, int argc, char **argv, bool have, const char *missing)
