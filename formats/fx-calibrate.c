@@ -10,6 +10,7 @@
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
 #include "../kernels/fx-device.h"
+#include "../kernels/fx-ops.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-flux.h"
@@ -75,6 +76,33 @@ static bool absmax_rows(float *absmax, const float *x, int64_t m, int64_t k)
 	return !(bad & 0x80000000u);
 }
 
+/* Column panels of the XᵀX update, fixed whatever the thread count. */
+#define XTX_PANEL 256
+
+/* Upper triangle of xtx (k,k) += xdᵀ·xd over m rows, a column panel per
+ * task spread over the OpenMP threads, each panel single-threaded calls
+ * (the rows above its diagonal block with dgemm, the block with dsyrk).
+ * One dsyrk on OpenBLAS's own threads was split by the thread count, and
+ * its rounding follows the split: --threads changed the bytes. */
+static void xtx_update(double *xtx, const double *xd, int64_t m, int64_t k)
+{
+	const int64_t np = (k + XTX_PANEL - 1) / XTX_PANEL;
+	int blas = fx_ops_blas_single();
+
+	/* the panels on the right have the most rows above them: first */
+#pragma omp parallel for schedule(dynamic, 1)
+	for (int64_t p = np - 1; p >= 0; p--) {
+		int64_t j0 = p * XTX_PANEL, w = k - j0 < XTX_PANEL ? k - j0 : XTX_PANEL;
+
+		if (j0 > 0)
+			cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)j0, (int)w, (int)m, 1.0,
+				    xd, (int)k, xd + j0, (int)k, 1.0, xtx + j0, (int)k);
+		cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)w, (int)m, 1.0, xd + j0, (int)k,
+			    1.0, xtx + j0 * k + j0, (int)k);
+	}
+	fx_ops_blas_restore(blas);
+}
+
 static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t m, struct fx_err *err)
 {
 	struct cal *c = ctx;
@@ -123,8 +151,7 @@ static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t 
 		for (r = 0; r < m * k; r++)
 			xd[r] = x[r];
 		/* upper triangle only; mirrored when written */
-		cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)k, (int)m, 1.0, xd, (int)k,
-			    1.0, s->xtx, (int)k);
+		xtx_update(s->xtx, xd, m, k);
 		free(xd);
 	}
 	return 0;

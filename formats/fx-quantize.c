@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <cblas.h>
 #include <jansson.h>
 #include <omp.h>
 
@@ -259,13 +258,9 @@ static int produce(const struct fx_model *m, const struct fx_group *g, const str
 
 	if (ret < 0 || !br)
 		return ret;
-#pragma omp parallel for if (nr * k > 65536)
-	for (int64_t row = 0; row < nr; row++)
-		for (int64_t c = 0; c < k; c++)
-			w[row * k + c] *= br->smooth[c];
-	if (br->r > 0)
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)k, (int)br->r, -1.0f,
-			    br->up + r0 * br->r, (int)br->r, br->down, (int)k, 1.0f, w, (int)k);
+	/* not an sgemm: its rounding would follow the shape of the call, so the
+	 * bytes would depend on the row blocks */
+	fx_ops_residual(w, w, br->smooth, br->up + r0 * br->r, br->down, nr, k, br->r);
 	return 0;
 }
 
@@ -342,12 +337,11 @@ static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
 	const int64_t n = g->n, k = g->k, nchunk = (n + chunk - 1) / chunk;
 	int64_t bad_chunk = -1;
 	struct fx_err first = { 0 };
-	int blas, ret = 0;
+	int ret = 0;
 
 	if (g->kind == FX_GROUP_ADALN)
 		for (int64_t r = 0; r < n; r++)
 			b->perm[r] = fx_quant_adaln_src_row(r, n, g->adaln_chunks);
-	blas = fx_ops_blas_single();   /* the residual's products run per thread */
 	for (int pass = g->kind == FX_GROUP_W4A4 && fp4 ? 0 : 1; pass < 2 && bad_chunk < 0; pass++) {
 #pragma omp parallel
 		{
@@ -381,7 +375,6 @@ static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
 					b->rscale[r] = b->tscale[i];
 			}
 	}
-	fx_ops_blas_restore(blas);
 	if (bad_chunk >= 0)
 		ret = fx_error(err, first.code, "%s", first.msg);
 	return ret;

@@ -20,14 +20,16 @@ void *fx_ops_alloc(size_t n);
 int fx_ops_blas_single(void);
 void fx_ops_blas_restore(int prev);
 
-/* Row-major C (M,N) = alpha·op(A)·op(B) + beta·C, split into panels of the
- * longer of M and N, one per OpenMP thread, each a single-threaded sgemm
- * (inside a parallel region: one sgemm on the calling thread). */
+/* Row-major C (M,N) = alpha·op(A)·op(B) + beta·C, cut into tiles from the
+ * shape alone (about 768 a side), each a single-threaded sgemm, the tiles
+ * shared by the OpenMP threads (inside a parallel region: taken in turn by
+ * the calling thread). The bytes do not depend on the thread count. */
 void fx_ops_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
 		 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* y (m,n) = x (m,k) · wᵀ + b, w (n,k) row-major, b (n) or NULL. y must not
- * alias x. fx_ops_gemm's panels. */
+ * alias x. fx_ops_gemm's tiles; one row (m = 1): a dot product per output
+ * in a fixed order. */
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 		   int64_t m, int64_t n, int64_t k);
 
@@ -93,5 +95,14 @@ void fx_ops_timestep_embed(float *out, float t, int dim);
 void fx_ops_gated_add(float *x, const float *y, const float *gate, int64_t m, int64_t d);
 /* Elementwise a += b over n values. */
 void fx_ops_add(float *a, const float *b, size_t n);
+
+/* SVDQuant residual: dst (rows,k) = w·diag(s) − up·down, w (rows,k), s (k)
+ * or NULL (no scaling), up (rows,rank), down (rank,k), all row-major; dst
+ * may equal w. Not BLAS: each element is one fixed sequence of f32
+ * operations (the rank products summed in order, then w·s minus the sum), so
+ * the bytes do not depend on how the caller cuts rows, on the threads or on
+ * the CPU. Threads over rows when called outside a parallel region. */
+void fx_ops_residual(float *dst, const float *w, const float *s, const float *up,
+		     const float *down, int64_t rows, int64_t k, int64_t rank);
 
 #endif

@@ -332,13 +332,6 @@ ROWK static void resq_row_int4(float *w, int64_t k)
 	}
 }
 
-/* out = w·diag(s) over one row. */
-ROWK static void scale_row(float *out, const float *w, const float *s, int64_t k)
-{
-	for (int64_t i = 0; i < k; i++)
-		out[i] = w[i] * s[i];
-}
-
 ROWK static float absmax_row(const float *v, int64_t k)
 {
 	float m = 0.0f;
@@ -759,16 +752,9 @@ static void lr_residual(struct lr *c, const float *s, const float *up, const flo
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 
-	/* W·diag(s) first, then sgemm with beta 1: no zeroing pass over rbuf */
-	if (s) {
-#pragma omp parallel for schedule(static) if(BIG(n * k))
-		for (int64_t i = 0; i < n; i++)
-			scale_row(c->rbuf + i * k, p->w + i * k, s, k);
-	} else {
-		memcpy(c->rbuf, p->w, (size_t)n * k * sizeof(float));
-	}
-	if (r > 0)
-		pgemm(false, false, n, k, r, -1.0f, up, r, down, k, 1.0f, c->rbuf, k);
+	/* the kernel fx-quant builds its residual with (not BLAS): the search
+	 * measures the residual fx-quant will quantize, whatever the threads */
+	fx_ops_residual(c->rbuf, p->w, s, up, down, n, k, r);
 	if (p->prec == FX_QPREC_NVFP4) {
 #pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)

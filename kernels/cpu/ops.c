@@ -80,45 +80,72 @@ void fx_ops_blas_restore(int prev)
 		openblas_set_num_threads(prev);
 }
 
+/* Tiles of a product: each side is cut into pieces of about GEMM_PIECE (a
+ * multiple of 16, all equal but the last), from the shape alone, and each
+ * tile is one single-threaded sgemm, the tiles spread over the threads.
+ * OpenBLAS rounds an element differently depending on where it falls in a
+ * call's blocking (its edge kernels sum in another order), so panels that
+ * followed the thread count changed the bytes with --threads. About 768:
+ * every tile repacks its operands (FLUX shapes on one thread, against one
+ * call: 8 % slower with pieces of 256, 3 % with 768), while a FLUX layer
+ * still gives 4 to 96 tiles to share. */
+#define GEMM_PIECE 768
+
+static int64_t piece_len(int64_t side)
+{
+	int64_t n = (side + GEMM_PIECE / 2) / GEMM_PIECE;
+
+	n = n < 1 ? 1 : n;
+	return ((side + n - 1) / n + 15) / 16 * 16;
+}
+
 void fx_ops_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
 		 int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 {
 	const enum CBLAS_TRANSPOSE oa = ta ? CblasTrans : CblasNoTrans, ob = tb ? CblasTrans : CblasNoTrans;
-	const bool by_n = N >= M;
-	const int64_t dim = by_n ? N : M;
+	int64_t lm = M, ln = N, tm, tn;
 	int prev;
 
 	if (M <= 0 || N <= 0)
 		return;
-	if (omp_in_parallel()) {   /* a caller's thread: its own product, settings untouched */
-		cblas_sgemm(CblasRowMajor, oa, ob, (blasint)M, (blasint)N, (blasint)K, alpha, A,
-			    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
-		return;
+	if (M * N * K >= (1 << 22)) {   /* below: one call */
+		lm = piece_len(M);
+		ln = piece_len(N);
 	}
+	tm = (M + lm - 1) / lm;
+	tn = (N + ln - 1) / ln;
+	/* OpenBLAS single-threaded even for one tile: its own threads split a
+	 * call by their count (inside a parallel region: the caller's thread
+	 * takes the tiles in turn, settings untouched) */
 	prev = fx_ops_blas_single();
-	if (omp_get_max_threads() < 2 || dim < 64 || M * N * K < (1 << 22)) {
-		cblas_sgemm(CblasRowMajor, oa, ob, (blasint)M, (blasint)N, (blasint)K, alpha, A,
-			    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
-		fx_ops_blas_restore(prev);
-		return;
-	}
-	/* panels of the longer side, multiples of 16 (whole vector registers) */
-	#pragma omp parallel
-	{
-		int t = omp_get_thread_num(), nt = omp_get_num_threads();
-		int64_t per = ((dim + nt - 1) / nt + 15) / 16 * 16, a0 = t * per;
-		int64_t a1 = a0 + per < dim ? a0 + per : dim;
+	#pragma omp parallel for schedule(dynamic, 1) if (tm * tn > 1 && !omp_in_parallel())
+	for (int64_t t = 0; t < tm * tn; t++) {
+		int64_t i0 = t / tn * lm, j0 = t % tn * ln;
+		int64_t mb = M - i0 < lm ? M - i0 : lm, nb = N - j0 < ln ? N - j0 : ln;
 
-		if (a0 < a1 && by_n)
-			cblas_sgemm(CblasRowMajor, oa, ob, (blasint)M, (blasint)(a1 - a0), (blasint)K, alpha,
-				    A, (blasint)lda, tb ? B + a0 * ldb : B + a0, (blasint)ldb, beta, C + a0,
-				    (blasint)ldc);
-		else if (a0 < a1)
-			cblas_sgemm(CblasRowMajor, oa, ob, (blasint)(a1 - a0), (blasint)N, (blasint)K, alpha,
-				    ta ? A + a0 : A + a0 * lda, (blasint)lda, B, (blasint)ldb, beta,
-				    C + a0 * ldc, (blasint)ldc);
+		cblas_sgemm(CblasRowMajor, oa, ob, (blasint)mb, (blasint)nb, (blasint)K, alpha,
+			    ta ? A + i0 : A + i0 * lda, (blasint)lda, tb ? B + j0 * ldb : B + j0,
+			    (blasint)ldb, beta, C + i0 * ldc + j0, (blasint)ldc);
 	}
 	fx_ops_blas_restore(prev);
+}
+
+/* One f32 row dot x over k: 16 partial sums, added as dot_bf16 adds them. */
+FX_CPU_CLONES
+static float dot_f32(const float *w, const float *x, int64_t k)
+{
+	float acc[16] = { 0 }, tail = 0.0f;
+	int64_t c = 0;
+
+	for (; c + 16 <= k; c += 16)
+		for (int j = 0; j < 16; j++)
+			acc[j] += w[c + j] * x[c + j];
+	for (; c < k; c++)
+		tail += w[c] * x[c];
+	for (int wdt = 8; wdt >= 1; wdt /= 2)
+		for (int j = 0; j < wdt; j++)
+			acc[j] += acc[j + wdt];
+	return acc[0] + tail;
 }
 
 void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
@@ -139,9 +166,13 @@ void fx_ops_linear(float *y, const float *x, const float *w, const float *b,
 			memset(y, 0, (size_t)(m * n) * sizeof(float));
 		return;
 	}
-	if (m == 1) {
-		cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)k, 1.0f, w,
-			    (blasint)k, x, 1, beta, y, 1);
+	if (m == 1) {   /* not sgemv: OpenBLAS splits it by its own thread count */
+		#pragma omp parallel for schedule(static) if (n * k > 65536)
+		for (int64_t r = 0; r < n; r++) {
+			float d = dot_f32(w + r * k, x, k);
+
+			y[r] = b ? b[r] + d : d;
+		}
 		return;
 	}
 	fx_ops_gemm(false, true, m, n, k, 1.0f, x, k, w, k, beta, y, n);
@@ -486,4 +517,161 @@ void fx_ops_add(float *a, const float *b, size_t n)
 	#pragma omp parallel for simd if (n > 65536) schedule(static)
 	for (size_t i = 0; i < n; i++)
 		a[i] += b[i];
+}
+
+/* Eight floats: GCC/Clang vector extension, lowered to whatever the clone's
+ * target has (one AVX register, or two SSE ones). Moved with memcpy (no
+ * alignment assumed; no vector-valued functions, whose ABI differs by
+ * target). */
+typedef float v8f __attribute__((vector_size(32)));
+
+/* Residual columns per pass: the pass's slice of down is copied into tiles
+ * of 16 columns, each (rank, 16) contiguous (down's rows are k floats apart:
+ * read in place, a tile's rank rows fell into one L1 set), then every row
+ * block of the thread goes over it. */
+#define RES_COLS 256
+
+/* Rows [0, nr) (nr <= 4) of dst, columns [c0, c1): acc = Σ_l up[i,l]·down[l,j]
+ * in l order (multiply, then add: no contraction), dst = w·s − acc. dp: the
+ * columns' tiles of down (NULL: read down in place). Every element takes the
+ * same operations whatever nr, its column and dp, so row blocks, threads and
+ * a failed allocation cannot change its bytes. */
+FX_CPU_CLONES
+static void residual_tile(float *dst, int64_t ldd, const float *w, int64_t ldw, const float *s,
+			  const float *up, int64_t rank, const float *down, int64_t k,
+			  const float *dp, int nr, int64_t c0, int64_t c1)
+{
+	const int64_t ls = dp ? 16 : k;   /* from row l to l+1 of a tile */
+	int64_t j = c0;
+	v8f x, sv;
+
+/* the 16 columns from jt of down: a packed (rank, 16) tile, or in place */
+#define TILE(jt) (dp ? dp + ((jt) - c0) * rank : down + (jt))
+/* dst[r, col..col+8) = w·s − acc */
+#define STORE8(r, col, acc)                                                   \
+	do {                                                                  \
+		memcpy(&x, w + (r) * ldw + (col), sizeof(x));                  \
+		if (s) {                                                      \
+			memcpy(&sv, s + (col), sizeof(sv));                    \
+			x *= sv;                                              \
+		}                                                             \
+		x -= (acc);                                                   \
+		memcpy(dst + (r) * ldd + (col), &x, sizeof(x));                \
+	} while (0)
+
+	if (nr == 4)
+		for (; j + 16 <= c1; j += 16) {
+			const float *d = TILE(j);
+			v8f a[8] = { { 0 } }, d0, d1;
+
+			/* named accumulators: a loop over the four rows kept them
+			 * in memory */
+			for (int64_t l = 0; l < rank; l++) {
+				const float u0 = up[l], u1 = up[rank + l], u2 = up[2 * rank + l],
+					    u3 = up[3 * rank + l];
+
+				memcpy(&d0, d + l * ls, sizeof(d0));
+				memcpy(&d1, d + l * ls + 8, sizeof(d1));
+				a[0] += (v8f){ u0, u0, u0, u0, u0, u0, u0, u0 } * d0;
+				a[1] += (v8f){ u0, u0, u0, u0, u0, u0, u0, u0 } * d1;
+				a[2] += (v8f){ u1, u1, u1, u1, u1, u1, u1, u1 } * d0;
+				a[3] += (v8f){ u1, u1, u1, u1, u1, u1, u1, u1 } * d1;
+				a[4] += (v8f){ u2, u2, u2, u2, u2, u2, u2, u2 } * d0;
+				a[5] += (v8f){ u2, u2, u2, u2, u2, u2, u2, u2 } * d1;
+				a[6] += (v8f){ u3, u3, u3, u3, u3, u3, u3, u3 } * d0;
+				a[7] += (v8f){ u3, u3, u3, u3, u3, u3, u3, u3 } * d1;
+			}
+			for (int i = 0; i < 4; i++) {
+				STORE8(i, j, a[2 * i]);
+				STORE8(i, j + 8, a[2 * i + 1]);
+			}
+		}
+	/* the rest one row at a time: 64 columns (eight chains, as above), 16,
+	 * then single columns */
+	for (int i = 0; i < nr && j < c1; i++) {
+		const float *u = up + i * rank;
+		int64_t jj = j;
+
+		for (; jj + 64 <= c1; jj += 64) {
+			const float *d[4] = { TILE(jj), TILE(jj + 16), TILE(jj + 32), TILE(jj + 48) };
+			v8f a[8] = { { 0 } }, dv;
+
+			for (int64_t l = 0; l < rank; l++) {
+				const v8f uv = { u[l], u[l], u[l], u[l], u[l], u[l], u[l], u[l] };
+
+				for (int q = 0; q < 8; q++) {
+					memcpy(&dv, d[q / 2] + l * ls + 8 * (q & 1), sizeof(dv));
+					a[q] += uv * dv;
+				}
+			}
+			for (int q = 0; q < 8; q++)
+				STORE8(i, jj + 8 * q, a[q]);
+		}
+		for (; jj + 16 <= c1; jj += 16) {
+			const float *d = TILE(jj);
+			v8f a[2] = { { 0 } }, dv;
+
+			for (int64_t l = 0; l < rank; l++) {
+				const v8f uv = { u[l], u[l], u[l], u[l], u[l], u[l], u[l], u[l] };
+
+				memcpy(&dv, d + l * ls, sizeof(dv));
+				a[0] += uv * dv;
+				memcpy(&dv, d + l * ls + 8, sizeof(dv));
+				a[1] += uv * dv;
+			}
+			STORE8(i, jj, a[0]);
+			STORE8(i, jj + 8, a[1]);
+		}
+		for (; jj < c1; jj++) {
+			float acc = 0.0f, xs = w[i * ldw + jj];
+
+			for (int64_t l = 0; l < rank; l++)
+				acc += u[l] * down[l * k + jj];
+			if (s)
+				xs *= s[jj];
+			dst[i * ldd + jj] = xs - acc;
+		}
+	}
+#undef TILE
+#undef STORE8
+}
+
+void fx_ops_residual(float *dst, const float *w, const float *s, const float *up,
+		     const float *down, int64_t rows, int64_t k, int64_t rank)
+{
+	const int64_t nblk = (rows + 3) / 4;
+
+	if (rows <= 0 || k <= 0)
+		return;
+	if (rank <= 0 || !up || !down) {   /* no branch: w·s (x − 0 is x) */
+		#pragma omp parallel for schedule(static) if (!omp_in_parallel() && rows * k > (1 << 20))
+		for (int64_t i = 0; i < rows; i++)
+			for (int64_t j = 0; j < k; j++)
+				dst[i * k + j] = s ? w[i * k + j] * s[j] : w[i * k + j];
+		return;
+	}
+	/* each thread a run of 4-row blocks; per column slice, all its blocks */
+	#pragma omp parallel if (!omp_in_parallel() && rows * k * (rank + 1) > (1 << 22))
+	{
+		int t = omp_get_thread_num(), nt = omp_get_num_threads();
+		int64_t b0 = nblk * t / nt, b1 = nblk * (t + 1) / nt;
+		/* packing pays off from a few row blocks on */
+		float *dp = b1 - b0 >= 2 ? malloc((size_t)(rank * RES_COLS) * sizeof(float)) : NULL;
+
+		for (int64_t c0 = 0; c0 < k && b0 < b1; c0 += RES_COLS) {
+			int64_t c1 = c0 + RES_COLS < k ? c0 + RES_COLS : k;
+
+			for (int64_t j = c0; dp && j + 16 <= c1; j += 16)
+				for (int64_t l = 0; l < rank; l++)
+					memcpy(dp + (j - c0) * rank + l * 16, down + l * k + j, 16 * sizeof(float));
+			for (int64_t b = b0; b < b1; b++) {
+				int64_t r0 = b * 4;
+				int nr = rows - r0 < 4 ? (int)(rows - r0) : 4;
+
+				residual_tile(dst + r0 * k, k, w + r0 * k, k, s, up + r0 * rank, rank, down,
+					      k, dp, nr, c0, c1);
+			}
+		}
+		free(dp);
+	}
 }
