@@ -133,9 +133,12 @@ int fx_merge_run(const char *tool, const char *format, const char *const *paths,
 		}
 	{
 		const char *model = fx_st_meta(sh[0].st, "fx.model");
+		const char *loras = fx_st_meta(sh[0].st, "fx.loras");
 
 		if (model)
 			fx_stage_meta(s, "fx.model", model);
+		if (loras)   /* one model identity across the shards: theirs */
+			fx_stage_meta(s, "fx.loras", loras);
 	}
 	if ((ret = fx_stage_begin(s, err)) < 0)
 		goto out;

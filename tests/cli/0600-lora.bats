@@ -102,6 +102,17 @@ same_tensors() {  # same_tensors A B: every tensor's dtype, shape and bytes
 	same_tensors "$T/q-model.safetensors" "$T/q-bfl.safetensors.safetensors"
 }
 
+@test "block shards with LoRAs: the same checkpoint, the merged shard files keep fx.loras" {
+	mklora make "$M" "$T/l.safetensors" kohya
+	pipeline flux-svdq.mk OUT="$T/a" LORA="$T/l.safetensors:0.5"
+	pipeline sharded.mk OUT="$T/b" LORA="$T/l.safetensors:0.5" SHARDS="0-1 2-3"
+	same_tensors "$T/a/svdq-int4_r32-model.safetensors" "$T/b/svdq-int4_r32-model.safetensors"
+	fx-lowrank -q --merge -o "$T/q.safetensors" "$T"/b/branch-r32-int4.b*.safetensors
+	run -0 fx-verify --model "$M" --lora "$T/l.safetensors:0.5" "$T/q.safetensors"
+	assert_output --partial "loras: made with 1 LoRA merged: l.safetensors:0.5"
+	assert_output --partial "[OK] provenance: model"
+}
+
 @test "a scale change reruns every stage from fx-calib on; unchanged, nothing" {
 	mklora make "$M" "$T/l.safetensors" peft --seed 5
 	pipeline flux-svdq.mk OUT="$T/o" LORA="$T/l.safetensors:0.5"
