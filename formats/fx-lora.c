@@ -326,6 +326,74 @@ static int check_values(const struct fx_lora_file *f, const struct fx_tensor *t,
 	return ret;
 }
 
+/* The adapter config diffusers saves beside PEFT tensors
+ * ("lora_adapter_metadata", keys with or without "transformer."): the
+ * alpha of layers that have no .alpha tensor. */
+struct adapter {
+	bool have;
+	double alpha;              /* lora_alpha */
+	json_t *pattern;           /* alpha_pattern: layer name suffix -> alpha */
+	bool rslora;               /* use_rslora: alpha / sqrt(rank) */
+};
+
+static json_t *adapter_key(json_t *o, const char *k)
+{
+	char pk[64];
+	json_t *v;
+
+	snprintf(pk, sizeof(pk), "transformer.%s", k);
+	v = json_object_get(o, pk);
+	return v ? v : json_object_get(o, k);
+}
+
+static int read_adapter(const struct fx_lora_file *f, struct adapter *ad, struct fx_err *err)
+{
+	const char *txt = fx_st_meta(f->st, "lora_adapter_metadata");
+	json_t *o, *a, *p;
+	int ret = 0;
+
+	memset(ad, 0, sizeof(*ad));
+	if (!txt)
+		return 0;
+	o = json_loads(txt, 0, NULL);
+	a = adapter_key(o, "lora_alpha");
+	p = adapter_key(o, "alpha_pattern");
+	if (!json_is_object(o) || (a && !json_is_number(a)) || (p && !json_is_object(p) && !json_is_null(p))) {
+		ret = fx_error(err, FX_E_FORMAT, "metadata 'lora_adapter_metadata' is not an adapter "
+			       "config with a numeric lora_alpha (in '%s')", f->path);
+		goto out;
+	}
+	if (a) {
+		ad->have = true;
+		ad->alpha = json_number_value(a);
+	}
+	if (json_is_object(p) && json_object_size(p))
+		ad->pattern = json_incref(p);
+	ad->rslora = json_is_true(adapter_key(o, "use_rslora"));
+out:
+	json_decref(o);
+	return ret;
+}
+
+/* peft's reading of alpha_pattern: the first key that is the layer's name
+ * or a dotted suffix of it (keys are taken literally, not as regexes). */
+static bool pattern_alpha(const struct adapter *ad, const char *name, double *alpha)
+{
+	const char *k;
+	json_t *v;
+
+	json_object_foreach(ad->pattern, k, v) {
+		size_t a = strlen(name), b = strlen(k);
+
+		if (json_is_number(v) && a >= b && !strcmp(name + a - b, k) &&
+		    (a == b || name[a - b - 1] == '.')) {
+			*alpha = json_number_value(v);
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Shapes and values of one layer; its rank and alpha. */
 static int check_base(const struct fx_lora_file *f, const struct base *b, int64_t *rank,
 		      double *alpha, struct fx_err *err)
@@ -376,20 +444,23 @@ static int check_base(const struct fx_lora_file *f, const struct base *b, int64_
 /* One layer as entries: BFL/XLabs/kohya names through the tables (fused
  * tensors split in rows, every part sharing down), diffusers names as they
  * are (fx_model_open_loras checks them against the model). */
-static int map_base(struct fx_lora_file *f, const struct base *b, double scale, int64_t D,
-		    int64_t F, struct fx_err *err)
+static int map_base(struct fx_lora_file *f, const struct base *b, const struct adapter *ad,
+		    double scale, int64_t D, int64_t F, struct fx_err *err)
 {
 	const struct bfl_map *tab = NULL, *m = NULL;
 	const char *rest = b->name;
 	char pre[64] = "", mod[160];
 	int64_t rank = 0, N, row = 0, want = 0;
-	double alpha = 0, factor;
+	double alpha = 0, factor, pa;
 	size_t ntab = 0, i;
 	int ret, j;
 
 	if ((ret = check_base(f, b, &rank, &alpha, err)) < 0)
 		return ret;
-	factor = scale * alpha / (double)rank;
+	/* no .alpha tensor: the saved adapter config's, as diffusers reads it */
+	if (!b->t[R_ALPHA] && ad->have)
+		alpha = ad->pattern && pattern_alpha(ad, b->name, &pa) ? pa : ad->alpha;
+	factor = scale * alpha / (ad->rslora ? sqrt((double)rank) : (double)rank);
 	N = b->t[R_UP]->shape[0];
 	if (!is_bfl_name(b->name))
 		return add_entry(f, b, b->name, N, 0, N, 0, factor, err);
@@ -508,6 +579,7 @@ int fx_lora_file_open(struct fx_lora_file **out, const char *path, double scale,
 {
 	struct fx_lora_file *f = calloc(1, sizeof(*f));
 	struct base *bases = NULL;
+	struct adapter ad = { 0 };
 	size_t nb = 0, i, j, nte = 0;
 	const char *first_te = NULL;
 	int ret = 0;
@@ -565,12 +637,15 @@ int fx_lora_file_open(struct fx_lora_file **out, const char *path, double scale,
 		ret = fx_error(err, FX_E_FORMAT, "'%s' holds no LoRA tensor for the transformer", path);
 		goto out;
 	}
+	if ((ret = read_adapter(f, &ad, err)) < 0)
+		goto out;
 	for (j = 0; j < nb; j++)
-		if ((ret = map_base(f, &bases[j], scale, hidden, mlp_hidden, err)) < 0)
+		if ((ret = map_base(f, &bases[j], &ad, scale, hidden, mlp_hidden, err)) < 0)
 			goto out;
 	*out = f;
 	f = NULL;
 out:
+	json_decref(ad.pattern);
 	free(bases);
 	fx_lora_file_close(f);
 	return ret;

@@ -45,7 +45,8 @@ struct fx_lora_file;
 
 /* Opens and reads a LoRA file against a model of hidden size D and MLP
  * width F: diffusers/PEFT (lora_A/lora_B, optional .alpha, "transformer."
- * prefix or none), kohya ("lora_unet_double_blocks_0_img_attn_qkv
+ * prefix or none; without .alpha the lora_alpha, alpha_pattern and
+ * use_rslora of a "lora_adapter_metadata" entry, else the rank), kohya ("lora_unet_double_blocks_0_img_attn_qkv
  * .lora_down.weight", .lora_up.weight, .alpha), BFL and XLabs names
  * ("double_blocks.0.processor.qkv_lora1.down.weight"), ComfyUI's
  * "diffusion_model." prefix; F32, BF16, F16, F8 tensors. Text-encoder keys

@@ -61,7 +61,7 @@ same_tensors() {  # same_tensors A B: every tensor's dtype, shape and bytes
 }
 
 @test "each naming and dtype of the fixtures reads against the tiny model, both layouts" {
-	for f in peft peft-bias peft-noprefix-f16 kohya kohya-bf16 kohya-fp8 xlabs comfyui-bf16; do
+	for f in peft peft-bias peft-noprefix-f16 peft-meta kohya kohya-bf16 kohya-fp8 xlabs comfyui-bf16; do
 		for m in "$FIX/flux-tiny" "$FIX/flux-tiny-bfl.safetensors"; do
 			run -0 fx-verify --model "$m" --lora "$FIX/lora/$f.safetensors:0.7" "$m"
 			assert_output --partial "[OK] lora: '$FIX/lora/$f.safetensors'"
