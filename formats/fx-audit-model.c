@@ -182,7 +182,7 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 	struct fx_st *calib = NULL;
 	struct num_row *rows = NULL;
 	size_t i, nr = 0;
-	bool fp4 = false, ours;
+	bool fp4 = false, ours, gptq;
 	double sum = 0;
 	int ret;
 
@@ -194,6 +194,9 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 		goto out;
 	fp4 = fx_packed_is_fp4(st);
 	ours = fx_st_meta(st, "fx.format") != NULL;
+	/* GPTQ (fx-quant --gptq, recorded by fx-pack) lowers the output error
+	 * at the cost of the weight error: the requant ratio only informs */
+	gptq = ours && fx_st_meta(st, "fx.params") && strstr(fx_st_meta(st, "fx.params"), "\"gptq\":1");
 	rows = calloc(fx_model_ngroups(m), sizeof(*rows));
 	if (!rows) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
@@ -218,11 +221,13 @@ int fx_audit_numerics(struct fx_audit *a, const struct fx_st *st, const struct f
 		else if (row->rerr > 0 && row->werr > FX_AUDIT_MAX_REQUANT_RATIO * row->rerr)
 			/* another tool's quantizer (GPTQ-like) may trade weight error
 			 * for output error: a warning there */
-			fx_audit_add(a, ours ? FX_SEV_ERROR : FX_SEV_WARN, "numerics", row->where,
-				     "relative weight error %.3g, %.1fx the %.3g of the same module "
-				     "re-quantized from its own smoothing and branch (codes, scales or "
-				     "smoothing scrambled%s)", row->werr, row->werr / row->rerr, row->rerr,
-				     ours ? "" : ", or another tool's quantizer");
+			fx_audit_add(a, gptq ? FX_SEV_NOTE : ours ? FX_SEV_ERROR : FX_SEV_WARN, "numerics",
+				     row->where, "relative weight error %.3g, %.1fx the %.3g of the same module "
+				     "re-quantized from its own smoothing and branch (%s)", row->werr,
+				     row->werr / row->rerr, row->rerr,
+				     gptq ? "GPTQ trades weight error for output error: --calib measures that"
+				     : ours ? "codes, scales or smoothing scrambled"
+				     : "codes, scales or smoothing scrambled, or another tool's quantizer");
 		sum += row->werr;
 		nr++;
 	}

@@ -686,6 +686,15 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 	if ((ret = check_quant_branch(&x, err)) < 0)
 		goto out;
 	fx_stage_param_str(x.s, "precision", prec);
+	/* GPTQ codes change what fx-verify may expect of the weight error */
+	for (int qi = 0; qi < x.q.n; qi++) {
+		const char *qp = fx_st_meta(x.q.st[qi], "fx.params");
+
+		if (qp && strstr(qp, "\"gptq\":1")) {
+			fx_stage_param_int(x.s, "gptq", 1);
+			break;
+		}
+	}
 	ret = fx_stage_check(x.s, o->force, err);
 	if (ret < 0)
 		goto out;

@@ -9,7 +9,9 @@
 
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
+#include "../kernels/fx-gptq.h"
 #include "../kernels/fx-ops.h"
+#include "../kernels/fx-runtime.h"
 #include "../kernels/fx-quant.h"
 #include "fx-audit.h"
 #include "fx-blocks.h"
@@ -207,6 +209,8 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct fx
 	if (calib) {
 		snprintf(name, sizeof(name), "%s.samples", g->name);
 		hash_tensor(h, fx_st_find(calib, name));
+		snprintf(name, sizeof(name), "%s.xtx", g->name);
+		hash_tensor(h, fx_st_find(calib, name));
 	}
 	fx_layer_hash_str(h, params);
 	fx_layer_hash_final(h, out);
@@ -380,9 +384,115 @@ static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
 	return ret;
 }
 
+/* The Hessian of what the layer's weights multiply: XᵀX of the calib file,
+ * in the smoothed domain (x/s: H_ab / (s_a s_b)); for INT4 *_fc2 the
+ * runtime shifts the input by c first, (x+c)/s, whose second moment is
+ * E[xxᵀ] + c(μ1ᵀ + 1μᵀ) + c²11ᵀ: XᵀX is taken as a sum over the rows it saw
+ * and scaled to the samples' mean square, μ is the samples' mean. */
+static int gptq_hessian(double *h, const struct fx_group *g, const struct fx_st *calib,
+			const struct branch_t *br, bool shift, const float *x, int64_t msamp,
+			struct fx_err *err)
+{
+	const int64_t k = g->k;
+	const struct fx_tensor *t;
+	char name[160];
+
+	snprintf(name, sizeof(name), "%s.xtx", g->name);
+	t = fx_st_find(calib, name);
+	if (!t)
+		return fx_error(err, FX_E_FORMAT, "'%s' has no '%s': --gptq needs a calib file made "
+				"with fx-calib --hessian", fx_st_path(calib), name);
+	if (t->dtype != FX_F32 || t->ndim != 2 || t->shape[0] != k || t->shape[1] != k)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is not F32 [%lld,%lld]",
+				fx_st_path(calib), name, (long long)k, (long long)k);
+	for (int64_t i = 0; i < k * k; i++)
+		h[i] = ((const float *)t->data)[i];
+	fx_tensor_release(t);
+	if (shift && x && msamp > 0) {
+		double tr = 0.0, ms = 0.0, *mu = calloc((size_t)k, sizeof(double));
+		const double c = FX_RT_FC2_SHIFT;
+
+		if (!mu)
+			return fx_error(err, FX_E_NOMEM, "out of memory");
+		for (int64_t r = 0; r < msamp; r++)
+			for (int64_t a = 0; a < k; a++) {
+				mu[a] += x[r * k + a];
+				ms += (double)x[r * k + a] * x[r * k + a];
+			}
+		for (int64_t a = 0; a < k; a++) {
+			mu[a] /= (double)msamp;
+			tr += h[a * k + a];
+		}
+		ms /= (double)msamp;
+		for (int64_t a = 0; a < k; a++)
+			for (int64_t b = 0; b < k; b++)
+				h[a * k + b] = (tr > 0.0 ? h[a * k + b] * ms / tr : 0.0) +
+					       c * (mu[a] + mu[b]) + c * c;
+		free(mu);
+	}
+	if (br)
+		for (int64_t a = 0; a < k; a++)
+			for (int64_t b = 0; b < k; b++)
+				h[a * k + b] /= (double)br->smooth[a] * br->smooth[b];
+	return 0;
+}
+
+/* GPTQ codes for the layer whose RTN scales b holds: R (all n rows, in the
+ * order of the codes) swept against H with those scales fixed. */
+static int gptq_group(const struct fx_model *m, const struct fx_group *g,
+		      const struct fx_st *calib, const struct branch_t *br, bool fp4,
+		      const struct fx_quantize_opts *o, struct bufs *b, const float *x,
+		      int64_t msamp, struct fx_err *err)
+{
+	const int64_t n = g->n, k = g->k;
+	bool adaln = g->kind == FX_GROUP_ADALN;
+	enum fx_qprec p = adaln ? FX_QPREC_W4A16 : fp4 ? FX_QPREC_NVFP4 : FX_QPREC_INT4;
+	int64_t ng = k / (p == FX_QPREC_NVFP4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP);
+	double *h = malloc((size_t)k * (size_t)k * sizeof(double));
+	float *gs = malloc((size_t)(n * ng) * sizeof(float));
+	float *gz = adaln ? malloc((size_t)(n * ng) * sizeof(float)) : NULL;
+	struct fx_gptq *gq = NULL;
+	int ret;
+
+	if (!h || !gs || (adaln && !gz)) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for GPTQ of layer '%s'", g->name);
+		goto out;
+	}
+	if ((ret = gptq_hessian(h, g, calib, adaln ? NULL : br,
+				!adaln && !fp4 && g->gelu_input, x, msamp, err)) < 0)
+		goto out;
+	if ((ret = fx_gptq_new(&gq, h, k, o->gptq_damp > 0 ? o->gptq_damp : FX_GPTQ_DAMP,
+			       o->gptq_block > 0 ? o->gptq_block : FX_GPTQ_BLOCK, err)) < 0) {
+		fx_error_prefix(err, "layer '%s'", g->name);
+		goto out;
+	}
+	free(h);
+	h = NULL;
+	for (int64_t i = 0; i < n * ng; i++) {
+		gs[i] = p == FX_QPREC_NVFP4 ? fx_e4m3_to_f32(b->scales8[i]) : fx_bf16_to_f32(b->scales16[i]);
+		if (gz)
+			gz[i] = fx_bf16_to_f32(b->zeros[i]);
+	}
+	if (adaln)
+		for (int64_t r = 0; r < n; r++)
+			b->perm[r] = fx_quant_adaln_src_row(r, n, g->adaln_chunks);
+	if ((ret = produce(m, g, br, 0, n, adaln ? b->perm : NULL, b->w, err)) < 0)
+		goto out;
+	ret = fx_gptq_rows(gq, p, b->w, n, gs, gz, p == FX_QPREC_NVFP4 ? b->rscale : NULL, b->codes,
+			   err);
+	if (ret < 0)
+		fx_error_prefix(err, "layer '%s'", g->name);
+out:
+	fx_gptq_free(gq);
+	free(h);
+	free(gs);
+	free(gz);
+	return ret;
+}
+
 static int quantize_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
 			  const struct fx_st *branch, const struct fx_st *calib, bool fp4,
-			  struct bufs *b, struct fx_err *err)
+			  const struct fx_quantize_opts *o, struct bufs *b, struct fx_err *err)
 {
 	int64_t n = g->n, k = g->k, msamp = 0;
 	const struct fx_tensor *tx = NULL;
@@ -397,7 +507,7 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 	if (getenv("FX_QUANT_ROWS") && *getenv("FX_QUANT_ROWS"))   /* tests: chunks that straddle members */
 		blk = atoll(getenv("FX_QUANT_ROWS"));
 	blk = blk < 1 ? 1 : blk > n ? n : blk;
-	if (calib) {
+	if (calib && o->search) {
 		snprintf(name, sizeof(name), "%s.samples", g->name);
 		tx = fx_st_find(calib, name);
 		if (tx && (tx->ndim != 2 || tx->shape[1] != k))
@@ -407,7 +517,8 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if (tx)
 			msamp = tx->shape[0];
 	}
-	if ((ret = bufs_fit(b, n, k, msamp ? n : blk * nthr, msamp, err)) < 0)
+	if ((ret = bufs_fit(b, n, k, msamp || o->gptq ? (n > blk * nthr ? n : blk * nthr) : blk * nthr,
+			    msamp, err)) < 0)
 		return ret;
 	if (g->kind == FX_GROUP_W4A4 && branch) {
 		if ((ret = get_branch(branch, g, &br, err)) < 0)
@@ -448,6 +559,35 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		}
 		if (ret < 0)
 			return fx_error_prefix(err, "layer '%s'", g->name);
+	}
+	if (o->gptq) {
+		/* the shift needs the samples' mean: read them when the search did not */
+		const struct fx_tensor *ts = NULL;
+		float *xs = msamp ? b->x : NULL;
+		int64_t ms = msamp;
+
+		if (!xs && !fp4 && g->gelu_input && g->kind == FX_GROUP_W4A4) {
+			snprintf(name, sizeof(name), "%s.samples", g->name);
+			ts = fx_st_find(calib, name);
+			if (ts && ts->ndim == 2 && ts->shape[1] == k) {
+				ms = ts->shape[0];
+				if ((ret = bufs_fit(b, n, k, n > blk * nthr ? n : blk * nthr, ms, err)) < 0)
+					return ret;
+				fx_to_f32(b->x, ts->data, ts->dtype, (size_t)ms * k);
+				if (brp)
+					for (int64_t row = 0; row < ms; row++)
+						for (int64_t c = 0; c < k; c++)
+							b->x[row * k + c] /= brp->smooth[c];
+				xs = b->x;
+			}
+		}
+		/* x here is in the smoothed domain; the Hessian wants raw x */
+		if (xs && brp)
+			for (int64_t row = 0; row < ms; row++)
+				for (int64_t c = 0; c < k; c++)
+					xs[row * k + c] *= brp->smooth[c];
+		if ((ret = gptq_group(m, g, calib, brp, fp4, o, b, xs, xs ? ms : 0, err)) < 0)
+			return ret;
 	}
 	if (g->kind == FX_GROUP_ADALN) {
 		snprintf(name, sizeof(name), "%s.zeros", g->name);
@@ -524,7 +664,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	const struct fx_model_config *c;
 	struct bufs b = {0};
 	struct fx_progress prog;
-	char model_id[65], blocks[32], lparams[96], *modeljs = NULL;
+	char model_id[65], blocks[32], lparams[160], *modeljs = NULL;
 	bool fp4 = !strcmp(o->precision, "fp4");
 	int first, last, ret;
 	size_t i, ngroups = 0;
@@ -554,7 +694,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		    (ret = fx_stage_input(s, "branch", o->branch, err)) < 0)
 			goto out;
 	}
-	if (o->search && o->calib) {
+	if ((o->search || o->gptq) && o->calib) {
 		if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
 		    (ret = fx_file_expect(calib, FX_FMT_CALIB, "fx-quant", err)) < 0 ||
 		    (ret = check_model_of(calib, model_id, "calib file", err)) < 0 ||
@@ -566,9 +706,25 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "search", o->search && calib);
 	fx_stage_param_str(s, "blocks", blocks);
 	fx_stage_param_int(s, "group", fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP);
-	/* a layer's recipe leaves out --blocks, so shards and whole runs agree */
+	if (o->gptq && !calib) {
+		ret = fx_error(err, FX_E_ARG, "--gptq needs --calib (a calib file made with fx-calib --hessian)");
+		goto out;
+	}
+	/* a layer's recipe leaves out --blocks, so shards and whole runs agree;
+	 * GPTQ's parameters only when it is on (older recipes stay valid) */
 	snprintf(lparams, sizeof(lparams), "{\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
 		 fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision, o->search && calib);
+	if (o->gptq) {
+		double damp = o->gptq_damp > 0 ? o->gptq_damp : FX_GPTQ_DAMP;
+		int blk = o->gptq_block > 0 ? o->gptq_block : FX_GPTQ_BLOCK;
+
+		fx_stage_param_int(s, "gptq", 1);
+		fx_stage_param_real(s, "gptq_damp", damp);
+		fx_stage_param_int(s, "gptq_block", blk);
+		snprintf(lparams, sizeof(lparams), "{\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
+			 damp, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
+			 o->search && calib);
+	}
 	ret = fx_stage_check(s, o->force, err);
 	if (ret < 0)
 		goto out;
@@ -603,7 +759,8 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 			continue;
 		layer_recipe(lr, g, branch, calib, lparams);
 		reuse = fx_stage_reusable(s, g->name, lr);
-		ret = reuse ? copy_group(s, g, fp4, err) : quantize_group(s, m, g, branch, calib, fp4, &b, err);
+		ret = reuse ? copy_group(s, g, fp4, err)
+			    : quantize_group(s, m, g, branch, calib, fp4, o, &b, err);
 		if (ret < 0)
 			goto out;
 		fx_model_group_release(m, g);

@@ -11,9 +11,12 @@ struct fx_quantize_opts {
 	const char *model;
 	const struct fx_loras *loras;   /* merged into the model; NULL: none */
 	const char *branch;      /* NULL: plain round-to-nearest */
-	const char *calib;       /* for --search */
+	const char *calib;       /* for --search and --gptq */
 	const char *precision;   /* "fp4" | "int4" */
 	bool search;
+	bool gptq;               /* GPTQ codes against the calib file's XᵀX */
+	double gptq_damp;        /* fraction of mean(diag H); 0: FX_GPTQ_DAMP */
+	int gptq_block;          /* columns per deferred update; 0: FX_GPTQ_BLOCK */
 	int first_block, last_block;   /* global numbering, fx-blocks.h; -1: all */
 	bool force;
 	const char *output;

@@ -4,6 +4,9 @@
 #   make -f pipelines/flux-svdq.mk MODEL=~/FLUX.1-dev COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
 #        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev] [LORA="a.safetensors:0.8 b.safetensors"]
+#        [GPTQ=1]   (fx-calib --hessian, fx-quant --gptq; off by default: fx-calib
+#                   still holds every layer's XᵀX in memory, ~110 GiB for
+#                   FLUX.1-dev, so run it per BLOCKS range)
 #        [PROMPTS_FILE=pipelines/prompts/calib-128.txt [T5=] [CLIP=] [MAX_LEN=]]  (instead of COND)
 #
 # Writes OUT/calib.safetensors, OUT/branch-r<rank>-<precision>.safetensors,
@@ -24,6 +27,7 @@ COND := $(OUT)/cond.safetensors
 endif
 COND  ?= $(error COND=<conditioning .safetensors> or PROMPTS_FILE=<prompts.txt> is required)
 RANK  ?= 32
+GPTQ  ?= 0
 NAME  ?= $(call model_name,$(MODEL))
 PROMPTS ?=
 STEPS ?=
@@ -38,7 +42,7 @@ FINAL  := $(OUT)/svdq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
 AUDIT  := $(FINAL:.safetensors=.audit.txt)
 
 CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
-	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES))
+	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(filter 1,$(GPTQ)),--hessian)
 
 .PHONY: all encode calib lowrank quant pack meta verify
 all: verify
@@ -58,7 +62,7 @@ lowrank: calib
 
 quant: lowrank
 	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
-		$(BLOCKS_OPT) -o $(QUANT)
+		$(if $(filter 1,$(GPTQ)),--calib $(CALIB) --gptq) $(BLOCKS_OPT) -o $(QUANT)
 
 pack: quant
 	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
