@@ -1502,6 +1502,35 @@ static int value_error(const struct fx_model *m, const struct fx_tensor *t, int6
 			file_of(m, t));
 }
 
+/* LoRA tensors to f32: BF16 (the usual dtype) by the vector path. */
+static void widen(float *dst, const void *src, enum fx_dtype dt, size_t n)
+{
+	if (dt == FX_BF16)
+		fx_bf16_widen(dst, src, n, false);
+	else
+		fx_to_f32(dst, src, dt, n);
+}
+
+/* d[c] += f·Σ_j u[j]·a[j,c], the sum in j order in acc: no contraction
+ * (ISO C), so the bytes are those of the plain loop on every CPU. */
+static void lora_row(float *restrict d, float *restrict acc, const float *restrict u,
+		     const float *restrict a, int64_t r, int64_t n, float f)
+{
+#pragma omp simd
+	for (int64_t c = 0; c < n; c++)
+		acc[c] = 0.0f;
+	for (int64_t j = 0; j < r; j++) {
+		const float uj = u[j], *restrict aj = a + j * n;
+
+#pragma omp simd
+		for (int64_t c = 0; c < n; c++)
+			acc[c] += uj * aj[c];
+	}
+#pragma omp simd
+	for (int64_t c = 0; c < n; c++)
+		d[c] = d[c] + acc[c] * f;
+}
+
 /* dst (rows of copy_rows' region, f32, dst_ld apart) += the LoRA products
  * on t, pair after pair (the order the LoRAs were given). Each element is
  * factor·Σ_j up[i,j]·down[j,c], j in order, then added: the same bytes
@@ -1552,10 +1581,10 @@ static int add_loras(const struct fx_model *m, float *dst, int64_t dst_ld, const
 				break;
 			}
 			for (int64_t j = 0; j < r; j++)
-				fx_to_f32(a + j * ncols, (const char *)e->down->data + (size_t)(j * K + col0) * des,
-					  e->down->dtype, (size_t)ncols);
-			fx_to_f32(u, (const char *)e->up->data + (size_t)((pq->up_row0 + lo - pq->row0) * r) * ues,
-				  e->up->dtype, (size_t)(r * (hi - lo)));
+				widen(a + j * ncols, (const char *)e->down->data + (size_t)(j * K + col0) * des,
+				      e->down->dtype, (size_t)ncols);
+			widen(u, (const char *)e->up->data + (size_t)((pq->up_row0 + lo - pq->row0) * r) * ues,
+			      e->up->dtype, (size_t)(r * (hi - lo)));
 #pragma omp parallel if ((hi - lo) * ncols * r > 262144)
 			{
 				float *acc = malloc((size_t)ncols * sizeof(float));
@@ -1573,16 +1602,7 @@ static int add_loras(const struct fx_model *m, float *dst, int64_t dst_ld, const
 						oom = true;
 						continue;
 					}
-					for (int64_t c = 0; c < ncols; c++)
-						acc[c] = 0.0f;
-					for (int64_t j = 0; j < r; j++) {
-						const float uj = ui[j], *aj = a + j * ncols;
-
-						for (int64_t c = 0; c < ncols; c++)
-							acc[c] += uj * aj[c];
-					}
-					for (int64_t c = 0; c < ncols; c++)
-						d[c] = d[c] + acc[c] * f;
+					lora_row(d, acc, ui, a, r, ncols, f);
 					for (int64_t c = 0; c < ncols; c++)
 						if (!isfinite(d[c])) {
 #pragma omp critical(fx_model_lora_bad)
