@@ -507,33 +507,9 @@ static bool is_contraction(const uint32_t *c, size_t n, size_t i, size_t *len)
 	}
 }
 
-struct buf {
-	char *p;
-	size_t n, cap;
-};
-
-static int buf_put(struct buf *b, const char *s, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap * 2 : 256;
-		char *p;
-
-		while (cap < b->n + n + 1)
-			cap *= 2;
-		if (!(p = realloc(b->p, cap)))
-			return FX_E_NOMEM;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->n, s, n);
-	b->n += n;
-	b->p[b->n] = '\0';
-	return 0;
-}
-
 /* CLIP's normalizer: NFC, whitespace runs -> " ", lowercase; appends the
  * UTF-8 to out (invalid bytes become U+FFFD). */
-static int normalize(const char *s, size_t n, struct buf *out)
+static int normalize(const char *s, size_t n, struct fx_tok_buf *out)
 {
 	uint32_t *cp = malloc((n + 1) * sizeof(*cp)), *nf = malloc((4 * n + 1) * sizeof(*nf));
 	size_t nc = 0, nn, i;
@@ -557,13 +533,13 @@ static int normalize(const char *s, size_t n, struct buf *out)
 
 		if (fx_uni_is_space(nf[i])) {
 			if (i == 0 || !fx_uni_is_space(nf[i - 1]))
-				ret = buf_put(out, " ", 1);
+				ret = fx_tok_buf_put(out, " ", 1);
 			continue;
 		}
 		k = fx_uni_lower(nf[i], lo);
 		for (int j = 0; j < k; j++)
 			l += fx_utf8_encode(lo[j], u + l);
-		ret = buf_put(out, u, (size_t)l);
+		ret = fx_tok_buf_put(out, u, (size_t)l);
 	}
 out:
 	free(cp);
@@ -573,13 +549,13 @@ out:
 
 static int norm_cb(const void *model, const char *s, size_t n, char **out, size_t *out_len)
 {
-	struct buf b = {0};
+	struct fx_tok_buf b = {0};
 	int ret;
 
 	(void)model;
 	ret = normalize(s, n, &b);
 	if (ret == 0 && !b.p)
-		ret = buf_put(&b, "", 0);
+		ret = fx_tok_buf_put(&b, "", 0);
 	if (ret < 0) {
 		free(b.p);
 		return ret;
@@ -639,7 +615,7 @@ static int words(const struct fx_tok_clip *t, const char *s, size_t n, struct id
 struct run {
 	const struct fx_tok_clip *t;
 	struct ids d;
-	struct buf norm;
+	struct fx_tok_buf norm;
 };
 
 static int normalized_piece(void *ctx, const char *s, size_t n, int32_t id)

@@ -764,30 +764,6 @@ const char *const *fx_tok_t5_files(const struct fx_tok_t5 *t, int *n)
 
 /* ---- encoding ------------------------------------------------------------ */
 
-struct buf {
-	char *p;
-	size_t n, cap;
-};
-
-static int buf_put(struct buf *b, const char *s, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap * 2 : 256;
-		char *p;
-
-		while (cap < b->n + n + 1)
-			cap *= 2;
-		if (!(p = realloc(b->p, cap)))
-			return FX_E_NOMEM;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->n, s, n);
-	b->n += n;
-	b->p[b->n] = '\0';
-	return 0;
-}
-
 /* Longest (or shortest) charsmap match at s[0..n): its length and
  * replacement, or 0. */
 static size_t charsmap_match(const struct fx_tok_t5 *t, const unsigned char *s, size_t n,
@@ -826,7 +802,7 @@ static size_t charsmap_match(const struct fx_tok_t5 *t, const unsigned char *s, 
 
 /* SentencePiece's normalization: at each position the longest match of
  * the character map, else one character; invalid UTF-8 -> U+FFFD. */
-static int normalize_spm(const struct fx_tok_t5 *t, const char *text, size_t n, struct buf *out)
+static int normalize_spm(const struct fx_tok_t5 *t, const char *text, size_t n, struct fx_tok_buf *out)
 {
 	const unsigned char *s = (const unsigned char *)text;
 	size_t i = 0;
@@ -839,13 +815,13 @@ static int normalize_spm(const struct fx_tok_t5 *t, const char *text, size_t n, 
 		int l;
 
 		if (m) {
-			ret = buf_put(out, repl, strlen(repl));
+			ret = fx_tok_buf_put(out, repl, strlen(repl));
 			i += m;
 		} else if ((l = fx_utf8_decode(text + i, n - i, &cp)) == 0) {
-			ret = buf_put(out, "\xef\xbf\xbd", 3);
+			ret = fx_tok_buf_put(out, "\xef\xbf\xbd", 3);
 			i++;
 		} else {
-			ret = buf_put(out, text + i, (size_t)l);
+			ret = fx_tok_buf_put(out, text + i, (size_t)l);
 			i += (size_t)l;
 		}
 		if (ret < 0)
@@ -856,22 +832,22 @@ static int normalize_spm(const struct fx_tok_t5 *t, const char *text, size_t n, 
 
 /* One character (bytes s[0..n), or an invalid byte when bad) through the
  * map as the tokenizers library does it. */
-static int map_char(const struct fx_tok_t5 *t, const char *s, size_t n, bool bad, struct buf *out)
+static int map_char(const struct fx_tok_t5 *t, const char *s, size_t n, bool bad, struct fx_tok_buf *out)
 {
 	const char *repl = NULL;
 
 	if (bad)
-		return buf_put(out, "\xef\xbf\xbd", 3);
+		return fx_tok_buf_put(out, "\xef\xbf\xbd", 3);
 	if (charsmap_match(t, (const unsigned char *)s, n, true, &repl))
-		return buf_put(out, repl, strlen(repl));
-	return buf_put(out, s, n);
+		return fx_tok_buf_put(out, repl, strlen(repl));
+	return fx_tok_buf_put(out, s, n);
 }
 
 /* The tokenizers library's Precompiled normalizer: per extended grapheme
  * cluster, a cluster of fewer than 6 bytes that starts with a key of the
  * map becomes the replacement of its shortest such key (the rest of the
  * cluster is dropped); otherwise each character is mapped on its own. */
-static int normalize_graphemes(const struct fx_tok_t5 *t, const char *text, size_t n, struct buf *out)
+static int normalize_graphemes(const struct fx_tok_t5 *t, const char *text, size_t n, struct fx_tok_buf *out)
 {
 	size_t nc = 0, i;
 	uint32_t *cps = malloc((n + 1) * sizeof(*cps));
@@ -900,7 +876,7 @@ static int normalize_graphemes(const struct fx_tok_t5 *t, const char *text, size
 			any_bad |= bad[k];
 		if (!any_bad && len < 6 &&
 		    charsmap_match(t, (const unsigned char *)text + off[i], len, true, &repl)) {
-			ret = buf_put(out, repl, strlen(repl));
+			ret = fx_tok_buf_put(out, repl, strlen(repl));
 		} else {
 			for (k = i; k < e && ret == 0; k++)
 				ret = map_char(t, text + off[k], off[k + 1] - off[k], bad[k], out);
@@ -914,7 +890,7 @@ out:
 	return ret;
 }
 
-static int normalize(const struct fx_tok_t5 *t, const char *text, size_t n, struct buf *out)
+static int normalize(const struct fx_tok_t5 *t, const char *text, size_t n, struct fx_tok_buf *out)
 {
 	if (t->graphemes && t->trie)
 		return normalize_graphemes(t, text, n, out);
@@ -923,11 +899,11 @@ static int normalize(const struct fx_tok_t5 *t, const char *text, size_t n, stru
 
 static int norm_cb(const void *model, const char *s, size_t n, char **out, size_t *out_len)
 {
-	struct buf b = {0};
+	struct fx_tok_buf b = {0};
 	int ret = normalize(model, s, n, &b);
 
 	if (ret == 0 && !b.p)
-		ret = buf_put(&b, "", 0);
+		ret = fx_tok_buf_put(&b, "", 0);
 	if (ret < 0) {
 		free(b.p);
 		return ret;
@@ -1038,7 +1014,7 @@ static int viterbi(const struct fx_tok_t5 *t, const char *w, size_t n, struct no
 struct run {
 	const struct fx_tok_t5 *t;
 	struct ids d;
-	struct buf norm, word;
+	struct fx_tok_buf norm, word;
 	struct node *nodes;
 	size_t nodes_cap;
 	bool first;              /* no word yet: the one word without "▁" when add_prefix is off */
@@ -1071,10 +1047,10 @@ static int words(struct run *r, const char *s, size_t n)
 		}
 		end = i;
 		r->word.n = 0;
-		if ((t->add_prefix || !r->first) && (ret = buf_put(&r->word, t->repl, (size_t)t->repl_len)) < 0)
+		if ((t->add_prefix || !r->first) && (ret = fx_tok_buf_put(&r->word, t->repl, (size_t)t->repl_len)) < 0)
 			return ret;
 		r->first = false;
-		if ((ret = buf_put(&r->word, s + start, end - start)) < 0)
+		if ((ret = fx_tok_buf_put(&r->word, s + start, end - start)) < 0)
 			return ret;
 		if (r->word.n + 1 > r->nodes_cap) {
 			free(r->nodes);

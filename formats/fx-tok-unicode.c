@@ -1,6 +1,7 @@
 #include "fx-tok-unicode.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 struct lower_run {
 	uint32_t lo, hi;
@@ -339,4 +340,23 @@ size_t fx_uni_grapheme_end(const uint32_t *cps, size_t n, size_t i)
 const char *fx_uni_version(void)
 {
 	return FX_UNICODE_VERSION;
+}
+
+int fx_tok_buf_put(struct fx_tok_buf *b, const char *s, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 256;
+		char *p;
+
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		if (!(p = realloc(b->p, cap)))
+			return FX_E_NOMEM;
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+	b->p[b->n] = '\0';
+	return 0;
 }

@@ -9,6 +9,16 @@
 
 #define FX_UNI_REPLACEMENT 0xFFFDu
 
+/* A growing NUL-terminated byte string (the normalizers' output); p is
+ * malloc'ed, the caller frees it. */
+struct fx_tok_buf {
+	char *p;
+	size_t n, cap;
+};
+
+/* Appends s[0..n); FX_E_NOMEM (the buffer unchanged) when it cannot grow. */
+int fx_tok_buf_put(struct fx_tok_buf *b, const char *s, size_t n);
+
 /* Decodes one UTF-8 character of s[0..n): returns its length (1..4) and the
  * code point, or 0 when the bytes are not valid UTF-8 (overlong forms,
  * surrogates and values past U+10FFFF are invalid). n > 0. */
