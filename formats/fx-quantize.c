@@ -123,13 +123,15 @@ struct bufs {
 	uint16_t *scales16, *zeros;
 	float *rscale, *tscale;
 	int64_t *perm;
-	size_t cap_w, cap_nk, cap_n, cap_x;
+	float *dpack;   /* the branch's down packed for fx_ops_residual */
+	size_t cap_w, cap_nk, cap_n, cap_x, cap_dpack;
 };
 
 static void bufs_free(struct bufs *b)
 {
 	free(b->w); free(b->x); free(b->ramax); free(b->codes); free(b->scales8);
 	free(b->scales16); free(b->zeros); free(b->rscale); free(b->tscale); free(b->perm);
+	free(b->dpack);
 }
 
 /* Grow-only: outputs for an (n, k) layer, wrows rows of f32 weights, m
@@ -219,6 +221,7 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct fx
 /* The branch of a W4A4 group: smooth (k), down (r,k), up (n,r). */
 struct branch_t {
 	const float *smooth, *down, *up;
+	const float *packed;   /* down for fx_ops_residual, packed once per layer */
 	int64_t r;
 };
 
@@ -264,7 +267,7 @@ static int produce(const struct fx_model *m, const struct fx_group *g, const str
 		return ret;
 	/* not an sgemm: its rounding would follow the shape of the call, so the
 	 * bytes would depend on the row blocks */
-	fx_ops_residual(w, w, br->smooth, br->up + r0 * br->r, br->down, nr, k, br->r);
+	fx_ops_residual(w, w, br->smooth, br->up + r0 * br->r, br->down, br->packed, nr, k, br->r);
 	return 0;
 }
 
@@ -498,8 +501,9 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 	const struct fx_tensor *tx = NULL;
 	struct fx_qsearch search = {0};
 	struct branch_t br = {0}, *brp = NULL;
-	/* streamed rows per thread: about 512 KiB of f32, well inside L2 */
-	int64_t blk = (int64_t)((128u << 10) / (size_t)k);
+	/* streamed rows per thread: about 512 KiB of f32, well inside L2, in
+	 * whole 4-row blocks of the residual kernel */
+	int64_t blk = (int64_t)((128u << 10) / (size_t)k) / 4 * 4;
 	int nthr = omp_get_max_threads();
 	char name[160];
 	int ret, i;
@@ -524,6 +528,17 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if ((ret = get_branch(branch, g, &br, err)) < 0)
 			return ret;
 		brp = &br;
+		/* packed once, not per row block; without memory the kernel packs
+		 * per call (slower, the same bytes) */
+		if ((size_t)(br.r * k) > b->cap_dpack) {
+			free(b->dpack);
+			b->dpack = malloc((size_t)(br.r * k) * sizeof(float));
+			b->cap_dpack = b->dpack ? (size_t)(br.r * k) : 0;
+		}
+		if (b->dpack && br.r > 0) {
+			fx_ops_residual_pack(b->dpack, br.down, br.r, k);
+			br.packed = b->dpack;
+		}
 	}
 	if (!msamp) {
 		if ((ret = quantize_stream(m, g, brp, fp4, blk, b, err)) < 0)

@@ -98,11 +98,17 @@ void fx_ops_add(float *a, const float *b, size_t n);
 
 /* SVDQuant residual: dst (rows,k) = w·diag(s) − up·down, w (rows,k), s (k)
  * or NULL (no scaling), up (rows,rank), down (rank,k), all row-major; dst
- * may equal w. Not BLAS: each element is one fixed sequence of f32
- * operations (the rank products summed in order, then w·s minus the sum), so
- * the bytes do not depend on how the caller cuts rows, on the threads or on
- * the CPU. Threads over rows when called outside a parallel region. */
+ * may equal w. packed: down as fx_ops_residual_pack wrote it, or NULL (then
+ * copied in slices here, which a caller that cuts a layer into many small
+ * calls pays again each call). Not BLAS: each element is one fixed sequence
+ * of f32 operations (the rank products summed in order, then w·s minus the
+ * sum), so the bytes do not depend on how the caller cuts rows, on packed,
+ * on the threads or on the CPU. Threads over rows when called outside a
+ * parallel region. */
 void fx_ops_residual(float *dst, const float *w, const float *s, const float *up,
-		     const float *down, int64_t rows, int64_t k, int64_t rank);
+		     const float *down, const float *packed, int64_t rows, int64_t k, int64_t rank);
+/* down (rank,k) as tiles of 16 columns, each (rank,16) contiguous, into dp
+ * (rank·k floats; columns after the last whole tile are not copied). */
+void fx_ops_residual_pack(float *dp, const float *down, int64_t rank, int64_t k);
 
 #endif

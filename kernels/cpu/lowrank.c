@@ -754,7 +754,7 @@ static void lr_residual(struct lr *c, const float *s, const float *up, const flo
 
 	/* the kernel fx-quant builds its residual with (not BLAS): the search
 	 * measures the residual fx-quant will quantize, whatever the threads */
-	fx_ops_residual(c->rbuf, p->w, s, up, down, n, k, r);
+	fx_ops_residual(c->rbuf, p->w, s, up, down, NULL, n, k, r);
 	if (p->prec == FX_QPREC_NVFP4) {
 #pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)

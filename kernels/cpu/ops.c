@@ -525,10 +525,10 @@ void fx_ops_add(float *a, const float *b, size_t n)
  * target). */
 typedef float v8f __attribute__((vector_size(32)));
 
-/* Residual columns per pass: the pass's slice of down is copied into tiles
- * of 16 columns, each (rank, 16) contiguous (down's rows are k floats apart:
- * read in place, a tile's rank rows fell into one L1 set), then every row
- * block of the thread goes over it. */
+/* Residual columns per pass: every row block of the thread goes over the
+ * pass's slice of down, read as tiles of 16 columns, each (rank, 16)
+ * contiguous (fx_ops_residual_pack's layout; down's own rows are k floats
+ * apart, and read in place a tile's rank rows fell into one L1 set). */
 #define RES_COLS 256
 
 /* Rows [0, nr) (nr <= 4) of dst, columns [c0, c1): acc = Σ_l up[i,l]·down[l,j]
@@ -593,16 +593,31 @@ static void residual_tile(float *dst, int64_t ldd, const float *w, int64_t ldw, 
 		int64_t jj = j;
 
 		for (; jj + 64 <= c1; jj += 64) {
-			const float *d[4] = { TILE(jj), TILE(jj + 16), TILE(jj + 32), TILE(jj + 48) };
+			const float *d0 = TILE(jj), *d1 = TILE(jj + 16), *d2 = TILE(jj + 32),
+				    *d3 = TILE(jj + 48);
 			v8f a[8] = { { 0 } }, dv;
 
+			/* written out: a loop over the eight kept them in memory */
 			for (int64_t l = 0; l < rank; l++) {
 				const v8f uv = { u[l], u[l], u[l], u[l], u[l], u[l], u[l], u[l] };
+				const int64_t o = l * ls;
 
-				for (int q = 0; q < 8; q++) {
-					memcpy(&dv, d[q / 2] + l * ls + 8 * (q & 1), sizeof(dv));
-					a[q] += uv * dv;
-				}
+				memcpy(&dv, d0 + o, sizeof(dv));
+				a[0] += uv * dv;
+				memcpy(&dv, d0 + o + 8, sizeof(dv));
+				a[1] += uv * dv;
+				memcpy(&dv, d1 + o, sizeof(dv));
+				a[2] += uv * dv;
+				memcpy(&dv, d1 + o + 8, sizeof(dv));
+				a[3] += uv * dv;
+				memcpy(&dv, d2 + o, sizeof(dv));
+				a[4] += uv * dv;
+				memcpy(&dv, d2 + o + 8, sizeof(dv));
+				a[5] += uv * dv;
+				memcpy(&dv, d3 + o, sizeof(dv));
+				a[6] += uv * dv;
+				memcpy(&dv, d3 + o + 8, sizeof(dv));
+				a[7] += uv * dv;
 			}
 			for (int q = 0; q < 8; q++)
 				STORE8(i, jj + 8 * q, a[q]);
@@ -636,8 +651,16 @@ static void residual_tile(float *dst, int64_t ldd, const float *w, int64_t ldw, 
 #undef STORE8
 }
 
+void fx_ops_residual_pack(float *dp, const float *down, int64_t rank, int64_t k)
+{
+	#pragma omp parallel for schedule(static) if (!omp_in_parallel() && rank * k > (1 << 20))
+	for (int64_t j = 0; j < k / 16 * 16; j += 16)
+		for (int64_t l = 0; l < rank; l++)
+			memcpy(dp + j * rank + l * 16, down + l * k + j, 16 * sizeof(float));
+}
+
 void fx_ops_residual(float *dst, const float *w, const float *s, const float *up,
-		     const float *down, int64_t rows, int64_t k, int64_t rank)
+		     const float *down, const float *packed, int64_t rows, int64_t k, int64_t rank)
 {
 	const int64_t nblk = (rows + 3) / 4;
 
@@ -655,15 +678,17 @@ void fx_ops_residual(float *dst, const float *w, const float *s, const float *up
 	{
 		int t = omp_get_thread_num(), nt = omp_get_num_threads();
 		int64_t b0 = nblk * t / nt, b1 = nblk * (t + 1) / nt;
-		/* packing pays off from a few row blocks on */
-		float *dp = b1 - b0 >= 2 ? malloc((size_t)(rank * RES_COLS) * sizeof(float)) : NULL;
+		/* without the caller's tiles, a slice's own when a few row blocks
+		 * share it */
+		float *own = !packed && b1 - b0 >= 2 ? malloc((size_t)(rank * RES_COLS) * sizeof(float)) : NULL;
 
 		for (int64_t c0 = 0; c0 < k && b0 < b1; c0 += RES_COLS) {
 			int64_t c1 = c0 + RES_COLS < k ? c0 + RES_COLS : k;
+			const float *dp = packed ? packed + c0 * rank : own;
 
-			for (int64_t j = c0; dp && j + 16 <= c1; j += 16)
+			for (int64_t j = c0; own && j + 16 <= c1; j += 16)
 				for (int64_t l = 0; l < rank; l++)
-					memcpy(dp + (j - c0) * rank + l * 16, down + l * k + j, 16 * sizeof(float));
+					memcpy(own + (j - c0) * rank + l * 16, down + l * k + j, 16 * sizeof(float));
 			for (int64_t b = b0; b < b1; b++) {
 				int64_t r0 = b * 4;
 				int nr = rows - r0 < 4 ? (int)(rows - r0) : 4;
@@ -672,6 +697,6 @@ void fx_ops_residual(float *dst, const float *w, const float *s, const float *up
 					      k, dp, nr, c0, c1);
 			}
 		}
-		free(dp);
+		free(own);
 	}
 }
