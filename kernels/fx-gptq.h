@@ -39,7 +39,8 @@ int64_t fx_gptq_dead(const struct fx_gptq *g);
  *          q = clamp(rne(w/S),-7,8), u = q+7, w' = u·S + Z
  *   NVFP4  gs (nr,k/16) the e4m3 scale's value, rt (nr) the row's tensor
  *          scale T: code = e2m1_lowtie((w/T)/S), w' = (v·S)·T
- * as the RTN quantizers do, so a diagonal H gives their codes. */
+ * as the RTN quantizers do, so a diagonal H gives their codes. gz is read
+ * only for W4A16 and rt only for NVFP4 (either may be NULL otherwise). */
 int fx_gptq_rows(const struct fx_gptq *g, enum fx_qprec p, float *w, int64_t nr,
 		 const float *gs, const float *gz, const float *rt, uint8_t *codes,
 		 struct fx_err *err);

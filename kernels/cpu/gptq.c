@@ -286,8 +286,10 @@ int fx_gptq_rows(const struct fx_gptq *g, enum fx_qprec p, float *w, int64_t nr,
 				for (int64_t i = 0; i < k; i++)
 					wp[r * k + i] = g->dead[g->perm[i]] ? 0.0f : src[g->perm[i]];
 			}
-			sweep_tile(g, p, wp, eb, (int)nt, gs + r0 * ng, gz ? gz + r0 * ng : NULL,
-				   rt ? rt + r0 : NULL, G, ng, codes + r0 * (k / 2));
+			/* zeros only for W4A16, row scales only for NVFP4 */
+			sweep_tile(g, p, wp, eb, (int)nt, gs + r0 * ng,
+				   p == FX_QPREC_W4A16 ? gz + r0 * ng : NULL,
+				   p == FX_QPREC_NVFP4 ? rt + r0 : NULL, G, ng, codes + r0 * (k / 2));
 		}
 		free(wp);
 		free(eb);
