@@ -576,12 +576,13 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 			return fx_error_prefix(err, "layer '%s'", g->name);
 	}
 	if (o->gptq) {
-		/* the shift needs the samples' mean: read them when the search did not */
+		/* the INT4 *_fc2 shift needs the raw samples' mean (the search's
+		 * copy in b->x is smoothed, and done with) */
 		const struct fx_tensor *ts = NULL;
-		float *xs = msamp ? b->x : NULL;
-		int64_t ms = msamp;
+		float *xs = NULL;
+		int64_t ms = 0;
 
-		if (!xs && !fp4 && g->gelu_input && g->kind == FX_GROUP_W4A4) {
+		if (!fp4 && g->gelu_input && g->kind == FX_GROUP_W4A4) {
 			snprintf(name, sizeof(name), "%s.samples", g->name);
 			ts = fx_st_find(calib, name);
 			if (ts && ts->ndim == 2 && ts->shape[1] == k) {
@@ -589,18 +590,9 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 				if ((ret = bufs_fit(b, n, k, n > blk * nthr ? n : blk * nthr, ms, err)) < 0)
 					return ret;
 				fx_to_f32(b->x, ts->data, ts->dtype, (size_t)ms * k);
-				if (brp)
-					for (int64_t row = 0; row < ms; row++)
-						for (int64_t c = 0; c < k; c++)
-							b->x[row * k + c] /= brp->smooth[c];
 				xs = b->x;
 			}
 		}
-		/* x here is in the smoothed domain; the Hessian wants raw x */
-		if (xs && brp)
-			for (int64_t row = 0; row < ms; row++)
-				for (int64_t c = 0; c < k; c++)
-					xs[row * k + c] *= brp->smooth[c];
 		if ((ret = gptq_group(m, g, calib, brp, fp4, o, b, xs, xs ? ms : 0, err)) < 0)
 			return ret;
 	}
