@@ -640,3 +640,13 @@ out:
 	close(fd);
 	return ret;
 }
+
+char *fx_path_join(const char *dir, const char *name)
+{
+	size_t n = strlen(dir) + strlen(name) + 2;
+	char *p = malloc(n);
+
+	if (p)
+		snprintf(p, n, "%s/%s", dir, name);
+	return p;
+}

@@ -56,4 +56,7 @@ bool fx_fault_io_hit(void);
  * Without the variable, or at other points, nothing. */
 void fx_test_sync(const char *point, const char *path);
 
+/* "dir/name", malloc'ed (NULL when out of memory). */
+char *fx_path_join(const char *dir, const char *name);
+
 #endif

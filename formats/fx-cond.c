@@ -21,16 +21,6 @@
 
 /* ---- locating the encoders and tokenizers --------------------------------- */
 
-static char *join(const char *dir, const char *name)
-{
-	size_t n = strlen(dir) + strlen(name) + 2;
-	char *p = malloc(n);
-
-	if (p)
-		snprintf(p, n, "%s/%s", dir, name);
-	return p;
-}
-
 static bool is_dir(const char *p)
 {
 	struct stat sb;
@@ -50,7 +40,7 @@ static bool is_file(const char *p)
 static int encoder_dir(char **dir, char **sib, const char *given, const char *sub, const char *toksub,
 		       struct fx_err *err)
 {
-	char *inner = join(given, sub), *up;
+	char *inner = fx_path_join(given, sub), *up;
 
 	*dir = *sib = NULL;
 	if (!inner)
@@ -61,12 +51,12 @@ static int encoder_dir(char **dir, char **sib, const char *given, const char *su
 	}
 	if (is_dir(inner)) {
 		*dir = inner;
-		*sib = join(given, toksub);
+		*sib = fx_path_join(given, toksub);
 	} else {
 		free(inner);
 		*dir = strdup(given);
-		up = join(given, "..");
-		*sib = up ? join(up, toksub) : NULL;
+		up = fx_path_join(given, "..");
+		*sib = up ? fx_path_join(up, toksub) : NULL;
 		free(up);
 	}
 	if (!*dir || !*sib) {
@@ -101,7 +91,7 @@ int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, co
 
 		for (int w = 0; w < 2 && where[w] && !p->t5_tok; w++)
 			for (size_t k = 0; k < FX_ARRAY_SIZE(names) && !p->t5_tok; k++) {
-				char *f = join(where[w], names[k]);
+				char *f = fx_path_join(where[w], names[k]);
 
 				if (is_file(f))
 					p->t5_tok = f;
@@ -127,7 +117,7 @@ int fx_cond_locate(struct fx_cond_paths *p, const char *t5, const char *clip, co
 		const char *where[2] = { clip_tok ? clip_tok : p->clip_dir, clip_tok ? NULL : sib };
 
 		for (int w = 0; w < 2 && where[w] && !p->clip_tok; w++) {
-			char *v = join(where[w], "vocab.json"), *m = join(where[w], "merges.txt");
+			char *v = fx_path_join(where[w], "vocab.json"), *m = fx_path_join(where[w], "merges.txt");
 
 			if (is_file(v) && is_file(m))
 				p->clip_tok = strdup(where[w]);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/fx-io.h"
 #include "../common/fx-log.h"
 #include "../common/fx-tensor.h"
 #include "../kernels/fx-ops.h"
@@ -24,19 +25,9 @@
 
 /* ---- shared helpers ----------------------------------------------------- */
 
-static char *join(const char *dir, const char *name)
-{
-	size_t n = strlen(dir) + strlen(name) + 2;
-	char *p = malloc(n);
-
-	if (p)
-		snprintf(p, n, "%s/%s", dir, name);
-	return p;
-}
-
 static int load_config(json_t **out, const char *dir, struct fx_err *err)
 {
-	char *p = join(dir, "config.json");
+	char *p = fx_path_join(dir, "config.json");
 	json_error_t je;
 
 	*out = NULL;

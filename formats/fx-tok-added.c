@@ -5,21 +5,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../common/fx-io.h"
 #include "fx-tok-unicode.h"
 
 #define MAX_CONTENT 4096
 
 /* ---- configuration files ---------------------------------------------------- */
-
-static char *join(const char *dir, const char *name)
-{
-	size_t n = strlen(dir) + strlen(name) + 2;
-	char *p = malloc(n);
-
-	if (p)
-		snprintf(p, n, "%s/%s", dir, name);
-	return p;
-}
 
 int fx_tok_config_load(struct fx_tok_config *c, const char *dir, struct fx_err *err)
 {
@@ -28,7 +19,7 @@ int fx_tok_config_load(struct fx_tok_config *c, const char *dir, struct fx_err *
 
 	memset(c, 0, sizeof(*c));
 	for (size_t i = 0; i < FX_ARRAY_SIZE(names) && ret == 0; i++) {
-		char *p = join(dir, names[i]);
+		char *p = fx_path_join(dir, names[i]);
 		struct stat sb;
 		json_error_t je;
 		json_t *root;

@@ -115,16 +115,6 @@ static int smap_put(struct smap *m, const char *s, size_t n, int32_t v)
 	return 0;
 }
 
-static char *join(const char *dir, const char *name)
-{
-	size_t n = strlen(dir) + strlen(name) + 2;
-	char *p = malloc(n);
-
-	if (p)
-		snprintf(p, n, "%s/%s", dir, name);
-	return p;
-}
-
 /* GPT-2's bytes_to_unicode: printable bytes map to themselves, the others
  * to U+0100 and up, in byte order. */
 static void byte_alphabet(struct fx_tok_clip *t)
@@ -277,8 +267,8 @@ int fx_tok_clip_open(struct fx_tok_clip **out, const char *dir, struct fx_err *e
 	if (!t)
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	t->dir = strdup(dir);
-	t->vocab_path = join(dir, "vocab.json");
-	t->merges_path = join(dir, "merges.txt");
+	t->vocab_path = fx_path_join(dir, "vocab.json");
+	t->merges_path = fx_path_join(dir, "merges.txt");
 	if (!t->dir || !t->vocab_path || !t->merges_path) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;

@@ -640,16 +640,6 @@ static int add_specials(struct fx_tok_t5 *t, struct fx_err *err)
 
 /* ---- open ---------------------------------------------------------------- */
 
-static char *join(const char *dir, const char *name)
-{
-	size_t n = strlen(dir) + strlen(name) + 2;
-	char *p = malloc(n);
-
-	if (p)
-		snprintf(p, n, "%s/%s", dir, name);
-	return p;
-}
-
 int fx_tok_t5_open(struct fx_tok_t5 **out, const char *path, struct fx_err *err)
 {
 	struct fx_tok_t5 *t = calloc(1, sizeof(*t));
@@ -669,7 +659,7 @@ int fx_tok_t5_open(struct fx_tok_t5 **out, const char *path, struct fx_err *err)
 		size_t i;
 
 		for (i = 0; i < FX_ARRAY_SIZE(names) && !t->path; i++) {
-			char *p = join(path, names[i]);
+			char *p = fx_path_join(path, names[i]);
 
 			if (p && stat(p, &sb) == 0 && S_ISREG(sb.st_mode))
 				t->path = p;
