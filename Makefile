@@ -23,7 +23,11 @@ B ?= $(CONFIG)
 endif
 BIN := $(B)/bin
 
-CPPFLAGS += -D_GNU_SOURCE -Icommon -Iformats -Ikernels -MMD -MP
+# Library folders, lowest first: each includes only folders before it
+# (tools/lib/<family> may include text/ and formats/; stages/ the families).
+LIB_DIRS := common kernels kernels/ref kernels/cpu formats tools/lib/text tools/lib \
+            tools/lib/flux tools/lib/qwenimage tools/lib/audit tools/lib/stages
+CPPFLAGS += -D_GNU_SOURCE $(addprefix -I,$(filter-out kernels/ref kernels/cpu,$(LIB_DIRS))) -MMD -MP
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -Wall -Wextra -fopenmp
 LDLIBS   += -llapacke -lopenblas -ljansson -lcrypto -lisal -lxxhash -lz -lm
@@ -38,7 +42,7 @@ CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC := $(wildcard common/*.c formats/*.c kernels/*.c kernels/ref/*.c kernels/cpu/*.c)
+LIB_SRC := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 ifeq ($(CUDA),1)
 LIB_SRC := $(filter-out kernels/cuda-stub.c,$(LIB_SRC))

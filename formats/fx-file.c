@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <errno.h>
 
-#include "../common/fx-hash.h"
-#include "../common/fx-io.h"
+#include "fx-hash.h"
+#include "fx-io.h"
 #include "fx-model.h"
 
 int fx_file_info(const struct fx_st *st, struct fx_file_info *info, struct fx_err *err)

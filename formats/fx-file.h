@@ -3,7 +3,7 @@
 #ifndef FX_FILE_H
 #define FX_FILE_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 #include "fx-st.h"
 
 #define FX_FMT_CALIB  "fx.calib"
@@ -68,5 +68,19 @@ int fx_file_input_is(const struct fx_st *st, const char *role, const char *id);
  * two files is an error naming both. */
 struct fx_st;
 int fx_shards_id(char out[65], const struct fx_st *const *files, int n, struct fx_err *err);
+
+/* fx.branch `P.F.stats` (F32, FX_BRANCH_STAT_COUNT): what the search chose.
+ * Errors are relative: ‖E‖²/‖X·Wᵀ‖² over all calibration rows of the group,
+ * E the runtime-emulated output error (kernels/fx-lowrank.h). */
+enum fx_branch_stat {
+	FX_BRANCH_STAT_ALPHA,       /* chosen α of s = xmax^α / wmax^β */
+	FX_BRANCH_STAT_BETA,        /* chosen β */
+	FX_BRANCH_STAT_ERR_RTN,     /* plain round to nearest: s = 1, no branch */
+	FX_BRANCH_STAT_ERR_FINAL,   /* with this smooth/down/up */
+	FX_BRANCH_STAT_ERR_BRANCH,  /* chosen s and its SVD branch, before refinement */
+	FX_BRANCH_STAT_ROUNDS,      /* refinement rounds kept */
+	FX_BRANCH_STAT_COUNT
+};
+
 
 #endif

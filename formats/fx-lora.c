@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/fx-hash.h"
-#include "../common/fx-log.h"
+#include "fx-hash.h"
+#include "fx-log.h"
 #include "fx-file.h"
 #include "fx-st.h"
 #include "fx-stage.h"

@@ -5,8 +5,8 @@
 #ifndef FX_LORA_H
 #define FX_LORA_H
 
-#include "../common/fx-err.h"
-#include "../common/fx-tensor.h"
+#include "fx-err.h"
+#include "fx-tensor.h"
 
 #define FX_LORA_MAX 16
 

@@ -3,8 +3,8 @@
 #ifndef FX_MODEL_H
 #define FX_MODEL_H
 
-#include "../common/fx-err.h"
-#include "../common/fx-tensor.h"
+#include "fx-err.h"
+#include "fx-tensor.h"
 #include "fx-st.h"
 
 enum fx_layout { FX_LAYOUT_DIFFUSERS, FX_LAYOUT_BFL };

@@ -1,7 +1,7 @@
 /* Nunchaku layouts (spec §4). Each layout is one index function; packers
  * scatter, unpackers gather with the same function. */
 #include "fx-pack.h"
-#include "../common/fx-tensor.h"
+#include "fx-tensor.h"
 
 #include <math.h>
 #include <string.h>

@@ -15,7 +15,7 @@
 #ifndef FX_PACK_H
 #define FX_PACK_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 
 /* Two 4-bit codes a byte (even index in the low nibble) <-> one code a
  * byte; count is the number of codes (even). Unpacked codes must be < 16. */

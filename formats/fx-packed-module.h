@@ -4,7 +4,7 @@
 #ifndef FX_PACKED_MODULE_H
 #define FX_PACKED_MODULE_H
 
-#include "../kernels/fx-runtime.h"
+#include "fx-runtime.h"
 #include "fx-model.h"
 #include "fx-st.h"
 

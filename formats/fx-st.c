@@ -14,10 +14,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "../common/fx-hash.h"
+#include "fx-hash.h"
 
-#include "../common/fx-io.h"
-#include "../common/fx-map.h"
+#include "fx-io.h"
+#include "fx-map.h"
 
 #define META_KEY "__metadata__"
 #define JSON_FLAGS (JSON_SORT_KEYS | JSON_COMPACT)

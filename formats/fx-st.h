@@ -2,8 +2,8 @@
 #ifndef FX_ST_H
 #define FX_ST_H
 
-#include "../common/fx-err.h"
-#include "../common/fx-tensor.h"
+#include "fx-err.h"
+#include "fx-tensor.h"
 
 #define FX_ST_MAX_HEADER (100u << 20)
 

@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../common/fx-io.h"
-#include "../common/fx-log.h"
+#include "fx-io.h"
+#include "fx-log.h"
 #include "fx-file.h"
 
 struct fx_stage {

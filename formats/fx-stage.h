@@ -4,8 +4,8 @@
 #ifndef FX_STAGE_H
 #define FX_STAGE_H
 
-#include "../common/fx-err.h"
-#include "../common/fx-tensor.h"
+#include "fx-err.h"
+#include "fx-tensor.h"
 #include "fx-st.h"
 
 struct fx_stage;

@@ -3,7 +3,7 @@
 #ifndef FX_DEVICE_H
 #define FX_DEVICE_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 
 enum fx_device_kind { FX_DEV_CPU, FX_DEV_CUDA, FX_DEV_COUNT };
 

@@ -14,7 +14,7 @@
 #ifndef FX_GPTQ_H
 #define FX_GPTQ_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 #include "fx-quant.h"
 
 #define FX_GPTQ_DAMP 0.01

@@ -36,7 +36,7 @@
 #ifndef FX_LOWRANK_H
 #define FX_LOWRANK_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 #include "fx-quant.h"
 
 #define FX_LOWRANK_SHIFT 0.171875f      /* INT4 *_fc2 activation shift (spec §2.3.3) */

@@ -16,7 +16,7 @@
 #ifndef FX_OPS_CUDA_H
 #define FX_OPS_CUDA_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 
 #include <stddef.h>
 #include <stdint.h>

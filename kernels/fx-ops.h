@@ -4,7 +4,7 @@
 #ifndef FX_OPS_H
 #define FX_OPS_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 
 #include <stdbool.h>
 

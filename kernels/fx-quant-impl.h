@@ -5,7 +5,7 @@
 #define FX_QUANT_IMPL_H
 
 #include "fx-quant.h"
-#include "../common/fx-tensor.h"
+#include "fx-tensor.h"
 
 #include <stdlib.h>
 

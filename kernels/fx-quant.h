@@ -27,7 +27,7 @@
 #ifndef FX_QUANT_H
 #define FX_QUANT_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 
 #define FX_QUANT_INT4_GROUP 64
 #define FX_QUANT_FP4_GROUP 16

@@ -15,7 +15,7 @@
 #ifndef FX_TEXTENC_CUDA_H
 #define FX_TEXTENC_CUDA_H
 
-#include "../common/fx-err.h"
+#include "fx-err.h"
 
 #include <stdbool.h>
 #include <stdint.h>

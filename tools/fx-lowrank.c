@@ -7,7 +7,7 @@
 #include "fx-io.h"
 #include "fx-log.h"
 #include "fx-lora.h"
-#include "fx-lowrank.h"
+#include "fx-search.h"
 #include "fx-stage.h"
 #include "fx-tool.h"
 #include "fx-merge.h"

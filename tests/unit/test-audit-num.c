@@ -16,19 +16,19 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
-#include "../../common/fx-log.h"
-#include "../../formats/fx-audit-model.h"
-#include "../../formats/fx-audit-prov.h"
-#include "../../formats/fx-audit.h"
-#include "../../formats/fx-calibrate.h"
-#include "../../formats/fx-eval.h"
-#include "../../formats/fx-lowrank.h"
-#include "../../formats/fx-model.h"
-#include "../../formats/fx-packfile.h"
-#include "../../formats/fx-quantize.h"
-#include "../../formats/fx-st.h"
-#include "../../formats/fx-stage.h"
-#include "../../formats/fx-synth.h"
+#include "fx-log.h"
+#include "fx-audit-model.h"
+#include "fx-audit-prov.h"
+#include "fx-audit.h"
+#include "fx-calibrate.h"
+#include "fx-eval.h"
+#include "fx-search.h"
+#include "fx-model.h"
+#include "fx-packfile.h"
+#include "fx-quantize.h"
+#include "fx-st.h"
+#include "fx-stage.h"
+#include "fx-synth.h"
 
 static char tmpdir[256];
 

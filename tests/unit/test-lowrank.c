@@ -18,18 +18,18 @@
 
 #include <cblas.h>
 
-#include "../../common/fx-log.h"
-#include "../../common/fx-tensor.h"
-#include "../../formats/fx-audit-branch.h"
-#include "../../formats/fx-file.h"
-#include "../../formats/fx-lowrank.h"
-#include "../../formats/fx-model.h"
-#include "../../formats/fx-st.h"
-#include "../../formats/fx-stage.h"
-#include "../../formats/fx-synth.h"
-#include "../../kernels/fx-lowrank.h"
-#include "../../kernels/fx-quant.h"
-#include "../../kernels/fx-runtime.h"
+#include "fx-log.h"
+#include "fx-tensor.h"
+#include "fx-audit-branch.h"
+#include "fx-file.h"
+#include "fx-search.h"
+#include "fx-model.h"
+#include "fx-st.h"
+#include "fx-stage.h"
+#include "fx-synth.h"
+#include "fx-lowrank.h"
+#include "fx-quant.h"
+#include "fx-runtime.h"
 
 static char tmpdir[256];
 

@@ -1,0 +1,472 @@
+#include "fx-calibrate.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fx-log.h"
+#include "fx-tensor.h"
+#include "fx-device.h"
+#include "fx-ops.h"
+#include "fx-blocks.h"
+#include "fx-file.h"
+#include "fx-flux.h"
+#include "fx-lora.h"
+#include "fx-model.h"
+#include "fx-sampler.h"
+#include "fx-stage.h"
+#include "fx-st.h"
+
+/* Running statistics of one fused group's input. */
+struct gstat {
+	const struct fx_group *g;
+	int64_t k;
+	float *absmax;          /* (k) */
+	uint16_t *rows;         /* (cap, k) BF16 reservoir */
+	int64_t kept;           /* rows in the reservoir */
+	uint64_t seen;          /* rows offered */
+	double *xtx;            /* (k, k) with --hessian */
+	struct fx_rng rng;
+};
+
+struct cal {
+	const struct fx_model *m;
+	struct gstat *st;       /* indexed like the model's groups; g NULL when out of range */
+	size_t n;
+	int64_t cap;
+	bool hessian;
+	int step, prompt;
+	float sigma;
+};
+
+/* absmax[j] = max(absmax[j], |x[t,j]|) over m rows of k, in column blocks
+ * (rows read contiguously) with the finiteness check in the same pass.
+ * Returns false when x holds NaN/Inf. */
+static bool absmax_rows(float *absmax, const float *x, int64_t m, int64_t k)
+{
+	const int64_t B = 512;
+	uint32_t bad = 0;
+
+#pragma omp parallel for schedule(static) reduction(|:bad) if (m * k > 65536)
+	for (int64_t j0 = 0; j0 < k; j0 += B) {
+		int64_t nb = k - j0 < B ? k - j0 : B;
+		float mx[512];
+
+		memcpy(mx, absmax + j0, (size_t)nb * sizeof(float));
+		for (int64_t t = 0; t < m; t++) {
+			const float *xr = x + t * k + j0;
+			uint32_t b = 0;
+
+#pragma omp simd reduction(|:b)
+			for (int64_t j = 0; j < nb; j++) {
+				float v = fabsf(xr[j]);
+				uint32_t u;
+
+				memcpy(&u, &xr[j], 4);
+				b |= (u & 0x7f800000u) + 0x00800000u;   /* sign bit set: NaN/Inf */
+				mx[j] = v > mx[j] ? v : mx[j];
+			}
+			bad |= b;
+		}
+		memcpy(absmax + j0, mx, (size_t)nb * sizeof(float));
+	}
+	return !(bad & 0x80000000u);
+}
+
+/* Column panels of the XᵀX update, fixed whatever the thread count. */
+#define XTX_PANEL 256
+
+/* Upper triangle of xtx (k,k) += xdᵀ·xd over m rows, a column panel per
+ * task spread over the OpenMP threads, each panel single-threaded calls
+ * (the rows above its diagonal block with dgemm, the block with dsyrk).
+ * One dsyrk on OpenBLAS's own threads was split by the thread count, and
+ * its rounding follows the split: --threads changed the bytes. */
+static void xtx_update(double *xtx, const double *xd, int64_t m, int64_t k)
+{
+	const int64_t np = (k + XTX_PANEL - 1) / XTX_PANEL;
+	int blas = fx_ops_blas_single();
+
+	/* the panels on the right have the most rows above them: first */
+#pragma omp parallel for schedule(dynamic, 1)
+	for (int64_t p = np - 1; p >= 0; p--) {
+		int64_t j0 = p * XTX_PANEL, w = k - j0 < XTX_PANEL ? k - j0 : XTX_PANEL;
+
+		if (j0 > 0)
+			cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)j0, (int)w, (int)m, 1.0,
+				    xd, (int)k, xd + j0, (int)k, 1.0, xtx + j0, (int)k);
+		cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)w, (int)m, 1.0, xd + j0, (int)k,
+			    1.0, xtx + j0 * k + j0, (int)k);
+	}
+	fx_ops_blas_restore(blas);
+}
+
+static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t m, struct fx_err *err)
+{
+	struct cal *c = ctx;
+	struct gstat *s = NULL;
+	size_t i;
+	int64_t r, k;
+
+	for (i = 0; i < c->n; i++)
+		if (c->st[i].g == g) {
+			s = &c->st[i];
+			break;
+		}
+	if (!s)
+		return 0;
+	k = s->k;
+	if (!absmax_rows(s->absmax, x, m, k)) {
+		for (r = 0; r < m * k && isfinite(x[r]); r++)
+			;
+		return fx_error(err, FX_E_VALUE,
+				"non-finite activation %g entering %s (%sblock %d) at step %d of prompt %d, token %lld, channel %lld",
+				x[r], g->fused, g->single ? "single " : "", g->block, c->step, c->prompt,
+				(long long)(r / k), (long long)(r % k));
+	}
+	/* reservoir: every row seen so far is kept with probability cap/seen */
+	for (r = 0; r < m; r++) {
+		int64_t slot = -1;
+
+		if (s->kept < c->cap) {
+			slot = s->kept++;
+		} else {
+			uint64_t j = fx_rng_u64(&s->rng) % (s->seen + 1);
+
+			if (j < (uint64_t)c->cap)
+				slot = (int64_t)j;
+		}
+		s->seen++;
+		if (slot >= 0)
+			for (int64_t j = 0; j < k; j++)
+				s->rows[slot * k + j] = fx_f32_to_bf16(x[r * k + j]);
+	}
+	if (s->xtx) {
+		double *xd = malloc((size_t)m * k * sizeof(double));
+
+		if (!xd)
+			return fx_error(err, FX_E_NOMEM, "out of memory for the Hessian of '%s'", g->name);
+		for (r = 0; r < m * k; r++)
+			xd[r] = x[r];
+		/* upper triangle only; mirrored when written */
+		xtx_update(s->xtx, xd, m, k);
+		free(xd);
+	}
+	return 0;
+}
+
+static int step_begin(void *ctx, int step, float sigma, struct fx_err *err)
+{
+	struct cal *c = ctx;
+
+	(void)err;
+	c->step = step;
+	c->sigma = sigma;
+	return 0;
+}
+
+static uint64_t name_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+	return h;
+}
+
+static int cond_tensor(const struct fx_st *cs, const char *name, int ndim, const struct fx_tensor **t,
+		       struct fx_err *err)
+{
+	*t = fx_st_find(cs, name);
+	if (!*t)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' missing (a conditioning file holds "
+				"prompt_embeds (P,L,D) and pooled_prompt_embeds (P,768))", fx_st_path(cs), name);
+	if ((*t)->ndim != ndim)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' has %d dims, expected %d",
+				fx_st_path(cs), name, (*t)->ndim, ndim);
+	return 0;
+}
+
+/* The statistics stay in memory until the end of sampling (XᵀX in f64
+ * dominates: ~110 GiB for all of FLUX.1-dev). calloc would overcommit and
+ * the run be killed hours in, so a set that cannot fit is refused now. */
+static int check_memory(const struct fx_model *m, const struct fx_model_config *c, int first,
+			int last, const struct fx_calibrate_opts *o, struct fx_err *err)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
+	double need = 0.0, have = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0.0;
+	const char *fake = getenv("FX_MEM_BYTES");   /* tests: another machine's size */
+
+	if (fake && *fake)
+		have = strtod(fake, NULL);
+
+	for (size_t gi = 0; gi < fx_model_ngroups(m); gi++) {
+		const struct fx_group *g = fx_model_group(m, gi);
+		double k = (double)g->k;
+
+		if (fx_group_in_range(c, g, first, last))
+			need += k * 4.0 + (double)o->samples * k * 2.0 + (o->hessian ? k * k * 8.0 : 0.0);
+	}
+	fx_log_debug("statistics: %.2f GiB of %.2f GiB memory", need / 1073741824.0,
+		     have / 1073741824.0);
+	if (have > 0.0 && need > 0.8 * have)
+		return fx_error(err, FX_E_NOMEM,
+				"the statistics of blocks %d-%d need %.1f GiB%s, more than 80%% of this "
+				"machine's %.1f GiB: record block ranges in separate runs (--blocks A-B)",
+				first, last, need / 1073741824.0,
+				o->hessian ? " (XᵀX in f64 per layer)" : "", have / 1073741824.0);
+	return 0;
+}
+
+int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
+		     struct fx_stage **stage_out, struct fx_err *err)
+{
+	struct fx_model *m = NULL;
+	struct fx_st *cs = NULL;
+	struct fx_flux *f = NULL;
+	struct fx_stage *s = NULL;
+	const struct fx_model_config *c;
+	const struct fx_tensor *pe, *pp;
+	struct fx_sample_params sp;
+	struct fx_flux_hooks hooks = {0};
+	struct cal cal = {0};
+	struct fx_progress prog;
+	struct fx_device dev;
+	char id[65], blocks[32], res[32], note[256], *modeljs = NULL;
+	float *txt = NULL, *pooled = NULL, *lat = NULL;
+	int64_t ni, nt, P, i;
+	int first, last, ret;
+	bool bf16;
+	size_t gi;
+
+	*up_to_date = false;
+	if (stage_out)
+		*stage_out = NULL;
+	if ((ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0 ||
+	    (ret = fx_st_open(&cs, o->cond, err)) < 0)
+		goto out;
+	c = fx_model_config(m);
+	if ((ret = cond_tensor(cs, "prompt_embeds", 3, &pe, err)) < 0 ||
+	    (ret = cond_tensor(cs, "pooled_prompt_embeds", 2, &pp, err)) < 0)
+		goto out;
+	if (pe->shape[2] != c->joint_dim || pp->shape[1] != c->pooled_dim || pe->shape[0] != pp->shape[0]) {
+		char a[64], b[64];
+
+		ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning does not fit the model: prompt_embeds %s "
+			       "and pooled_prompt_embeds %s, the model takes [P,L,%d] and [P,%d]",
+			       o->cond, fx_shape_str(a, sizeof(a), 3, pe->shape),
+			       fx_shape_str(b, sizeof(b), 2, pp->shape), c->joint_dim, c->pooled_dim);
+		goto out;
+	}
+	P = o->prompts > 0 ? o->prompts : pe->shape[0];
+	if (P > pe->shape[0]) {
+		ret = fx_error(err, FX_E_ARG, "--prompts %lld but '%s' holds %lld", (long long)P, o->cond,
+			       (long long)pe->shape[0]);
+		goto out;
+	}
+	nt = pe->shape[1];
+	if ((ret = fx_blocks_resolve(c, o->first_block, o->last_block, &first, &last, blocks,
+				     sizeof(blocks), err)) < 0)
+		goto out;
+	fx_sample_params_init(&sp, c);
+	if (o->steps > 0)
+		sp.steps = o->steps;
+	if (o->width > 0) {
+		sp.width = o->width;
+		sp.height = o->height;
+	}
+	if (o->guidance >= 0)
+		sp.guidance = o->guidance;
+	if ((ret = fx_sampler_tokens(sp.width, sp.height, &ni, err)) < 0)
+		goto out;
+
+	if ((ret = fx_stage_new(&s, "fx-calib", FX_FMT_CALIB, o->output, err)) < 0 ||
+	    (ret = fx_lora_stage_model(s, o->model, o->loras, id, err)) < 0)
+		goto out;
+	if ((ret = fx_stage_input(s, "cond", o->cond, err)) < 0)
+		goto out;
+	snprintf(res, sizeof(res), "%dx%d", sp.width, sp.height);
+	fx_stage_param_int(s, "prompts", P);
+	fx_stage_param_int(s, "steps", sp.steps);
+	fx_stage_param_str(s, "res", res);
+	fx_stage_param_real(s, "guidance", c->guidance ? sp.guidance : 0);
+	fx_stage_param_int(s, "seed", (long long)o->seed);
+	fx_stage_param_int(s, "samples", o->samples);
+	fx_stage_param_int(s, "hessian", o->hessian);
+	fx_stage_param_str(s, "blocks", blocks);
+	/* the arithmetic is part of the recipe, the device is not: f32 on a GPU
+	 * matches the CPU to rounding, BF16 GEMMs do not */
+	if ((ret = fx_device_select(&dev, o->device, note, sizeof(note), err)) < 0)
+		goto out;
+	if (note[0])
+		fx_log_info("%s", note);
+	bf16 = dev.kind == FX_DEV_CUDA && !(o->gemm && strcmp(o->gemm, "f32") == 0);
+	if (bf16)
+		fx_stage_param_str(s, "gemm", "bf16");
+	ret = fx_stage_check(s, o->force, err);
+	if (ret < 0)
+		goto out;
+	if (ret == 1) {
+		*up_to_date = true;
+		ret = 0;
+		goto out;
+	}
+
+	/* statistics for the groups in range */
+	cal.m = m;
+	cal.n = fx_model_ngroups(m);
+	cal.cap = o->samples;
+	cal.hessian = o->hessian;
+	cal.st = calloc(cal.n, sizeof(*cal.st));
+	if (!cal.st) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((ret = check_memory(m, c, first, last, o, err)) < 0)
+		goto out;
+	for (gi = 0; gi < cal.n; gi++) {
+		const struct fx_group *g = fx_model_group(m, gi);
+		struct gstat *st = &cal.st[gi];
+
+		if (!fx_group_in_range(c, g, first, last))
+			continue;
+		st->g = g;
+		st->k = g->k;
+		st->absmax = calloc(g->k, sizeof(float));
+		st->rows = malloc((size_t)cal.cap * g->k * 2);
+		if (o->hessian)
+			st->xtx = calloc((size_t)g->k * g->k, sizeof(double));
+		fx_rng_init(&st->rng, o->seed ^ name_hash(g->name));
+		if (!st->absmax || !st->rows || (o->hessian && !st->xtx)) {
+			ret = fx_error(err, FX_E_NOMEM, "out of memory for the statistics of '%s'", g->name);
+			goto out;
+		}
+	}
+	if ((ret = fx_flux_new(&f, m, err)) < 0 || (ret = fx_flux_set_device(f, &dev, err)) < 0)
+		goto out;
+	fx_flux_set_bf16_gemm(f, bf16);
+	fx_log_debug("computing on %s%s", dev.desc, bf16 ? " (BF16 GEMMs)" : "");
+	hooks.ctx = &cal;
+	hooks.capture = capture;
+	fx_flux_set_hooks(f, &hooks);
+	sp.step_begin = step_begin;
+	sp.step_ctx = &cal;
+	txt = malloc((size_t)nt * c->joint_dim * sizeof(float));
+	pooled = malloc((size_t)c->pooled_dim * sizeof(float));
+	lat = malloc((size_t)ni * c->in_channels * sizeof(float));
+	if (!txt || !pooled || !lat) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	fx_progress_start(&prog, "fx-calib", (uint64_t)P, 0);
+	for (i = 0; i < P; i++) {
+		size_t tsz = fx_dtype_size(pe->dtype), psz = fx_dtype_size(pp->dtype);
+
+		if (fx_to_f32(txt, (const char *)pe->data + (size_t)i * nt * c->joint_dim * tsz, pe->dtype,
+			      (size_t)nt * c->joint_dim) < 0 ||
+		    fx_to_f32(pooled, (const char *)pp->data + (size_t)i * c->pooled_dim * psz, pp->dtype,
+			      (size_t)c->pooled_dim) < 0) {
+			ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning tensors must be float", o->cond);
+			goto out;
+		}
+		cal.prompt = (int)i;
+		sp.seed = o->seed + (uint64_t)i;
+		if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, lat, err)) < 0)
+			goto out;
+		fx_progress_step(&prog, 1, 0);
+	}
+	fx_progress_end(&prog);
+
+	/* the output */
+	for (gi = 0; gi < cal.n; gi++) {
+		struct gstat *st = &cal.st[gi];
+		char name[160];
+		int64_t shp[2];
+
+		if (!st->g)
+			continue;
+		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
+		shp[0] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_F32, 1, shp, err)) < 0)
+			goto out;
+		snprintf(name, sizeof(name), "%s.samples", st->g->name);
+		shp[0] = st->kept;
+		shp[1] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_BF16, 2, shp, err)) < 0)
+			goto out;
+		if (st->xtx) {
+			snprintf(name, sizeof(name), "%s.xtx", st->g->name);
+			shp[0] = shp[1] = st->k;
+			if ((ret = fx_stage_add(s, name, FX_F32, 2, shp, err)) < 0)
+				goto out;
+		}
+	}
+	if (!(modeljs = fx_model_brief_json(c))) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	fx_stage_meta(s, "fx.model", modeljs);
+	if ((ret = fx_stage_begin(s, err)) < 0)
+		goto out;
+	for (gi = 0; gi < cal.n; gi++) {
+		struct gstat *st = &cal.st[gi];
+		struct fx_layer_hash *h;
+		char name[160], lr[65];
+
+		if (!st->g)
+			continue;
+		h = fx_layer_hash_new();
+		fx_layer_hash_update(h, st->absmax, st->k * 4);
+		fx_layer_hash_update(h, st->rows, (size_t)st->kept * st->k * 2);
+		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
+		if ((ret = fx_stage_write(s, name, st->absmax, st->k * 4, err)) < 0)
+			goto out_h;
+		snprintf(name, sizeof(name), "%s.samples", st->g->name);
+		if ((ret = fx_stage_write(s, name, st->rows, (size_t)st->kept * st->k * 2, err)) < 0)
+			goto out_h;
+		if (st->xtx) {
+			float *row = malloc(st->k * sizeof(float));
+
+			snprintf(name, sizeof(name), "%s.xtx", st->g->name);
+			for (int64_t a = 0; a < st->k && ret == 0; a++) {
+				for (int64_t b = 0; b < st->k; b++)
+					row[b] = (float)(b >= a ? st->xtx[a * st->k + b] : st->xtx[b * st->k + a]);
+				fx_layer_hash_update(h, row, st->k * 4);
+				ret = fx_stage_write(s, name, row, st->k * 4, err);
+			}
+			free(row);
+			if (ret < 0)
+				goto out_h;
+		}
+		fx_layer_hash_final(h, lr);
+		/* the forward always runs; a layer whose statistics came out the
+		 * same as before is reported as reused, so later stages see it so */
+		fx_stage_layer(s, st->g->name, lr, fx_stage_reusable(s, st->g->name, lr));
+		continue;
+out_h:
+		fx_layer_hash_final(h, lr);
+		goto out;
+	}
+	ret = fx_stage_commit(s, err);
+out:
+	for (gi = 0; cal.st && gi < cal.n; gi++) {
+		free(cal.st[gi].absmax);
+		free(cal.st[gi].rows);
+		free(cal.st[gi].xtx);
+	}
+	free(cal.st);
+	free(modeljs);
+	free(txt);
+	free(pooled);
+	free(lat);
+	fx_flux_free(f);
+	fx_st_close(cs);
+	fx_model_close(m);
+	if (stage_out && ret >= 0)
+		*stage_out = s;
+	else
+		fx_stage_free(s);
+	return ret;
+}
