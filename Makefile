@@ -24,9 +24,10 @@ endif
 BIN := $(B)/bin
 
 # Library folders, lowest first: each includes only folders before it
-# (tools/lib/<family> may include text/ and formats/; stages/ the families).
-LIB_DIRS := common kernels kernels/ref kernels/cpu formats tools/lib/text tools/lib \
-            tools/lib/flux tools/lib/qwenimage tools/lib/audit tools/lib/stages
+# (a family in tools/lib/<name> includes text/ and formats/; tools/lib the
+# families; audit/ and stages/ all of them).
+LIB_DIRS := common kernels kernels/ref kernels/cpu formats tools/lib/text tools/lib/flux \
+            tools/lib/qwenimage tools/lib tools/lib/audit tools/lib/stages
 CPPFLAGS += -D_GNU_SOURCE $(addprefix -I,$(filter-out kernels/ref kernels/cpu,$(LIB_DIRS))) -MMD -MP
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -Wall -Wextra -fopenmp

@@ -1,5 +1,6 @@
-/* FLUX transformer loader: diffusers or BFL naming behind one view
- * (shared/spec/flux-transformer.md §2, nunchaku-svdq-format.md §2.1). */
+/* The model reader: a path in any form, its tensors behind one internal
+ * view (diffusers names, fused groups) that the model's family declares
+ * (fx-family.h); FP8 widening, per-tensor scales and LoRA merging. */
 #include "fx-model.h"
 
 #include <errno.h>
@@ -15,9 +16,9 @@
 #include "fx-hash.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-family.h"
 #include "fx-lora.h"
 
-#define BFL_PREFIX "model.diffusion_model."
 #define MAX_BLOCKS 10000
 #define NAME_CAP 256
 #define CONFIG_MAX (1u << 20)
@@ -163,6 +164,108 @@ static int64_t dim_of(const struct fx_model *m, const char *name, int ax)
 	return t && t->ndim > ax ? t->shape[ax] : -1;
 }
 
+/* ---- builder calls for the families (fx-family.h) -------------------- */
+
+const struct fx_tensor *fx_model_build_find(const struct fx_model *m, const char *name)
+{
+	return find(m, name);
+}
+
+const char *fx_model_build_file(const struct fx_model *m, const struct fx_tensor *t)
+{
+	return file_of(m, t);
+}
+
+int64_t fx_model_build_dim(const struct fx_model *m, const char *name, int ax)
+{
+	return dim_of(m, name, ax);
+}
+
+size_t fx_model_build_count(const struct fx_model *m)
+{
+	return fx_stset_count(m->set);
+}
+
+const struct fx_tensor *fx_model_build_at(const struct fx_model *m, size_t i)
+{
+	return fx_stset_at(m->set, i);
+}
+
+const char *fx_model_build_src(const struct fx_model *m)
+{
+	return m->src;
+}
+
+void fx_model_build_set_layout(struct fx_model *m, enum fx_layout layout, const char *prefix)
+{
+	m->layout = layout;
+	m->prefix = prefix;
+}
+
+const char *fx_model_build_prefix(const struct fx_model *m)
+{
+	return m->prefix;
+}
+
+struct fx_model_config *fx_model_build_config(struct fx_model *m)
+{
+	return &m->cfg;
+}
+
+int fx_model_build_count_blocks(const struct fx_model *m, const char *block, int *cnt,
+				struct fx_err *err)
+{
+	size_t i, bl = strlen(block);
+
+	*cnt = 0;
+	for (i = 0; i < fx_stset_count(m->set); i++) {
+		const char *full = fx_stset_at(m->set, i)->name, *n = full, *q;
+		char *end;
+		long v;
+
+		if (!starts(n, m->prefix))
+			continue;
+		n += strlen(m->prefix);
+		if (strncmp(n, block, bl) || n[bl] != '.')
+			continue;
+		q = n + bl + 1;
+		if (*q < '0' || *q > '9')
+			continue;
+		errno = 0;
+		v = strtol(q, &end, 10);
+		if (*end != '.')
+			continue;
+		if (errno || v >= MAX_BLOCKS)
+			return fx_error(err, FX_E_FORMAT,
+					"tensor '%s' has block index out of range (max %d) (in '%s')",
+					full, MAX_BLOCKS - 1, file_of(m, fx_stset_at(m->set, i)));
+		if (v + 1 > *cnt)
+			*cnt = (int)v + 1;
+	}
+	return 0;
+}
+
+int fx_json_int(struct json_t *o, const char *key, int def, int lo, int hi, int *v,
+		const char *path, struct fx_err *err)
+{
+	json_t *j = json_object_get(o, key);
+	json_int_t x;
+
+	if (!j || json_is_null(j)) {
+		*v = def;
+		return 0;
+	}
+	if (!json_is_integer(j))
+		return fx_error(err, FX_E_FORMAT, "config key '%s' is not an integer (in '%s')", key,
+				path);
+	x = json_integer_value(j);
+	if (x < lo || x > hi)
+		return fx_error(err, FX_E_FORMAT, "config key '%s' is %lld, expected %d..%d (in '%s')",
+				key, (long long)x, lo, hi, path);
+	*v = (int)x;
+	return 0;
+}
+
 /* ---- paths and config ------------------------------------------------ */
 
 /* "<stem>-00001-of-00003.safetensors" -> index "<stem>.safetensors.index.json"
@@ -247,242 +350,6 @@ nomem:
 	free(d);
 	free(c);
 	return fx_error(err, FX_E_NOMEM, "out of memory");
-}
-
-static int cfg_int(json_t *o, const char *key, int def, int lo, int hi, int *v,
-		   const char *path, struct fx_err *err)
-{
-	json_t *j = json_object_get(o, key);
-	json_int_t x;
-
-	if (!j || json_is_null(j)) {
-		*v = def;
-		return 0;
-	}
-	if (!json_is_integer(j))
-		return fx_error(err, FX_E_FORMAT, "config key '%s' is not an integer (in '%s')", key,
-				path);
-	x = json_integer_value(j);
-	if (x < lo || x > hi)
-		return fx_error(err, FX_E_FORMAT, "config key '%s' is %lld, expected %d..%d (in '%s')",
-				key, (long long)x, lo, hi, path);
-	*v = (int)x;
-	return 0;
-}
-
-static void default_axes(int hd, int axes[3])
-{
-	if (hd == 128) {
-		axes[0] = 16;
-		axes[1] = axes[2] = 56;
-	} else {
-		/* same proportions as (16,56,56), every dim even */
-		axes[1] = axes[2] = 2 * ((7 * hd) / 32);
-		axes[0] = hd - 2 * axes[1];
-	}
-}
-
-static int parse_config(struct fx_model *m, const char *text, struct fx_err *err)
-{
-	struct fx_model_config *c = &m->cfg;
-	const char *p = m->cfg_path;
-	json_error_t je;
-	json_t *o = json_loads(text, 0, &je), *j;
-	int ret = 0, patch;
-
-	if (!o || !json_is_object(o)) {
-		ret = o ? fx_error(err, FX_E_FORMAT, "config is not a JSON object (in '%s')", p)
-			: fx_error(err, FX_E_FORMAT, "invalid JSON at line %d: %s (in '%s')",
-				   je.line, je.text, p);
-		goto out;
-	}
-	j = json_object_get(o, "_class_name");
-	if (j && (!json_is_string(j) ||
-		  strcmp(json_string_value(j), "FluxTransformer2DModel") != 0)) {
-		ret = fx_error(err, FX_E_FORMAT,
-			       "config describes '%s', expected FluxTransformer2DModel (in '%s')",
-			       json_is_string(j) ? json_string_value(j) : "?", p);
-		goto out;
-	}
-	if ((ret = cfg_int(o, "patch_size", 1, 1, 1, &patch, p, err)) < 0 ||
-	    (ret = cfg_int(o, "in_channels", 64, 1, 1 << 16, &c->in_channels, p, err)) < 0 ||
-	    (ret = cfg_int(o, "out_channels", c->in_channels, 1, 1 << 16, &c->out_channels, p,
-			   err)) < 0 ||
-	    (ret = cfg_int(o, "num_layers", 19, 0, MAX_BLOCKS, &c->num_double, p, err)) < 0 ||
-	    (ret = cfg_int(o, "num_single_layers", 38, 0, MAX_BLOCKS, &c->num_single, p,
-			   err)) < 0 ||
-	    (ret = cfg_int(o, "attention_head_dim", 128, 1, 4096, &c->head_dim, p, err)) < 0 ||
-	    (ret = cfg_int(o, "num_attention_heads", 24, 1, 1024, &c->heads, p, err)) < 0 ||
-	    (ret = cfg_int(o, "joint_attention_dim", 4096, 1, 1 << 20, &c->joint_dim, p,
-			   err)) < 0 ||
-	    (ret = cfg_int(o, "pooled_projection_dim", 768, 1, 1 << 20, &c->pooled_dim, p,
-			   err)) < 0)
-		goto out;
-	j = json_object_get(o, "guidance_embeds");
-	if (j && !json_is_boolean(j) && !json_is_null(j)) {
-		ret = fx_error(err, FX_E_FORMAT, "config key 'guidance_embeds' is not a boolean (in '%s')",
-			       p);
-		goto out;
-	}
-	c->guidance = j && json_is_true(j);
-	c->hidden = c->heads * c->head_dim;
-	c->mlp_hidden = 4 * c->hidden;
-	j = json_object_get(o, "axes_dims_rope");
-	if (!j || json_is_null(j)) {
-		default_axes(c->head_dim, c->axes);
-	} else {
-		size_t i;
-
-		if (!json_is_array(j) || json_array_size(j) != 3) {
-			ret = fx_error(err, FX_E_FORMAT,
-				       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')",
-				       p);
-			goto out;
-		}
-		for (i = 0; i < 3; i++) {
-			json_t *e = json_array_get(j, i);
-
-			if (!json_is_integer(e) || json_integer_value(e) < 0 ||
-			    json_integer_value(e) > 4096) {
-				ret = fx_error(err, FX_E_FORMAT,
-					       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')",
-					       p);
-				goto out;
-			}
-			c->axes[i] = (int)json_integer_value(e);
-		}
-	}
-out:
-	json_decref(o);
-	return ret;
-}
-
-/* Picks layout and prefix from the anchor tensors. */
-static int detect_layout(struct fx_model *m, struct fx_err *err)
-{
-	static const char *const prefixes[] = { "", BFL_PREFIX };
-	size_t i, k;
-
-	for (k = 0; k < FX_ARRAY_SIZE(prefixes); k++) {
-		m->prefix = prefixes[k];
-		if (find(m, "x_embedder.weight")) {
-			m->layout = FX_LAYOUT_DIFFUSERS;
-			return 0;
-		}
-		if (find(m, "img_in.weight")) {
-			m->layout = FX_LAYOUT_BFL;
-			return 0;
-		}
-	}
-	for (i = 0; i < fx_stset_count(m->set); i++) {
-		const char *n = fx_stset_at(m->set, i)->name;
-
-		m->prefix = starts(n, BFL_PREFIX) ? BFL_PREFIX : "";
-		n += strlen(m->prefix);
-		if (starts(n, "double_blocks.") || starts(n, "single_blocks."))
-			return fx_error(err, FX_E_FORMAT, "missing tensor '%simg_in.weight' (in '%s')",
-					m->prefix, m->src);
-		if (starts(n, "transformer_blocks.") || starts(n, "single_transformer_blocks."))
-			return fx_error(err, FX_E_FORMAT,
-					"missing tensor '%sx_embedder.weight' (in '%s')", m->prefix,
-					m->src);
-	}
-	return fx_error(err, FX_E_FORMAT,
-			"'%s' is not a FLUX transformer: no 'x_embedder.weight' or 'img_in.weight'",
-			m->src);
-}
-
-/* Counts blocks from the names: highest index + 1 (gaps show up later as
- * missing tensors). */
-static int count_blocks(struct fx_model *m, int *nd, int *ns, bool *guidance,
-			struct fx_err *err)
-{
-	bool bfl = m->layout == FX_LAYOUT_BFL;
-	const char *dp = bfl ? "double_blocks." : "transformer_blocks.";
-	const char *sp = bfl ? "single_blocks." : "single_transformer_blocks.";
-	const char *gp = bfl ? "guidance_in." : "time_text_embed.guidance_embedder.";
-	size_t i;
-
-	*nd = *ns = 0;
-	*guidance = false;
-	for (i = 0; i < fx_stset_count(m->set); i++) {
-		const char *full = fx_stset_at(m->set, i)->name, *n = full, *q;
-		int *cnt = NULL;
-		char *end;
-		long v;
-
-		if (!starts(n, m->prefix))
-			continue;
-		n += strlen(m->prefix);
-		if (starts(n, gp))
-			*guidance = true;
-		if (starts(n, dp)) {
-			q = n + strlen(dp);
-			cnt = nd;
-		} else if (starts(n, sp)) {
-			q = n + strlen(sp);
-			cnt = ns;
-		} else {
-			continue;
-		}
-		if (*q < '0' || *q > '9')
-			continue;
-		errno = 0;
-		v = strtol(q, &end, 10);
-		if (*end != '.')
-			continue;
-		if (errno || v >= MAX_BLOCKS)
-			return fx_error(err, FX_E_FORMAT,
-					"tensor '%s' has block index out of range (max %d) (in '%s')",
-					full, MAX_BLOCKS - 1, file_of(m, fx_stset_at(m->set, i)));
-		if (v + 1 > *cnt)
-			*cnt = (int)v + 1;
-	}
-	return 0;
-}
-
-static int infer_config(struct fx_model *m, struct fx_err *err)
-{
-	struct fx_model_config *c = &m->cfg;
-	bool bfl = m->layout == FX_LAYOUT_BFL;
-	const char *xn = bfl ? "img_in.weight" : "x_embedder.weight";
-	const struct fx_tensor *x = find(m, xn);
-	int64_t v;
-	char sh[64];
-	int ret;
-
-	if (x->ndim != 2 || x->shape[0] < 1 || x->shape[0] > (1 << 16) || x->shape[1] < 1 ||
-	    x->shape[1] > (1 << 16))
-		return fx_error(err, FX_E_FORMAT,
-				"tensor '%s' has shape %s, expected [hidden,in_channels] (in '%s')",
-				x->name, fx_shape_str(sh, sizeof(sh), x->ndim, x->shape),
-				file_of(m, x));
-	c->hidden = (int)x->shape[0];
-	c->in_channels = (int)x->shape[1];
-	v = dim_of(m, bfl ? "double_blocks.0.img_attn.norm.query_norm.scale"
-			  : "transformer_blocks.0.attn.norm_q.weight", 0);
-	if (v < 0)
-		v = dim_of(m, bfl ? "single_blocks.0.norm.query_norm.scale"
-				  : "single_transformer_blocks.0.attn.norm_q.weight", 0);
-	c->head_dim = v > 0 && v <= 4096 ? (int)v : 128;
-	if (c->hidden % c->head_dim)
-		return fx_error(err, FX_E_FORMAT,
-				"hidden size %d (from '%s') is not a multiple of the head dim %d (in '%s')",
-				c->hidden, x->name, c->head_dim, m->src);
-	c->heads = c->hidden / c->head_dim;
-	c->mlp_hidden = 4 * c->hidden;
-	v = dim_of(m, bfl ? "txt_in.weight" : "context_embedder.weight", 1);
-	c->joint_dim = v > 0 && v <= (1 << 20) ? (int)v : 4096;
-	v = dim_of(m, bfl ? "vector_in.in_layer.weight" : "time_text_embed.text_embedder.linear_1.weight",
-		   1);
-	c->pooled_dim = v > 0 && v <= (1 << 20) ? (int)v : 768;
-	v = dim_of(m, bfl ? "final_layer.linear.weight" : "proj_out.weight", 0);
-	c->out_channels = v > 0 && v <= (1 << 16) ? (int)v : c->in_channels;
-	ret = count_blocks(m, &c->num_double, &c->num_single, &c->guidance, err);
-	if (ret < 0)
-		return ret;
-	default_axes(c->head_dim, c->axes);
-	return 0;
 }
 
 static int check_config(struct fx_model *m, struct fx_err *err)
@@ -585,7 +452,7 @@ const struct fx_tensor *fx_model_scale_tensor(const struct fx_model *m, const st
 	return sc ? sc->scale : NULL;
 }
 
-static int want(struct fx_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
+int fx_model_build_want(struct fx_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
 		const struct fx_tensor **out, struct fx_err *err)
 {
 	int64_t shape[2] = { d0, d1 };
@@ -612,25 +479,25 @@ static int want(struct fx_model *m, const char *name, int ndim, int64_t d0, int6
 }
 
 /* "<base>.weight" [n,k] and "<base>.bias" [n]. */
-static int want_linear(struct fx_model *m, const char *base, int64_t n, int64_t k,
+int fx_model_build_want_linear(struct fx_model *m, const char *base, int64_t n, int64_t k,
 		       const struct fx_tensor **w, const struct fx_tensor **b, struct fx_err *err)
 {
 	char nm[NAME_CAP];
 	int ret;
 
 	snprintf(nm, sizeof(nm), "%s.weight", base);
-	if ((ret = want(m, nm, 2, n, k, w, err)) < 0)
+	if ((ret = fx_model_build_want(m, nm, 2, n, k, w, err)) < 0 || !b)
 		return ret;
 	snprintf(nm, sizeof(nm), "%s.bias", base);
-	return want(m, nm, 1, n, 0, b, err);
+	return fx_model_build_want(m, nm, 1, n, 0, b, err);
 }
 
-static int add_plain(struct fx_model *m, const char *dname, const char *srcname, int ndim,
+int fx_model_build_plain(struct fx_model *m, const char *dname, const char *srcname, int ndim,
 		     int64_t d0, int64_t d1, bool swap, struct fx_err *err)
 {
 	const struct fx_tensor *t;
 	struct plain *p;
-	int ret = want(m, srcname, ndim, d0, d1, &t, err);
+	int ret = fx_model_build_want(m, srcname, ndim, d0, d1, &t, err);
 
 	if (ret < 0)
 		return ret;
@@ -645,24 +512,7 @@ static int add_plain(struct fx_model *m, const char *dname, const char *srcname,
 	return 0;
 }
 
-/* A plain linear: weight [n,k] and bias [n] under both namings. */
-static int add_plain_linear(struct fx_model *m, const char *dbase, const char *bbase, int64_t n,
-			    int64_t k, bool swap, struct fx_err *err)
-{
-	const char *src = m->layout == FX_LAYOUT_BFL ? bbase : dbase;
-	char dn[NAME_CAP], sn[NAME_CAP];
-	int ret;
-
-	snprintf(dn, sizeof(dn), "%s.weight", dbase);
-	snprintf(sn, sizeof(sn), "%s.weight", src);
-	if ((ret = add_plain(m, dn, sn, 2, n, k, swap, err)) < 0)
-		return ret;
-	snprintf(dn, sizeof(dn), "%s.bias", dbase);
-	snprintf(sn, sizeof(sn), "%s.bias", src);
-	return add_plain(m, dn, sn, 1, n, 0, swap, err);
-}
-
-static struct fx_group *new_group(struct fx_model *m, bool single, int blk, const char *fused,
+struct fx_group *fx_model_build_group(struct fx_model *m, bool single, int blk, const char *fused,
 				  enum fx_group_kind kind, int64_t n, int64_t k, int chunks,
 				  bool gelu)
 {
@@ -686,7 +536,7 @@ static struct fx_group *new_group(struct fx_model *m, bool single, int blk, cons
 	return g;
 }
 
-static int add_member(struct fx_model *m, struct fx_group *g, const char *name,
+int fx_model_build_member(struct fx_model *m, struct fx_group *g, const char *name,
 		      const struct fx_tensor *w, const struct fx_tensor *b, int64_t row0,
 		      int64_t nrows, int64_t col0, int64_t out_row0, struct fx_err *err)
 {
@@ -704,205 +554,6 @@ static int add_member(struct fx_model *m, struct fx_group *g, const char *name,
 	mb->ncols = g->k;
 	mb->out_row0 = out_row0;
 	g->nmembers++;
-	return 0;
-}
-
-/* Double-block groups in design.md §2 order; n, k in units of D (mlp = 4D). */
-static const struct dgroup {
-	const char *fused;
-	enum fx_group_kind kind;
-	int chunks, n, k;
-	bool gelu;
-	const char *dsrc[3];         /* diffusers members, rows concatenated */
-	const char *bsrc;            /* BFL tensor (members are row blocks) */
-} dgroups[] = {
-	{ "norm1.linear", FX_GROUP_ADALN, 6, 6, 1, false, { "norm1.linear" }, "img_mod.lin" },
-	{ "norm1_context.linear", FX_GROUP_ADALN, 6, 6, 1, false, { "norm1_context.linear" },
-	  "txt_mod.lin" },
-	{ "qkv_proj", FX_GROUP_W4A4, 0, 3, 1, false, { "attn.to_q", "attn.to_k", "attn.to_v" },
-	  "img_attn.qkv" },
-	{ "qkv_proj_context", FX_GROUP_W4A4, 0, 3, 1, false,
-	  { "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj" }, "txt_attn.qkv" },
-	{ "out_proj", FX_GROUP_W4A4, 0, 1, 1, false, { "attn.to_out.0" }, "img_attn.proj" },
-	{ "out_proj_context", FX_GROUP_W4A4, 0, 1, 1, false, { "attn.to_add_out" },
-	  "txt_attn.proj" },
-	{ "mlp_fc1", FX_GROUP_W4A4, 0, 4, 1, false, { "ff.net.0.proj" }, "img_mlp.0" },
-	{ "mlp_fc2", FX_GROUP_W4A4, 0, 1, 4, true, { "ff.net.2" }, "img_mlp.2" },
-	{ "mlp_context_fc1", FX_GROUP_W4A4, 0, 4, 1, false, { "ff_context.net.0.proj" },
-	  "txt_mlp.0" },
-	{ "mlp_context_fc2", FX_GROUP_W4A4, 0, 1, 4, true, { "ff_context.net.2" }, "txt_mlp.2" },
-};
-
-static const char *const dnorms[][2] = {
-	{ "attn.norm_q.weight", "img_attn.norm.query_norm.scale" },
-	{ "attn.norm_k.weight", "img_attn.norm.key_norm.scale" },
-	{ "attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale" },
-	{ "attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale" },
-};
-
-static const char *const snorms[][2] = {
-	{ "attn.norm_q.weight", "norm.query_norm.scale" },
-	{ "attn.norm_k.weight", "norm.key_norm.scale" },
-};
-
-static int build_double(struct fx_model *m, int i, struct fx_err *err)
-{
-	bool bfl = m->layout == FX_LAYOUT_BFL;
-	int64_t D = m->cfg.hidden;
-	char dp[64], bp[64], nm[NAME_CAP], mn[NAME_CAP];
-	size_t gi, j;
-	int ret;
-
-	fx_block_prefix(dp, sizeof(dp), false, i);
-	snprintf(bp, sizeof(bp), "double_blocks.%d", i);
-	for (gi = 0; gi < FX_ARRAY_SIZE(dgroups); gi++) {
-		const struct dgroup *d = &dgroups[gi];
-		int nm_ = d->dsrc[1] ? 3 : 1;
-		int64_t n = d->n * D, k = d->k * D, rows = n / nm_;
-		const struct fx_tensor *w = NULL, *b = NULL;
-		struct fx_group *g = new_group(m, false, i, d->fused, d->kind, n, k, d->chunks,
-					       d->gelu);
-
-		if (!g)
-			return fx_error(err, FX_E_NOMEM, "out of memory");
-		if (bfl) {
-			snprintf(nm, sizeof(nm), "%s.%s", bp, d->bsrc);
-			if ((ret = want_linear(m, nm, n, k, &w, &b, err)) < 0)
-				return ret;
-		}
-		for (j = 0; j < (size_t)nm_; j++) {
-			snprintf(mn, sizeof(mn), "%s.%s", dp, d->dsrc[j]);
-			if (!bfl && (ret = want_linear(m, mn, rows, k, &w, &b, err)) < 0)
-				return ret;
-			ret = add_member(m, g, mn, w, b, bfl ? (int64_t)j * rows : 0, rows, 0,
-					 (int64_t)j * rows, err);
-			if (ret < 0)
-				return ret;
-		}
-		/* norm scales sit between qkv_proj_context and out_proj in the
-		 * table of the spec; validate them in that place */
-		if (gi == 3) {
-			for (j = 0; j < FX_ARRAY_SIZE(dnorms); j++) {
-				snprintf(mn, sizeof(mn), "%s.%s", dp, dnorms[j][0]);
-				snprintf(nm, sizeof(nm), "%s.%s", bp, dnorms[j][1]);
-				ret = add_plain(m, mn, bfl ? nm : mn, 1, m->cfg.head_dim, 0, false,
-						err);
-				if (ret < 0)
-					return ret;
-			}
-		}
-	}
-	return 0;
-}
-
-static int build_single(struct fx_model *m, int i, struct fx_err *err)
-{
-	static const char *const qkv[3] = { "attn.to_q", "attn.to_k", "attn.to_v" };
-	bool bfl = m->layout == FX_LAYOUT_BFL;
-	int64_t D = m->cfg.hidden, F = m->cfg.mlp_hidden;
-	const struct fx_tensor *w, *b, *l1w = NULL, *l1b = NULL, *l2w, *l2b;
-	char dp[64], bp[64], nm[NAME_CAP], mn[NAME_CAP];
-	struct fx_group *g;
-	int ret;
-	int j;
-
-	fx_block_prefix(dp, sizeof(dp), true, i);
-	snprintf(bp, sizeof(bp), "single_blocks.%d", i);
-
-	/* norm.linear */
-	snprintf(mn, sizeof(mn), "%s.norm.linear", dp);
-	snprintf(nm, sizeof(nm), "%s.modulation.lin", bp);
-	if ((ret = want_linear(m, bfl ? nm : mn, 3 * D, D, &w, &b, err)) < 0)
-		return ret;
-	if (!(g = new_group(m, true, i, "norm.linear", FX_GROUP_ADALN, 3 * D, D, 3, false)))
-		return fx_error(err, FX_E_NOMEM, "out of memory");
-	if ((ret = add_member(m, g, mn, w, b, 0, 3 * D, 0, 0, err)) < 0)
-		return ret;
-
-	/* qkv_proj (BFL: linear1 rows 0..3D-1) */
-	if (bfl) {
-		snprintf(nm, sizeof(nm), "%s.linear1", bp);
-		if ((ret = want_linear(m, nm, 3 * D + F, D, &l1w, &l1b, err)) < 0)
-			return ret;
-	}
-	if (!(g = new_group(m, true, i, "qkv_proj", FX_GROUP_W4A4, 3 * D, D, 0, false)))
-		return fx_error(err, FX_E_NOMEM, "out of memory");
-	for (j = 0; j < 3; j++) {
-		snprintf(mn, sizeof(mn), "%s.%s", dp, qkv[j]);
-		w = l1w;
-		b = l1b;
-		if (!bfl && (ret = want_linear(m, mn, D, D, &w, &b, err)) < 0)
-			return ret;
-		if ((ret = add_member(m, g, mn, w, b, bfl ? j * D : 0, D, 0, j * D, err)) < 0)
-			return ret;
-	}
-	for (j = 0; j < 2; j++) {
-		snprintf(mn, sizeof(mn), "%s.%s", dp, snorms[j][0]);
-		snprintf(nm, sizeof(nm), "%s.%s", bp, snorms[j][1]);
-		if ((ret = add_plain(m, mn, bfl ? nm : mn, 1, m->cfg.head_dim, 0, false, err)) < 0)
-			return ret;
-	}
-
-	/* mlp_fc1 (BFL: linear1 rows 3D..) */
-	snprintf(mn, sizeof(mn), "%s.proj_mlp", dp);
-	w = l1w;
-	b = l1b;
-	if (!bfl && (ret = want_linear(m, mn, F, D, &w, &b, err)) < 0)
-		return ret;
-	if (!(g = new_group(m, true, i, "mlp_fc1", FX_GROUP_W4A4, F, D, 0, false)))
-		return fx_error(err, FX_E_NOMEM, "out of memory");
-	if ((ret = add_member(m, g, mn, w, b, bfl ? 3 * D : 0, F, 0, 0, err)) < 0)
-		return ret;
-
-	/* proj_out / linear2 split by columns; the bias goes to mlp_fc2 */
-	snprintf(mn, sizeof(mn), "%s.proj_out", dp);
-	snprintf(nm, sizeof(nm), "%s.linear2", bp);
-	if ((ret = want_linear(m, bfl ? nm : mn, D, D + F, &l2w, &l2b, err)) < 0)
-		return ret;
-	if (!(g = new_group(m, true, i, "out_proj", FX_GROUP_W4A4, D, D, 0, false)))
-		return fx_error(err, FX_E_NOMEM, "out of memory");
-	if ((ret = add_member(m, g, mn, l2w, NULL, 0, D, 0, 0, err)) < 0)
-		return ret;
-	if (!(g = new_group(m, true, i, "mlp_fc2", FX_GROUP_W4A4, D, F, 0, true)))
-		return fx_error(err, FX_E_NOMEM, "out of memory");
-	return add_member(m, g, mn, l2w, l2b, 0, D, D, 0, err);
-}
-
-static int build(struct fx_model *m, struct fx_err *err)
-{
-	const struct fx_model_config *c = &m->cfg;
-	int64_t D = c->hidden;
-	int i, ret;
-
-	if ((ret = add_plain_linear(m, "x_embedder", "img_in", D, c->in_channels, false, err)) < 0 ||
-	    (ret = add_plain_linear(m, "context_embedder", "txt_in", D, c->joint_dim, false,
-				    err)) < 0 ||
-	    (ret = add_plain_linear(m, "time_text_embed.timestep_embedder.linear_1",
-				    "time_in.in_layer", D, 256, false, err)) < 0 ||
-	    (ret = add_plain_linear(m, "time_text_embed.timestep_embedder.linear_2",
-				    "time_in.out_layer", D, D, false, err)) < 0)
-		return ret;
-	if (c->guidance &&
-	    ((ret = add_plain_linear(m, "time_text_embed.guidance_embedder.linear_1",
-				     "guidance_in.in_layer", D, 256, false, err)) < 0 ||
-	     (ret = add_plain_linear(m, "time_text_embed.guidance_embedder.linear_2",
-				     "guidance_in.out_layer", D, D, false, err)) < 0))
-		return ret;
-	if ((ret = add_plain_linear(m, "time_text_embed.text_embedder.linear_1",
-				    "vector_in.in_layer", D, c->pooled_dim, false, err)) < 0 ||
-	    (ret = add_plain_linear(m, "time_text_embed.text_embedder.linear_2",
-				    "vector_in.out_layer", D, D, false, err)) < 0 ||
-	    (ret = add_plain_linear(m, "norm_out.linear", "final_layer.adaLN_modulation.1", 2 * D,
-				    D, m->layout == FX_LAYOUT_BFL, err)) < 0 ||
-	    (ret = add_plain_linear(m, "proj_out", "final_layer.linear", c->out_channels, D, false,
-				    err)) < 0)
-		return ret;
-	for (i = 0; i < c->num_double; i++)
-		if ((ret = build_double(m, i, err)) < 0)
-			return ret;
-	for (i = 0; i < c->num_single; i++)
-		if ((ret = build_single(m, i, err)) < 0)
-			return ret;
 	return 0;
 }
 
@@ -958,6 +609,7 @@ static int check_unexpected(struct fx_model *m, struct fx_err *err)
 	struct ignored ig[FX_ARRAY_SIZE(foreign) + 1];
 	size_t nig = 0, fp8 = 0, i, j;
 	size_t plen = strlen(m->prefix);
+	char what_[256];
 
 	if (m->nused)
 		qsort(m->used, m->nused, sizeof(*m->used), cmp_ptr);
@@ -985,10 +637,9 @@ static int check_unexpected(struct fx_model *m, struct fx_err *err)
 			fp8++;
 			continue;
 		}
-		return fx_error(err, FX_E_FORMAT,
-				"unexpected tensor '%s' for a FLUX transformer with %d double and %d single blocks%s (in '%s')",
-				t->name, m->cfg.num_double, m->cfg.num_single,
-				m->cfg.guidance ? "" : " and no guidance embedder", file_of(m, t));
+		m->cfg.family->describe(&m->cfg, what_, sizeof(what_));
+		return fx_error(err, FX_E_FORMAT, "unexpected tensor '%s' for %s (in '%s')", t->name,
+				what_, file_of(m, t));
 	}
 	note_ignored(m, ig, nig, fp8);
 	return 0;
@@ -1012,45 +663,35 @@ static void link_scales(struct fx_model *m)
 
 int fx_model_config_to_json(const struct fx_model_config *c, char **out, struct fx_err *err)
 {
-	json_t *o = json_object(), *axes = json_array();
-	char *s = NULL, *r = NULL;
-	int bad = 0, i, ret = 0;
-
 	*out = NULL;
-	for (i = 0; i < 3; i++)
-		bad |= json_array_append_new(axes, json_integer(c->axes[i]));
-	bad |= json_object_set_new(o, "_class_name", json_string("FluxTransformer2DModel"));
-	bad |= json_object_set_new(o, "patch_size", json_integer(1));
-	bad |= json_object_set_new(o, "in_channels", json_integer(c->in_channels));
-	bad |= json_object_set_new(o, "out_channels", c->out_channels == c->in_channels
-				   ? json_null() : json_integer(c->out_channels));
-	bad |= json_object_set_new(o, "num_layers", json_integer(c->num_double));
-	bad |= json_object_set_new(o, "num_single_layers", json_integer(c->num_single));
-	bad |= json_object_set_new(o, "attention_head_dim", json_integer(c->head_dim));
-	bad |= json_object_set_new(o, "num_attention_heads", json_integer(c->heads));
-	bad |= json_object_set_new(o, "joint_attention_dim", json_integer(c->joint_dim));
-	bad |= json_object_set_new(o, "pooled_projection_dim", json_integer(c->pooled_dim));
-	bad |= json_object_set_new(o, "guidance_embeds", json_boolean(c->guidance));
-	bad |= json_object_set(o, "axes_dims_rope", axes);
-	if (!bad)
-		s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-	if (!s || asprintf(&r, "%s\n", s) < 0) {
-		r = NULL;
-		ret = fx_error(err, FX_E_NOMEM, "out of memory");
-	}
-	free(s);
-	json_decref(axes);
-	json_decref(o);
-	*out = r;
-	return ret;
+	if (!c->family)
+		return fx_error(err, FX_E_ARG, "model config without a family");
+	return c->family->config_to_json(c, out, err);
 }
 
-int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err)
+/* The family whose config.json class this is, or NULL. */
+static const struct fx_family *family_of_config(const struct fx_family *const *fams,
+						 const char *text)
+{
+	json_t *o = json_loads(text, 0, NULL), *j;
+	const struct fx_family *f = NULL;
+
+	j = o ? json_object_get(o, "_class_name") : NULL;
+	for (; j && json_is_string(j) && *fams && !f; fams++)
+		if (!strcmp((*fams)->diffusers_class, json_string_value(j)))
+			f = *fams;
+	json_decref(o);
+	return f;
+}
+
+int fx_model_open_families(struct fx_model **out, const char *path,
+			   const struct fx_family *const *fams, struct fx_err *err)
 {
 	struct fx_model *m = calloc(1, sizeof(*m));
+	const struct fx_family *fam = NULL;
 	char *text = NULL;
 	size_t len;
-	int ret;
+	int ret = 0;
 
 	*out = NULL;
 	if (!m)
@@ -1060,24 +701,43 @@ int fx_model_open(struct fx_model **out, const char *path, struct fx_err *err)
 		goto out;
 	if ((ret = fx_stset_open(&m->set, m->src, err)) < 0)
 		goto out;
-	if ((ret = detect_layout(m, err)) < 0)
+	if (m->cfg_path &&
+	    (ret = fx_read_file(&text, &len, m->cfg_path, CONFIG_MAX, err)) < 0)
 		goto out;
-	if (m->cfg_path) {
-		ret = fx_read_file(&text, &len, m->cfg_path, CONFIG_MAX, err);
+	/* a config.json names its family; else the tensors do */
+	if (text && (fam = family_of_config(fams, text)) &&
+	    (ret = fam->detect(m, true, err)) <= 0) {
+		if (!ret)
+			ret = fx_error(err, FX_E_FORMAT, "'%s' is not a %s transformer", m->src,
+				       fam->title);
+		goto out;
+	}
+	for (; !fam && *fams; fams++) {
+		ret = (*fams)->detect(m, !fams[1], err);
 		if (ret < 0)
 			goto out;
-		if ((ret = parse_config(m, text, err)) < 0)
+		if (ret)
+			fam = *fams;
+	}
+	if (!fam) {
+		ret = fx_error(err, FX_E_FORMAT, "'%s' is not a model fx knows", m->src);
+		goto out;
+	}
+	m->cfg.family = fam;
+	if (text) {
+		if ((ret = fam->parse_config(m, text, m->cfg_path, err)) < 0)
 			goto out;
 		m->cfg_json = text;
 		text = NULL;
 		m->cfg_file = true;
 	} else {
-		if ((ret = infer_config(m, err)) < 0)
+		if ((ret = fam->infer_config(m, err)) < 0)
 			goto out;
-		if ((ret = fx_model_config_to_json(&m->cfg, &m->cfg_json, err)) < 0)
+		if ((ret = fam->config_to_json(&m->cfg, &m->cfg_json, err)) < 0)
 			goto out;
 	}
-	if ((ret = check_config(m, err)) < 0 || (ret = build(m, err)) < 0 ||
+	m->cfg.family = fam;
+	if ((ret = check_config(m, err)) < 0 || (ret = fam->build(m, err)) < 0 ||
 	    (ret = check_unexpected(m, err)) < 0)
 		goto out;
 	link_scales(m);
@@ -1260,14 +920,15 @@ static void group_digest(struct fx_model *m, struct fx_group *g)
 		fx_sha256_final(h, g->lora);
 }
 
-int fx_model_open_loras(struct fx_model **out, const char *path, const struct fx_loras *l,
-			struct fx_err *err)
+int fx_model_open_loras_families(struct fx_model **out, const char *path,
+				 const struct fx_loras *l, const struct fx_family *const *fams,
+				 struct fx_err *err)
 {
 	struct fx_model *m = NULL;
 	size_t i, k;
 	int ret;
 
-	if ((ret = fx_model_open(&m, path, err)) < 0)
+	if ((ret = fx_model_open_families(&m, path, fams, err)) < 0)
 		return ret;
 	*out = NULL;
 	if (l && l->n) {

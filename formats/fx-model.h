@@ -7,6 +7,8 @@
 #include "fx-tensor.h"
 #include "fx-st.h"
 
+struct fx_family;
+
 enum fx_layout { FX_LAYOUT_DIFFUSERS, FX_LAYOUT_BFL };
 
 struct fx_model_config {
@@ -22,6 +24,7 @@ struct fx_model_config {
 	int pooled_dim;      /* CLIP width (768) */
 	bool guidance;       /* dev: true, schnell: false */
 	int axes[3];         /* RoPE axes dims, sum = head_dim */
+	const struct fx_family *family;   /* what the model is (fx-family.h) */
 };
 
 enum fx_group_kind {

@@ -1,5 +1,9 @@
 #include "fx-blocks.h"
 
+#include <string.h>
+
+#include "fx-family.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -20,7 +24,11 @@ char *fx_model_brief_json(const struct fx_model_config *c)
 {
 	char *s = NULL;
 
-	if (asprintf(&s, "{\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
+	/* FLUX, the first family, is the default: its files name none */
+	bool flux = !c->family || !strcmp(c->family->name, "flux");
+
+	if (asprintf(&s, "{%s%s%s\"num_double\":%d,\"num_single\":%d,\"hidden\":%d,\"mlp_hidden\":%d}",
+		     flux ? "" : "\"family\":\"", flux ? "" : c->family->name, flux ? "" : "\",",
 		     c->num_double, c->num_single, c->hidden, c->mlp_hidden) < 0)
 		return NULL;
 	return s;

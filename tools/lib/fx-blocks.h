@@ -28,7 +28,8 @@ static inline bool fx_group_in_range(const struct fx_model_config *c, const stru
 int fx_blocks_resolve(const struct fx_model_config *c, int first_in, int last_in,
 		      int *first, int *last, char *label, size_t cap, struct fx_err *err);
 /* The fx.model metadata value: {"num_double":..,"num_single":..,"hidden":..,
- * "mlp_hidden":..}; malloc'ed. */
+ * "mlp_hidden":..}, with "family":".." first for families other than FLUX;
+ * malloc'ed. */
 char *fx_model_brief_json(const struct fx_model_config *c);
 
 #endif

@@ -2,6 +2,8 @@
  * fx-synth.h. */
 #include "fx-synth.h"
 
+#include "fx-flux-family.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
@@ -665,6 +667,7 @@ int fx_synth_config(struct fx_model_config *c, const struct fx_synth_opts *o,
 		    struct fx_err *err)
 {
 	memset(c, 0, sizeof(*c));
+	c->family = &fx_family_flux;
 	if (o->hidden < 128 || o->hidden > 16384 || o->hidden % 128)
 		return fx_error(err, FX_E_ARG, "hidden size %d is not a multiple of 128 in 128..16384",
 				o->hidden);

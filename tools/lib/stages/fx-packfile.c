@@ -1,5 +1,7 @@
 #include "fx-packfile.h"
 
+#include "fx-family.h"
+
 #include <cblas.h>
 #include <jansson.h>
 #include <math.h>
@@ -122,6 +124,9 @@ struct ctx {
 	size_t cap;
 };
 
+/* The runtime's tensor names of the model's family. */
+#define PN(x) ((x)->c->family->packed)
+
 static int scratch(struct ctx *x, size_t nk, int64_t n, struct fx_err *err)
 {
 	size_t need_ = nk > (size_t)n ? nk : (size_t)n;
@@ -207,10 +212,10 @@ static int declare_group(struct ctx *x, const struct fx_group *g, struct fx_err 
 	if ((ret = add(x, p, "qweight", FX_I8, 2, n, k / 2, err)) < 0 ||
 	    (ret = add(x, p, "wscales", x->fp4 ? FX_F8_E4M3 : FX_BF16, 2, k / (x->fp4 ? 16 : 64), n, err)) < 0 ||
 	    (ret = add(x, p, "bias", FX_BF16, 1, n, 0, err)) < 0 ||
-	    (ret = add(x, p, "smooth", FX_BF16, 1, k, 0, err)) < 0 ||
-	    (ret = add(x, p, "smooth_orig", FX_BF16, 1, k, 0, err)) < 0 ||
-	    (ret = add(x, p, "lora_down", FX_BF16, 2, k, r, err)) < 0 ||
-	    (ret = add(x, p, "lora_up", FX_BF16, 2, n, r, err)) < 0)
+	    (ret = add(x, p, PN(x)->smooth, FX_BF16, 1, k, 0, err)) < 0 ||
+	    (ret = add(x, p, PN(x)->smooth_orig, FX_BF16, 1, k, 0, err)) < 0 ||
+	    (ret = add(x, p, PN(x)->down, FX_BF16, 2, k, r, err)) < 0 ||
+	    (ret = add(x, p, PN(x)->up, FX_BF16, 2, n, r, err)) < 0)
 		return ret;
 	if (x->fp4) {
 		if (g->nmembers > 1)
@@ -357,22 +362,22 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 	for (i = 0; i < k; i++)
 		x->h16b[i] = smooth ? fx_f32_to_bf16(smooth[i]) : fx_f32_to_bf16(1.0f);
 	if ((ret = fx_pack_vector(x->h16a, x->h16b, k, err)) < 0 ||
-	    (ret = put(x, g->name, "smooth", x->h16a, (size_t)k * 2, err)) < 0 ||
-	    (ret = put(x, g->name, "smooth_orig", x->h16a, (size_t)k * 2, err)) < 0)
+	    (ret = put(x, g->name, PN(x)->smooth, x->h16a, (size_t)k * 2, err)) < 0 ||
+	    (ret = put(x, g->name, PN(x)->smooth_orig, x->h16a, (size_t)k * 2, err)) < 0)
 		return ret;
 
 	/* low-rank branch: lora_down = down/s (K, r), lora_up = up (N, r) */
 	if (r > 0) {
 		if ((ret = fx_lora_down_bf16(x->h16b, td->data, smooth, k, r, err)) < 0 ||
 		    (ret = fx_pack_lora_down(x->h16a, x->h16b, k, r, err)) < 0 ||
-		    (ret = put(x, g->name, "lora_down", x->h16a, (size_t)k * r * 2, err)) < 0)
+		    (ret = put(x, g->name, PN(x)->down, x->h16a, (size_t)k * r * 2, err)) < 0)
 			return ret;
 		to_bf16(x->h16b, tu->data, (size_t)n * r);
 		if ((ret = fx_pack_lora_up(x->h16a, x->h16b, n, r, err)) < 0 ||
-		    (ret = put(x, g->name, "lora_up", x->h16a, (size_t)n * r * 2, err)) < 0)
+		    (ret = put(x, g->name, PN(x)->up, x->h16a, (size_t)n * r * 2, err)) < 0)
 			return ret;
-	} else if ((ret = put(x, g->name, "lora_down", NULL, 0, err)) < 0 ||
-		   (ret = put(x, g->name, "lora_up", NULL, 0, err)) < 0) {
+	} else if ((ret = put(x, g->name, PN(x)->down, NULL, 0, err)) < 0 ||
+		   (ret = put(x, g->name, PN(x)->up, NULL, 0, err)) < 0) {
 		return ret;
 	}
 	fx_tensor_release(tc);
@@ -478,27 +483,6 @@ static int check_quant_branch(struct ctx *x, struct fx_err *err)
 	return 0;
 }
 
-/* Renames block norm tensors to the Nunchaku names (norm_q.weight, ...). */
-static const char *nunchaku_name(char *buf, size_t cap, const char *name)
-{
-	static const char *const pre[] = { "transformer_blocks.", "single_transformer_blocks." };
-	size_t p;
-
-	for (p = 0; p < 2; p++) {
-		const char *rest, *dot;
-
-		if (strncmp(name, pre[p], strlen(pre[p])))
-			continue;
-		rest = name + strlen(pre[p]);
-		dot = strchr(rest, '.');
-		if (dot && !strncmp(dot + 1, "attn.", 5)) {
-			snprintf(buf, cap, "%.*s%s", (int)(dot + 1 - name), name, dot + 6);
-			return buf;
-		}
-	}
-	return name;
-}
-
 static int pack_plain_renamed(struct ctx *x, bool declare, struct fx_err *err)
 {
 	size_t i;
@@ -509,7 +493,7 @@ static int pack_plain_renamed(struct ctx *x, bool declare, struct fx_err *err)
 		const struct fx_tensor *t = fx_model_plain(x->m, name);
 		uint64_t nel = fx_tensor_numel(t);
 		char nn[200];
-		const char *out = nunchaku_name(nn, sizeof(nn), name);
+		const char *out = x->c->family->packed_plain_name(name, nn, sizeof(nn));
 
 		if (declare) {
 			if ((ret = fx_stage_add(x->s, out, FX_BF16, t->ndim, t->shape, err)) < 0)
@@ -660,6 +644,11 @@ int fx_packfile_run(const struct fx_packfile_opts *o, bool *up_to_date,
 	if ((ret = fx_model_open_loras(&x.m, o->model, o->loras, err)) < 0)
 		goto out;
 	x.c = fx_model_config(x.m);
+	if (o->legacy_dir && !x.c->family->two_file_form) {
+		ret = fx_error(err, FX_E_ARG, "--legacy: the %s loaders read only the single-file form",
+			       x.c->family->title);
+		goto out;
+	}
 	if ((ret = fx_stage_new(&x.s, "fx-pack", FX_FMT_PACKED, o->output, err)) < 0 ||
 	    (ret = fx_lora_stage_model(x.s, o->model, o->loras, model_id, err)) < 0)
 		goto out;

@@ -1,0 +1,9 @@
+/* The FLUX.1 family (fx-family.h): FLUX.1-dev, -schnell and fine-tunes. */
+#ifndef FX_FLUX_FAMILY_H
+#define FX_FLUX_FAMILY_H
+
+#include "fx-family.h"
+
+extern const struct fx_family fx_family_flux;
+
+#endif
