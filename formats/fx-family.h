@@ -17,6 +17,7 @@
 
 struct fx_model;
 struct fx_model_config;
+struct fx_synth_sink;
 struct fx_tensor;
 struct fx_group;
 
@@ -59,6 +60,20 @@ struct fx_family {
 	const char *model_class;     /* metadata model_class */
 	bool comfy_config;           /* writes comfy_config */
 	bool two_file_form;          /* the loader also reads a two-file folder */
+
+	/* Every tensor of a synthetic model of config c (bfl: the family's
+	 * other layout), in file order; < 0 when the sink fails. */
+	int (*synth_tensors)(const struct fx_model_config *c, bool bfl,
+			     const struct fx_synth_sink *s);
+};
+
+/* fx-synth: one tensor of the file written, made of the diffusers tensors
+ * parts[0..nparts) stacked by rows (the generator fills by diffusers name);
+ * swap: its two row halves are swapped (BFL norm_out). */
+struct fx_synth_sink {
+	void *ctx;
+	int (*tensor)(void *ctx, const char *name, int ndim, int64_t d0, int64_t d1, bool swap,
+		      int nparts, const char *const *parts, const int64_t *rows);
 };
 
 /* ---- builder calls (only inside detect/infer_config/build) ---- */

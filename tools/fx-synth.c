@@ -1,4 +1,4 @@
-/* fx-synth: write a deterministic synthetic FLUX transformer (and
+/* fx-synth: write a deterministic synthetic transformer of a family (and
  * conditioning) for tests and demos. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,27 +6,30 @@
 #include <unistd.h>
 
 #include "fx-cli.h"
+#include "fx-families.h"
 #include "fx-io.h"
 #include "fx-log.h"
 #include "fx-synth.h"
 
 enum {
-	OPT_LAYOUT = 256, OPT_DOUBLE, OPT_SINGLE, OPT_HIDDEN, OPT_TXT_DIM, OPT_IN_CHANNELS,
+	OPT_FAMILY = 256, OPT_LAYOUT, OPT_DOUBLE, OPT_SINGLE, OPT_HIDDEN, OPT_TXT_DIM, OPT_IN_CHANNELS,
 	OPT_SEED, OPT_SCHNELL, OPT_SHARDS, OPT_COND, OPT_PROMPTS, OPT_TXT_LEN
 };
 
 static const struct fx_opt opts[] = {
-	{ "layout", 0, FX_OPT_REQ, "L", "diffusers (a folder, default) or bfl (one file)", OPT_LAYOUT },
-	{ "double", 0, FX_OPT_REQ, "N", "double blocks (default 2)", OPT_DOUBLE },
+	{ "family", 0, FX_OPT_REQ, "F", "flux (default) or qwenimage", OPT_FAMILY },
+	{ "layout", 0, FX_OPT_REQ, "L", "diffusers (a folder, default) or bfl (one file; FLUX)", OPT_LAYOUT },
+	{ "double", 0, FX_OPT_REQ, "N", "double blocks (default 2; Qwen-Image: its blocks)", OPT_DOUBLE },
+	{ "blocks", 0, FX_OPT_REQ, "N", "Qwen-Image: transformer blocks (the same as --double)", OPT_DOUBLE },
 	{ "single", 0, FX_OPT_REQ, "N", "single blocks (default 2)", OPT_SINGLE },
 	{ "hidden", 0, FX_OPT_REQ, "H", "hidden size, a multiple of 128 (default 256)", OPT_HIDDEN },
-	{ "txt-dim", 0, FX_OPT_REQ, "D", "text embedding width (default 4096)", OPT_TXT_DIM },
+	{ "txt-dim", 0, FX_OPT_REQ, "D", "text embedding width (default FLUX 4096, Qwen-Image 3584)", OPT_TXT_DIM },
 	{ "in-channels", 0, FX_OPT_REQ, "C", "latent channels (default 64)", OPT_IN_CHANNELS },
 	{ "seed", 0, FX_OPT_REQ, "S", "generator seed (default 1)", OPT_SEED },
 	{ "schnell", 0, FX_OPT_NONE, NULL, "no guidance embedder (FLUX.1-schnell)", OPT_SCHNELL },
 	{ "shards", 0, FX_OPT_REQ, "N", "diffusers: spread over N shards with an index (default 1)",
 	  OPT_SHARDS },
-	{ "cond", 0, FX_OPT_REQ, "FILE", "also write conditioning (prompt_embeds, pooled_prompt_embeds)",
+	{ "cond", 0, FX_OPT_REQ, "FILE", "also write conditioning (FLUX: prompt_embeds, pooled_prompt_embeds; Qwen-Image: prompt_embeds, prompt_embeds_mask and the negative prompt's)",
 	  OPT_COND },
 	{ "prompts", 0, FX_OPT_REQ, "P", "prompts in --cond (default 4)", OPT_PROMPTS },
 	{ "txt-len", 0, FX_OPT_REQ, "L", "text tokens per prompt in --cond (default 64)", OPT_TXT_LEN },
@@ -46,7 +49,7 @@ int main(int argc, char **argv)
 	struct fx_cli cli = {
 		.prog = "fx-synth",
 		.synopsis = "fx-synth [options] [--cond FILE] -o OUT",
-		.summary = "Write a deterministic synthetic FLUX.1 transformer for tests.",
+		.summary = "Write a deterministic synthetic FLUX.1 or Qwen-Image transformer for tests.",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE,
 	};
@@ -54,7 +57,7 @@ int main(int argc, char **argv)
 	struct fx_synth_cond_opts co;
 	struct fx_err err = {0};
 	const char *arg, *cond = NULL;
-	bool cond_opts = false;
+	bool cond_opts = false, single_set = false, txt_set = false;
 	long v;
 	int id, ret;
 
@@ -64,6 +67,11 @@ int main(int argc, char **argv)
 	fx_log_set_prog("fx-synth");
 	while ((id = fx_cli_next(&cli, &arg)) > 0) {
 		switch (id) {
+		case OPT_FAMILY:
+			if (!(so.family = fx_family_find(arg)))
+				return fx_cli_usage_error(&cli, "--family expects one of %s, got '%s'",
+							  fx_family_names(), arg);
+			break;
 		case OPT_LAYOUT:
 			if (strcmp(arg, "diffusers") == 0)
 				so.layout = FX_LAYOUT_DIFFUSERS;
@@ -82,6 +90,7 @@ int main(int argc, char **argv)
 			if (!num(&cli, "single", arg, 0, 1000, &v))
 				return FX_EXIT_USAGE;
 			so.num_single = (int)v;
+			single_set = true;
 			break;
 		case OPT_HIDDEN:
 			if (!num(&cli, "hidden", arg, 128, 16384, &v))
@@ -95,6 +104,7 @@ int main(int argc, char **argv)
 			if (!num(&cli, "txt-dim", arg, 1, 65536, &v))
 				return FX_EXIT_USAGE;
 			so.txt_dim = co.txt_dim = (int)v;
+			txt_set = true;
 			break;
 		case OPT_IN_CHANNELS:
 			if (!num(&cli, "in-channels", arg, 1, 65536, &v))
@@ -137,6 +147,14 @@ int main(int argc, char **argv)
 		return fx_cli_usage_error(&cli, "unexpected argument '%s'", argv[cli.optind]);
 	if (!cli.c.output)
 		return fx_cli_usage_error(&cli, "no output given (-o OUT)");
+	if (so.family && !strcmp(so.family->name, "qwenimage")) {
+		if (so.layout != FX_LAYOUT_DIFFUSERS || so.schnell || (single_set && so.num_single))
+			return fx_cli_usage_error(&cli, "--family qwenimage: no --layout bfl, --schnell or --single");
+		so.num_single = 0;
+		if (!txt_set)
+			so.txt_dim = co.txt_dim = 3584;
+		co.family = so.family;
+	}
 	if (cond_opts && !cond)
 		return fx_cli_usage_error(&cli, "--prompts and --txt-len need --cond FILE");
 	if (so.shards > 1 && so.layout != FX_LAYOUT_DIFFUSERS)

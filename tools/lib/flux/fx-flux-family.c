@@ -470,6 +470,152 @@ static int config_to_json(const struct fx_model_config *c, char **out, struct fx
 }
 
 
+/* ---- the synthetic model (fx-synth) ---- */
+
+/* Weight and bias of a file linear `fname` made of diffusers linears. */
+static int lin(const struct fx_synth_sink *l, const char *fname, int64_t k, int nparts,
+	       const char *const *dnames, const int64_t *rows, bool swap)
+{
+	static const char *const sfx[2] = { "weight", "bias" };
+	char nm[NAME_CAP], pn[4][NAME_CAP];
+	const char *parts[4];
+	int64_t n = 0;
+	int s, p;
+
+	for (p = 0; p < nparts; p++)
+		n += rows[p];
+	for (s = 0; s < 2; s++) {
+		snprintf(nm, sizeof(nm), "%s.%s", fname, sfx[s]);
+		for (p = 0; p < nparts; p++) {
+			snprintf(pn[p], NAME_CAP, "%s.%s", dnames[p], sfx[s]);
+			parts[p] = pn[p];
+		}
+		if (l->tensor(l->ctx, nm, s ? 1 : 2, n, k, swap, nparts, parts, rows) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* A linear with the same name in the file and in diffusers naming. */
+static int lin1(const struct fx_synth_sink *l, bool bfl, const char *bname, const char *dname, int64_t n,
+		int64_t k, bool swap)
+{
+	return lin(l, bfl ? bname : dname, k, 1, &dname, &n, swap);
+}
+
+static int norm1(const struct fx_synth_sink *l, bool bfl, const char *bname, const char *dname,
+		 int64_t n)
+{
+	return l->tensor(l->ctx, bfl ? bname : dname, 1, n, 0, false, 1, &dname, &n);
+}
+
+static int synth_tensors(const struct fx_model_config *c, bool bfl, const struct fx_synth_sink *l)
+{
+	static const char *const dq[] = { "attn.to_q", "attn.to_k", "attn.to_v" };
+	static const char *const dc[] = { "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj" };
+	int64_t D = c->hidden, F = c->mlp_hidden, hd = c->head_dim;
+	char bp[64], dp[64], b[NAME_CAP], d[NAME_CAP];
+	const char *names[4];
+	char full[4][NAME_CAP];
+	int64_t rows[4];
+	int i, j, bad = 0;
+
+#define LIN(bn, dn, n, k, swap) do { \
+		snprintf(b, sizeof(b), "%s%s", bp, bn); \
+		snprintf(d, sizeof(d), "%s%s", dp, dn); \
+		bad |= lin1(l, bfl, b, d, n, k, swap); } while (0)
+#define NORM(bn, dn) do { \
+		snprintf(b, sizeof(b), "%s%s", bp, bn); \
+		snprintf(d, sizeof(d), "%s%s", dp, dn); \
+		bad |= norm1(l, bfl, b, d, hd); } while (0)
+
+	bp[0] = dp[0] = '\0';
+	LIN("img_in", "x_embedder", D, c->in_channels, false);
+	LIN("txt_in", "context_embedder", D, c->joint_dim, false);
+	LIN("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1", D, 256, false);
+	LIN("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2", D, D, false);
+	if (c->guidance) {
+		LIN("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1", D, 256,
+		    false);
+		LIN("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2", D, D,
+		    false);
+	}
+	LIN("vector_in.in_layer", "time_text_embed.text_embedder.linear_1", D, c->pooled_dim,
+	    false);
+	LIN("vector_in.out_layer", "time_text_embed.text_embedder.linear_2", D, D, false);
+	LIN("final_layer.adaLN_modulation.1", "norm_out.linear", 2 * D, D, bfl);
+	LIN("final_layer.linear", "proj_out", c->out_channels, D, false);
+
+	for (i = 0; i < c->num_double; i++) {
+		snprintf(bp, sizeof(bp), "double_blocks.%d.", i);
+		snprintf(dp, sizeof(dp), "transformer_blocks.%d.", i);
+		LIN("img_mod.lin", "norm1.linear", 6 * D, D, false);
+		LIN("txt_mod.lin", "norm1_context.linear", 6 * D, D, false);
+		for (j = 0; j < 3; j++) {
+			if (bfl) {
+				snprintf(full[j], NAME_CAP, "%s%s", dp, dq[j]);
+				names[j] = full[j];
+				rows[j] = D;
+			} else {
+				LIN("", dq[j], D, D, false);
+			}
+		}
+		if (bfl) {
+			snprintf(b, sizeof(b), "%simg_attn.qkv", bp);
+			bad |= lin(l, b, D, 3, names, rows, false);
+		}
+		for (j = 0; j < 3; j++) {
+			if (bfl) {
+				snprintf(full[j], NAME_CAP, "%s%s", dp, dc[j]);
+				names[j] = full[j];
+			} else {
+				LIN("", dc[j], D, D, false);
+			}
+		}
+		if (bfl) {
+			snprintf(b, sizeof(b), "%stxt_attn.qkv", bp);
+			bad |= lin(l, b, D, 3, names, rows, false);
+		}
+		NORM("img_attn.norm.query_norm.scale", "attn.norm_q.weight");
+		NORM("img_attn.norm.key_norm.scale", "attn.norm_k.weight");
+		NORM("txt_attn.norm.query_norm.scale", "attn.norm_added_q.weight");
+		NORM("txt_attn.norm.key_norm.scale", "attn.norm_added_k.weight");
+		LIN("img_attn.proj", "attn.to_out.0", D, D, false);
+		LIN("txt_attn.proj", "attn.to_add_out", D, D, false);
+		LIN("img_mlp.0", "ff.net.0.proj", F, D, false);
+		LIN("img_mlp.2", "ff.net.2", D, F, false);
+		LIN("txt_mlp.0", "ff_context.net.0.proj", F, D, false);
+		LIN("txt_mlp.2", "ff_context.net.2", D, F, false);
+	}
+	for (i = 0; i < c->num_single; i++) {
+		snprintf(bp, sizeof(bp), "single_blocks.%d.", i);
+		snprintf(dp, sizeof(dp), "single_transformer_blocks.%d.", i);
+		LIN("modulation.lin", "norm.linear", 3 * D, D, false);
+		if (bfl) {
+			for (j = 0; j < 3; j++) {
+				snprintf(full[j], NAME_CAP, "%s%s", dp, dq[j]);
+				names[j] = full[j];
+				rows[j] = D;
+			}
+			snprintf(full[3], NAME_CAP, "%sproj_mlp", dp);
+			names[3] = full[3];
+			rows[3] = F;
+			snprintf(b, sizeof(b), "%slinear1", bp);
+			bad |= lin(l, b, D, 4, names, rows, false);
+		} else {
+			for (j = 0; j < 3; j++)
+				LIN("", dq[j], D, D, false);
+			LIN("", "proj_mlp", F, D, false);
+		}
+		NORM("norm.query_norm.scale", "attn.norm_q.weight");
+		NORM("norm.key_norm.scale", "attn.norm_k.weight");
+		LIN("linear2", "proj_out", D, D + F, false);
+	}
+#undef LIN
+#undef NORM
+	return bad ? -1 : 0;
+}
+
 static void describe(const struct fx_model_config *c, char *buf, size_t cap)
 {
 	snprintf(buf, cap, "a FLUX transformer with %d double and %d single blocks%s",
@@ -518,4 +664,5 @@ const struct fx_family fx_family_flux = {
 	.model_class = "NunchakuFluxTransformer2dModel",
 	.comfy_config = true,
 	.two_file_form = true,
+	.synth_tensors = synth_tensors,
 };

@@ -248,6 +248,60 @@ static int build(struct fx_model *m, struct fx_err *err)
 	return 0;
 }
 
+/* ---- the synthetic model (fx-synth): diffusers names, file order ---- */
+
+static int synth_lin(const struct fx_synth_sink *s, const char *base, int64_t n, int64_t k)
+{
+	char w[NAME_CAP], b[NAME_CAP];
+	const char *pw = w, *pb = b;
+
+	snprintf(w, sizeof(w), "%s.weight", base);
+	snprintf(b, sizeof(b), "%s.bias", base);
+	if (s->tensor(s->ctx, w, 2, n, k, false, 1, &pw, &n) < 0)
+		return -1;
+	return s->tensor(s->ctx, b, 1, n, 0, false, 1, &pb, &n);
+}
+
+static int synth_vec(const struct fx_synth_sink *s, const char *name, int64_t n)
+{
+	return s->tensor(s->ctx, name, 1, n, 0, false, 1, &name, &n);
+}
+
+static int synth_tensors(const struct fx_model_config *c, bool bfl, const struct fx_synth_sink *s)
+{
+	int64_t D = c->hidden;
+	char bp[64], nm[NAME_CAP];
+	size_t gi, j;
+	int i, bad = 0;
+
+	if (bfl)
+		return -1;
+	bad |= synth_lin(s, "img_in", D, c->in_channels);
+	bad |= synth_vec(s, "txt_norm.weight", c->joint_dim);
+	bad |= synth_lin(s, "txt_in", D, c->joint_dim);
+	bad |= synth_lin(s, "time_text_embed.timestep_embedder.linear_1", D, 256);
+	bad |= synth_lin(s, "time_text_embed.timestep_embedder.linear_2", D, D);
+	for (i = 0; i < c->num_double && !bad; i++) {
+		fx_block_prefix(bp, sizeof(bp), false, i);
+		for (gi = 0; gi < sizeof(qgroups) / sizeof(*qgroups); gi++) {
+			const struct qgroup *q = &qgroups[gi];
+			int nm_ = q->src[1] ? 3 : 1;
+
+			for (j = 0; j < (size_t)nm_; j++) {
+				snprintf(nm, sizeof(nm), "%s.%s", bp, q->src[j]);
+				bad |= synth_lin(s, nm, q->n * D / nm_, q->k * D);
+			}
+			for (j = 0; gi == 3 && j < sizeof(norms) / sizeof(*norms); j++) {
+				snprintf(nm, sizeof(nm), "%s.%s", bp, norms[j]);
+				bad |= synth_vec(s, nm, c->head_dim);
+			}
+		}
+	}
+	bad |= synth_lin(s, "norm_out.linear", 2 * D, D);
+	bad |= synth_lin(s, "proj_out", 4 * (int64_t)c->out_channels, D);
+	return bad ? -1 : 0;
+}
+
 static void describe(const struct fx_model_config *c, char *buf, size_t cap)
 {
 	snprintf(buf, cap, "a Qwen-Image transformer with %d blocks", c->num_double);
@@ -278,4 +332,5 @@ const struct fx_family fx_family_qwenimage = {
 	.model_class = "NunchakuQwenImageTransformer2DModel",
 	.comfy_config = false,
 	.two_file_form = false,
+	.synth_tensors = synth_tensors,
 };

@@ -1,8 +1,6 @@
-/* Deterministic synthetic FLUX checkpoints; the generator is described in
- * fx-synth.h. */
+/* Deterministic synthetic checkpoints of every family; the generator is
+ * described in fx-synth.h, the tensors come from the family. */
 #include "fx-synth.h"
-
-#include "fx-flux-family.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -14,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fx-family.h"
+#include "fx-families.h"
 #include "fx-io.h"
 #include "fx-st.h"
 
@@ -236,154 +236,26 @@ static void add_part(struct entry *e, const char *name, int64_t rows)
 	e->prows[e->nparts++] = rows;
 }
 
-/* Weight and bias of a file linear `fname` made of diffusers linears. */
-static int lin(struct list *l, const char *fname, int64_t k, int nparts,
-	       const char *const *dnames, const int64_t *rows, bool swap)
+/* The family's sink: one file tensor made of diffusers tensors' rows. */
+static int sink_tensor(void *ctx, const char *name, int ndim, int64_t d0, int64_t d1, bool swap,
+		       int nparts, const char *const *parts, const int64_t *rows)
 {
-	static const char *const sfx[2] = { "weight", "bias" };
-	char nm[NAME_CAP];
-	int64_t n = 0;
-	int s, p;
-
-	for (p = 0; p < nparts; p++)
-		n += rows[p];
-	for (s = 0; s < 2; s++) {
-		struct entry *e;
-
-		snprintf(nm, sizeof(nm), "%s.%s", fname, sfx[s]);
-		if (!(e = push(l, nm, s ? 1 : 2, n, k)))
-			return -1;
-		e->swap = swap;
-		for (p = 0; p < nparts; p++) {
-			snprintf(nm, sizeof(nm), "%s.%s", dnames[p], sfx[s]);
-			add_part(e, nm, rows[p]);
-		}
-	}
-	return 0;
-}
-
-/* A linear with the same name in the file and in diffusers naming. */
-static int lin1(struct list *l, bool bfl, const char *bname, const char *dname, int64_t n,
-		int64_t k, bool swap)
-{
-	return lin(l, bfl ? bname : dname, k, 1, &dname, &n, swap);
-}
-
-static int norm1(struct list *l, bool bfl, const char *bname, const char *dname, int64_t n)
-{
-	struct entry *e = push(l, bfl ? bname : dname, 1, n, 0);
+	struct entry *e = push(ctx, name, ndim, d0, d1);
+	int p;
 
 	if (!e)
 		return -1;
-	add_part(e, dname, n);
+	e->swap = swap;
+	for (p = 0; p < nparts; p++)
+		add_part(e, parts[p], rows[p]);
 	return 0;
 }
 
 static int build_list(struct list *l, const struct fx_model_config *c, bool bfl)
 {
-	static const char *const dq[] = { "attn.to_q", "attn.to_k", "attn.to_v" };
-	static const char *const dc[] = { "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj" };
-	int64_t D = c->hidden, F = c->mlp_hidden, hd = c->head_dim;
-	char bp[64], dp[64], b[NAME_CAP], d[NAME_CAP];
-	const char *names[4];
-	char full[4][NAME_CAP];
-	int64_t rows[4];
-	int i, j, bad = 0;
+	struct fx_synth_sink sk = { l, sink_tensor };
 
-#define LIN(bn, dn, n, k, swap) do { \
-		snprintf(b, sizeof(b), "%s%s", bp, bn); \
-		snprintf(d, sizeof(d), "%s%s", dp, dn); \
-		bad |= lin1(l, bfl, b, d, n, k, swap); } while (0)
-#define NORM(bn, dn) do { \
-		snprintf(b, sizeof(b), "%s%s", bp, bn); \
-		snprintf(d, sizeof(d), "%s%s", dp, dn); \
-		bad |= norm1(l, bfl, b, d, hd); } while (0)
-
-	bp[0] = dp[0] = '\0';
-	LIN("img_in", "x_embedder", D, c->in_channels, false);
-	LIN("txt_in", "context_embedder", D, c->joint_dim, false);
-	LIN("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1", D, 256, false);
-	LIN("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2", D, D, false);
-	if (c->guidance) {
-		LIN("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1", D, 256,
-		    false);
-		LIN("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2", D, D,
-		    false);
-	}
-	LIN("vector_in.in_layer", "time_text_embed.text_embedder.linear_1", D, c->pooled_dim,
-	    false);
-	LIN("vector_in.out_layer", "time_text_embed.text_embedder.linear_2", D, D, false);
-	LIN("final_layer.adaLN_modulation.1", "norm_out.linear", 2 * D, D, bfl);
-	LIN("final_layer.linear", "proj_out", c->out_channels, D, false);
-
-	for (i = 0; i < c->num_double; i++) {
-		snprintf(bp, sizeof(bp), "double_blocks.%d.", i);
-		snprintf(dp, sizeof(dp), "transformer_blocks.%d.", i);
-		LIN("img_mod.lin", "norm1.linear", 6 * D, D, false);
-		LIN("txt_mod.lin", "norm1_context.linear", 6 * D, D, false);
-		for (j = 0; j < 3; j++) {
-			if (bfl) {
-				snprintf(full[j], NAME_CAP, "%s%s", dp, dq[j]);
-				names[j] = full[j];
-				rows[j] = D;
-			} else {
-				LIN("", dq[j], D, D, false);
-			}
-		}
-		if (bfl) {
-			snprintf(b, sizeof(b), "%simg_attn.qkv", bp);
-			bad |= lin(l, b, D, 3, names, rows, false);
-		}
-		for (j = 0; j < 3; j++) {
-			if (bfl) {
-				snprintf(full[j], NAME_CAP, "%s%s", dp, dc[j]);
-				names[j] = full[j];
-			} else {
-				LIN("", dc[j], D, D, false);
-			}
-		}
-		if (bfl) {
-			snprintf(b, sizeof(b), "%stxt_attn.qkv", bp);
-			bad |= lin(l, b, D, 3, names, rows, false);
-		}
-		NORM("img_attn.norm.query_norm.scale", "attn.norm_q.weight");
-		NORM("img_attn.norm.key_norm.scale", "attn.norm_k.weight");
-		NORM("txt_attn.norm.query_norm.scale", "attn.norm_added_q.weight");
-		NORM("txt_attn.norm.key_norm.scale", "attn.norm_added_k.weight");
-		LIN("img_attn.proj", "attn.to_out.0", D, D, false);
-		LIN("txt_attn.proj", "attn.to_add_out", D, D, false);
-		LIN("img_mlp.0", "ff.net.0.proj", F, D, false);
-		LIN("img_mlp.2", "ff.net.2", D, F, false);
-		LIN("txt_mlp.0", "ff_context.net.0.proj", F, D, false);
-		LIN("txt_mlp.2", "ff_context.net.2", D, F, false);
-	}
-	for (i = 0; i < c->num_single; i++) {
-		snprintf(bp, sizeof(bp), "single_blocks.%d.", i);
-		snprintf(dp, sizeof(dp), "single_transformer_blocks.%d.", i);
-		LIN("modulation.lin", "norm.linear", 3 * D, D, false);
-		if (bfl) {
-			for (j = 0; j < 3; j++) {
-				snprintf(full[j], NAME_CAP, "%s%s", dp, dq[j]);
-				names[j] = full[j];
-				rows[j] = D;
-			}
-			snprintf(full[3], NAME_CAP, "%sproj_mlp", dp);
-			names[3] = full[3];
-			rows[3] = F;
-			snprintf(b, sizeof(b), "%slinear1", bp);
-			bad |= lin(l, b, D, 4, names, rows, false);
-		} else {
-			for (j = 0; j < 3; j++)
-				LIN("", dq[j], D, D, false);
-			LIN("", "proj_mlp", F, D, false);
-		}
-		NORM("norm.query_norm.scale", "attn.norm_q.weight");
-		NORM("norm.key_norm.scale", "attn.norm_k.weight");
-		LIN("linear2", "proj_out", D, D + F, false);
-	}
-#undef LIN
-#undef NORM
-	return bad ? -1 : 0;
+	return c->family->synth_tensors(c, bfl, &sk);
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -666,8 +538,16 @@ void fx_synth_cond_opts_init(struct fx_synth_cond_opts *o)
 int fx_synth_config(struct fx_model_config *c, const struct fx_synth_opts *o,
 		    struct fx_err *err)
 {
+	bool qwen = o->family && !strcmp(o->family->name, "qwenimage");
+
 	memset(c, 0, sizeof(*c));
-	c->family = &fx_family_flux;
+	c->family = o->family ? o->family : fx_family_find("flux");
+	if (qwen && (o->num_single || o->schnell || o->layout != FX_LAYOUT_DIFFUSERS))
+		return fx_error(err, FX_E_ARG,
+				"a Qwen-Image has one kind of block (no single blocks), no guidance embedder and the diffusers layout only");
+	if (qwen && (o->in_channels % 4))
+		return fx_error(err, FX_E_ARG, "in_channels %d is not 4 x latent channels",
+				o->in_channels);
 	if (o->hidden < 128 || o->hidden > 16384 || o->hidden % 128)
 		return fx_error(err, FX_E_ARG, "hidden size %d is not a multiple of 128 in 128..16384",
 				o->hidden);
@@ -689,11 +569,13 @@ int fx_synth_config(struct fx_model_config *c, const struct fx_synth_opts *o,
 	c->in_channels = o->in_channels;
 	c->out_channels = o->in_channels;
 	c->joint_dim = o->txt_dim;
-	c->pooled_dim = 768;
-	c->guidance = !o->schnell;
+	c->pooled_dim = qwen ? 0 : 768;
+	c->guidance = !qwen && !o->schnell;
 	c->axes[0] = 16;
 	c->axes[1] = 56;
 	c->axes[2] = 56;
+	if (qwen)
+		c->out_channels = o->in_channels / 4;   /* proj_out: 2x2 patches */
 	return 0;
 }
 
@@ -748,6 +630,87 @@ static int write_rows(struct fx_stw *w, const char *name, int64_t rows, int64_t 
 	return 0;
 }
 
+static int write_mask(struct fx_stw *w, const char *name, int64_t rows, int64_t cols,
+		      int64_t step, struct fx_err *err)
+{
+	int64_t i, j, *m = malloc((size_t)cols * sizeof(*m));
+	int ret = 0;
+
+	if (!m)
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	for (i = 0; i < rows && ret == 0; i++) {
+		int64_t len = cols - (i % 4) * step;
+
+		for (j = 0; j < cols; j++)
+			m[j] = j < len;
+		ret = fx_stw_write(w, name, m, (size_t)cols * sizeof(*m), err);
+	}
+	free(m);
+	return ret;
+}
+
+/* Qwen-Image conditioning (fx-synth.h): padded rows are zeros. */
+static int synth_cond_qwen(const char *path, const struct fx_synth_cond_opts *o,
+			   struct fx_err *err)
+{
+	struct fx_out *out = NULL;
+	struct fx_stw *w = NULL;
+	struct rng rp;
+	int64_t P = o->prompts, L = o->txt_len, D = o->txt_dim, N = L / 4 > 0 ? L / 4 : 1;
+	int64_t es[3] = { P, L, D }, ms[2] = { P, L }, ns[3] = { 1, N, D }, nm[2] = { 1, N };
+	double *sc = NULL;
+	uint16_t *buf = NULL;
+	int64_t i, j, step = L / 8;
+	int ret;
+
+	if (P < 1 || P > 100000 || L < 1 || L > 100000 || D < 1 || D > 65536)
+		return fx_error(err, FX_E_ARG, "conditioning shape [%lld,%lld,%lld] is out of range",
+				(long long)P, (long long)L, (long long)D);
+	if ((ret = exists_check(path, o->force, err)) < 0)
+		return ret;
+	sc = malloc((size_t)D * sizeof(*sc));
+	buf = malloc((size_t)D * sizeof(*buf));
+	if (!sc || !buf) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((ret = fx_out_open(&out, path, o->force, err)) < 0 ||
+	    (ret = fx_stw_new(&w, 0, err)) < 0 ||
+	    (ret = fx_stw_add(w, "prompt_embeds", FX_BF16, 3, es, err)) < 0 ||
+	    (ret = fx_stw_add(w, "prompt_embeds_mask", FX_I64, 2, ms, err)) < 0 ||
+	    (ret = fx_stw_add(w, "negative_prompt_embeds", FX_BF16, 3, ns, err)) < 0 ||
+	    (ret = fx_stw_add(w, "negative_prompt_embeds_mask", FX_I64, 2, nm, err)) < 0 ||
+	    (ret = fx_stw_begin(w, fx_out_fd(out), err)) < 0)
+		goto out;
+	rng_seed(&rp, o->seed, "prompt_embeds");
+	channel_scales(sc, D, 0.15, 2 + D / 1024, 20.0, 60.0, &rp);
+	for (i = 0; i < P * L; i++) {
+		if (i % L < L - (i / L % 4) * step) {
+			for (j = 0; j < D; j++)
+				buf[j] = fx_f32_to_bf16((float)(rng_normal(&rp) * sc[j]));
+		} else {
+			memset(buf, 0, (size_t)D * 2);
+		}
+		if ((ret = fx_stw_write(w, "prompt_embeds", buf, (size_t)D * 2, err)) < 0)
+			goto out;
+	}
+	if ((ret = write_mask(w, "prompt_embeds_mask", P, L, step, err)) < 0)
+		goto out;
+	rng_seed(&rp, o->seed, "negative_prompt_embeds");
+	if ((ret = write_rows(w, "negative_prompt_embeds", N, D, sc, &rp, buf, err)) < 0 ||
+	    (ret = write_mask(w, "negative_prompt_embeds_mask", 1, N, 0, err)) < 0 ||
+	    (ret = fx_stw_finish(w, err)) < 0)
+		goto out;
+	ret = fx_out_commit(out, err);
+	out = NULL;
+out:
+	fx_stw_free(w);
+	fx_out_abort(out);
+	free(sc);
+	free(buf);
+	return ret;
+}
+
 int fx_synth_cond(const char *path, const struct fx_synth_cond_opts *o, struct fx_err *err)
 {
 	struct fx_out *out = NULL;
@@ -759,6 +722,8 @@ int fx_synth_cond(const char *path, const struct fx_synth_cond_opts *o, struct f
 	uint16_t *buf = NULL;
 	int ret;
 
+	if (o->family && !strcmp(o->family->name, "qwenimage"))
+		return synth_cond_qwen(path, o, err);
 	if (P < 1 || P > 100000 || L < 1 || L > 100000 || D < 1 || D > 65536 || Q < 1 ||
 	    Q > 65536)
 		return fx_error(err, FX_E_ARG, "conditioning shape [%lld,%lld,%lld] is out of range",

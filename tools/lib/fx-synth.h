@@ -21,7 +21,9 @@
 #include "fx-err.h"
 #include "fx-model.h"
 
+struct fx_family;
 struct fx_synth_opts {
+	const struct fx_family *family;   /* NULL: FLUX */
 	enum fx_layout layout;   /* diffusers: a folder; BFL: one file */
 	int num_double;          /* 2 */
 	int num_single;          /* 2 */
@@ -35,6 +37,7 @@ struct fx_synth_opts {
 };
 
 struct fx_synth_cond_opts {
+	const struct fx_family *family;   /* NULL: FLUX */
 	int prompts;             /* 4 */
 	int txt_len;             /* 64 */
 	int txt_dim;             /* 4096 */
@@ -56,8 +59,12 @@ int fx_synth_config(struct fx_model_config *c, const struct fx_synth_opts *o,
  * (FX_E_ARG) unless force. */
 int fx_synth_model(const char *out, const struct fx_synth_opts *o, struct fx_err *err);
 
-/* Writes prompt_embeds (P, L, txt_dim) and pooled_prompt_embeds (P, pooled)
- * in BF16, with a few large-magnitude channels. */
+/* FLUX: writes prompt_embeds (P, L, txt_dim) and pooled_prompt_embeds
+ * (P, pooled) in BF16, with a few large-magnitude channels. Qwen-Image:
+ * prompt_embeds (P, L, txt_dim) BF16 padded per prompt (prompt p has
+ * L - (p mod 4)·L/8 tokens), prompt_embeds_mask (P, L) I64 (1 token, 0
+ * padding), negative_prompt_embeds (1, max(1, L/4), txt_dim) and its mask
+ * (all ones), as QwenImagePipeline.encode_prompt returns them. */
 int fx_synth_cond(const char *path, const struct fx_synth_cond_opts *o, struct fx_err *err);
 
 /* Fills one tensor named in diffusers naming (n = prod(shape) BF16 values);
