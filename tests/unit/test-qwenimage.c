@@ -537,6 +537,14 @@ static void test_hook_error(void **state)
 	r.in.img_w++;
 	assert_int_equal(fx_qwen_forward(fix.qwen, &r.in, out, &err), FX_E_ARG);
 	r.in.img_w--;
+	/* no text at all: the image attends to itself */
+	r.in.nt = 0;
+	r.in.txt = NULL;
+	r.in.txt_mask = NULL;
+	assert_int_equal(fx_qwen_forward(fix.qwen, &r.in, out, &err), 0);
+	for (uint64_t i = 0; i < r.nout; i++)
+		assert_true(isfinite(out[i]));
+	assert_true(rel_err(out, r.out, (size_t)r.nout) > 100 * REL_BUDGET);
 	r.in.ni = 0;
 	assert_int_equal(fx_qwen_forward(fix.qwen, &r.in, out, &err), FX_E_ARG);
 	free(out);

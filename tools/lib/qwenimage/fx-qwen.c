@@ -367,7 +367,9 @@ int fx_qwen_linear_dense(struct fx_qwen *f, const struct fx_group *g, const floa
 	bool bf16 = m == 1 && !fx_model_group_merged(f->m, g);
 	int ret, i;
 
-	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)
+	/* the weight buffer only when widening (the adaLN groups, the largest,
+	 * are read in place) */
+	if ((ret = ensure_w(f, 0, (size_t)g->n, err)) < 0)
 		return ret;
 	for (i = 0; i < g->nmembers; i++)
 		bf16 = bf16 && g->members[i].weight->dtype == FX_BF16 &&
@@ -387,7 +389,8 @@ int fx_qwen_linear_dense(struct fx_qwen *f, const struct fx_group *g, const floa
 			return 0;
 		/* NaN/Inf somewhere: the widening below names the tensor and element */
 	}
-	if ((ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
+	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0 ||
+	    (ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
 		return ret;
 	fx_ops_linear(y, x, f->w, f->b, m, g->n, g->k);
 	return 0;

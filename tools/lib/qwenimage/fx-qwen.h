@@ -2,7 +2,8 @@
  * over a struct fx_model, in f32, on the CPU. Every block linear runs
  * through a fused group of the model (Nunchaku module names, nunchaku-
  * qwenimage-zimage-format.md §2.2), widened from BF16 per call into one
- * reusable buffer: memory is about the largest group plus activations.
+ * reusable buffer (the one-token adaLN linears read their BF16 weights in
+ * place): memory is about the largest MLP group plus activations.
  * A struct fx_qwen is not thread-safe; use one per thread. */
 #ifndef FX_QWEN_H
 #define FX_QWEN_H
