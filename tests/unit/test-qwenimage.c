@@ -414,6 +414,45 @@ static void test_forward_reference(void **state)
 	fwd_free(&r);
 }
 
+/* The masked attention in more than one block of queries (its tiles hold
+ * 4M scores: 2314 tokens are 2 blocks) against the unmasked one on the
+ * padding cut off. */
+static void test_masked_tiles(void **state)
+{
+	const struct fx_model_config *c = fx_model_config(fix.model);
+	const int h = 48, w = 48;
+	const int64_t ni = h * w, nt = 10, valid = 7;
+	float *img = malloc((size_t)(ni * c->in_channels) * sizeof(float));
+	float *txt = malloc((size_t)(nt * c->joint_dim) * sizeof(float));
+	float *a = malloc((size_t)(ni * 64) * sizeof(float)), *b = malloc((size_t)(ni * 64) * sizeof(float));
+	float mask[10];
+	struct fx_qwen_input in = { .ni = ni, .nt = nt, .img_h = h, .img_w = w, .sigma = 0.4f };
+	struct fx_rng g;
+	double e;
+
+	(void)state;
+	assert_true(img && txt && a && b);
+	fx_rng_init(&g, 17);
+	fx_rng_normal_f32(&g, img, (size_t)(ni * c->in_channels));
+	fx_rng_normal_f32(&g, txt, (size_t)(nt * c->joint_dim));
+	for (int64_t j = 0; j < nt; j++)
+		mask[j] = j < valid ? 1.0f : 0.0f;
+	in.img = img;
+	in.txt = txt;
+	in.txt_mask = mask;
+	run_forward(fix.qwen, &in, a);
+	in.nt = valid;
+	in.txt_mask = NULL;
+	run_forward(fix.qwen, &in, b);
+	e = rel_err(a, b, (size_t)(ni * 64));
+	printf("# masked attention over 2 query blocks vs unmasked: relative error %.3g\n", e);
+	assert_true(e <= REL_BUDGET);
+	free(img);
+	free(txt);
+	free(a);
+	free(b);
+}
+
 /* ---- hooks ---------------------------------------------------------------- */
 
 struct cap_ctx {
@@ -750,6 +789,7 @@ int main(void)
 	const struct CMUnitTest model[] = {
 		cmocka_unit_test(test_model_config),
 		cmocka_unit_test(test_forward_reference),
+		cmocka_unit_test(test_masked_tiles),
 		cmocka_unit_test(test_capture_reference),
 		cmocka_unit_test(test_hook_error),
 		cmocka_unit_test(test_sampler_reference),

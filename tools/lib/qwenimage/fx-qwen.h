@@ -75,7 +75,11 @@ float fx_qwen_timestep(float sigma);
  * (0, r − ⌈h/2⌉, c − ⌈w/2⌉) (centred, negative half first), text token j has
  * (p, p, p) with p = max(h/2, w/2) + j (integer halves); pair k of axis a,
  * index i, has angle f32(p) · f32(1/f32(theta^(2i/axes[a]))) in f32 as
- * torch computes it, cos/sin rounded to f32. theta 10000. */
+ * torch computes it, cos/sin rounded to f32. theta 10000. The power is
+ * correctly rounded here; torch's vectorized f32 pow on the CPU is 1 ulp
+ * off for a few exponents (axis width 56, i = 11: 0x1.2a351cp+5 instead of
+ * 0x1.2a351ep+5), so for the real model's axes some entries differ from a
+ * diffusers CPU run by up to ~4e-6 at text positions near 1000. */
 void fx_qwen_rope_table(float *cs, float *sn, int64_t nt, int img_h, int img_w,
 			const int axes[3]);
 
