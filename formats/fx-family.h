@@ -18,6 +18,11 @@
 struct fx_model;
 struct fx_model_config;
 struct fx_synth_sink;
+struct fx_runner;
+struct fx_run_hooks;
+struct fx_run_params;
+struct fx_st;
+struct fx_device;
 struct fx_tensor;
 struct fx_group;
 
@@ -65,6 +70,60 @@ struct fx_family {
 	 * other layout), in file order; < 0 when the sink fails. */
 	int (*synth_tensors)(const struct fx_model_config *c, bool bfl,
 			     const struct fx_synth_sink *s);
+
+	/* The family's forward and sampler, for calibration and evaluation
+	 * (struct fx_runner below). */
+	const struct fx_runner_ops *run;
+
+	/* What the runtime's file holds and how its loader metadata reads, for
+	 * fx-verify and fx-meta when no model is at hand (struct
+	 * fx_family_file below). */
+	const struct fx_family_file *file;
+};
+
+/* ---- the forward and sampler of a family (fx-calib, fx-eval) ---- */
+
+struct fx_run_hooks {
+	void *ctx;
+	/* y (m, g->n) = x (m, g->k)·Wᵀ + b of fused group g; NULL: dense f32 */
+	int (*linear)(void *ctx, const struct fx_group *g, const float *x, int64_t m, float *y,
+		      struct fx_err *err);
+	/* The input of every fused group once per forward, before its linear. */
+	int (*capture)(void *ctx, const struct fx_group *g, const float *x, int64_t m,
+		       struct fx_err *err);
+	/* Before each forward: step, its sigma, and the pass (0 the prompt, 1
+	 * the negative prompt of true classifier-free guidance). */
+	int (*step_begin)(void *ctx, int step, float sigma, int pass, struct fx_err *err);
+};
+
+/* Sampling settings; a negative or zero value takes the family's default
+ * for the model (fx_runner_ops.defaults fills them all). */
+struct fx_run_params {
+	int width, height, steps;
+	float guidance;          /* FLUX guidance embedder; Qwen-Image true-CFG scale */
+	uint64_t seed;
+};
+
+struct fx_runner_ops {
+	/* The conditioning file's tensors checked against the model: *prompts
+	 * is how many prompts it holds. cond_path names the file in errors. */
+	int (*open)(struct fx_runner **out, const struct fx_model *m, const struct fx_st *cond,
+		    const char *cond_path, int64_t *prompts, struct fx_err *err);
+	void (*free)(struct fx_runner *r);
+	void (*defaults)(const struct fx_model_config *c, struct fx_run_params *p);
+	/* Packed latent tokens of a resolution, or FX_E_ARG. */
+	int (*tokens)(const struct fx_model_config *c, int width, int height, int64_t *ni,
+		      struct fx_err *err);
+	int (*set_device)(struct fx_runner *r, const struct fx_device *dev, bool bf16_gemm,
+			  struct fx_err *err);
+	void (*set_hooks)(struct fx_runner *r, const struct fx_run_hooks *h);
+	/* One trajectory of prompt p from the seed's noise; out: the final
+	 * packed latents (tokens, in_channels). */
+	int (*sample)(struct fx_runner *r, int64_t p, const struct fx_run_params *par, float *out,
+		      struct fx_err *err);
+	/* The dense f32 linear of a group (for hooks that handle some). */
+	int (*linear_dense)(struct fx_runner *r, const struct fx_group *g, const float *x,
+			    int64_t m, float *y, struct fx_err *err);
 };
 
 /* fx-synth: one tensor of the file written, made of the diffusers tensors
@@ -74,6 +133,70 @@ struct fx_synth_sink {
 	void *ctx;
 	int (*tensor)(void *ctx, const char *name, int ndim, int64_t d0, int64_t d1, bool swap,
 		      int nparts, const char *const *parts, const int64_t *rows);
+};
+
+/* ---- the runtime's file of a family (fx-verify, fx-meta) ---- */
+
+/* One module of a block in the runtime's file, "<block prefix>.<i>.<name>":
+ * N = nd·D + nf·F outputs and K = kd·D + kf·F inputs (D the hidden width,
+ * F the MLP's). */
+struct fx_family_module {
+	const char *name;            /* "qkv_proj", "attn.to_qkv" */
+	bool adaln;                  /* W4A16 modulation; else W4A4 */
+	int nd, nf, kd, kf;
+	int members;                 /* source linears fused by rows */
+	bool gelu;                   /* input from GELU: the INT4 shift */
+};
+
+/* A config.json integer the tensors fix: its key, the field of struct
+ * fx_model_config (offsetof, an int) and the finding when they differ,
+ * given the config's value then the file's ("config num_layers %d, file
+ * has %d double blocks"). */
+struct fx_family_config_key {
+	const char *key;
+	size_t field;
+	const char *fmt;
+};
+
+struct fx_st;
+
+struct fx_family_file {
+	/* Modules of a block of kind 0 and 1 (block_prefix), in the order of
+	 * the model's groups. */
+	const struct fx_family_module *modules[2];
+	size_t nmodules[2];
+	/* Unquantized tensors of a block of each kind (packed names): BF16,
+	 * [norm_dim] (0: the head dim, the same in every block). */
+	const char *const *norms[2];
+	size_t nnorms[2];
+	int norm_dim;
+	/* Top-level unquantized tensors (packed names), BF16; the first is the
+	 * [D, in_channels] input embedder that sizes the model. */
+	const char *const *plain;
+	size_t nplain;
+	/* Source names in a block that must not remain (a layer left in BF16
+	 * where its module belongs). */
+	const char *const *leftovers;
+	size_t nleftovers;
+	bool tscale_required;        /* NVFP4 W4A4 modules need wtscale or wcscales */
+	bool strict;                 /* the loader refuses every other key (INT4's
+				      * wtscale and wcscales too) */
+
+	/* ---- loader metadata ---- */
+	bool config_builds;          /* the loader builds the model from config: a
+				      * config unlike the tensors is an error,
+				      * else a warning */
+	bool config_class;           /* config must name diffusers_class */
+	bool model_class_required;   /* model_class missing or other: an error,
+				      * else a warning (not read) */
+	const struct fx_family_config_key *config_keys;
+	size_t nconfig_keys;
+	/* The config read off a packed file's unquantized tensors (widths,
+	 * channels, head dim; not the block counts). */
+	int (*file_config)(const struct fx_st *st, struct fx_model_config *c, struct fx_err *err);
+	/* The config metadata written when neither a model nor a valid config
+	 * is at hand (malloc'ed); NULL: config_to_json. */
+	int (*meta_config)(const struct fx_model_config *c, char **out, struct fx_err *err);
 };
 
 /* ---- builder calls (only inside detect/infer_config/build) ---- */

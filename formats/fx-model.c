@@ -533,6 +533,7 @@ struct fx_group *fx_model_build_group(struct fx_model *m, bool single, int blk, 
 	g->k = k;
 	g->adaln_chunks = chunks;
 	g->gelu_input = gelu;
+	g->family = m->cfg.family;
 	return g;
 }
 

@@ -58,6 +58,7 @@ struct fx_group {
 	struct fx_member members[FX_GROUP_MAX_MEMBERS];
 	int adaln_chunks;            /* S for adaLN groups (6 or 3), else 0 */
 	bool gelu_input;             /* *_fc2: input comes from GELU (INT4 shift) */
+	const struct fx_family *family;   /* the model's (its runtime names) */
 	char lora[65];               /* digest of the LoRA products merged into its
 				      * members' weights or biases; "" when none
 				      * (layer recipes hash it) */

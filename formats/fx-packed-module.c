@@ -1,5 +1,7 @@
 #include "fx-packed-module.h"
 
+#include "fx-family.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,9 +98,9 @@ int fx_packed_module_load(struct fx_packed_module *pm, const struct fx_st *st,
 	tq = get(st, g->name, "qweight");
 	ts = get(st, g->name, "wscales");
 	tb = get(st, g->name, "bias");
-	tsm = get(st, g->name, "smooth");
-	td = get(st, g->name, "lora_down");
-	tu = get(st, g->name, "lora_up");
+	tsm = get(st, g->name, g->family->packed->smooth);
+	td = get(st, g->name, g->family->packed->down);
+	tu = get(st, g->name, g->family->packed->up);
 	twt = get(st, g->name, "wtscale");
 	twc = get(st, g->name, "wcscales");
 	if (!tq || !ts || !tb || !tsm || !td || !tu || td->ndim != 2 || tu->ndim != 2 ||

@@ -3,6 +3,7 @@
 #include "fx-flux-family.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -648,6 +649,123 @@ static const char *packed_plain_name(const char *name, char *buf, size_t cap)
 
 static const struct fx_packed_names packed = { "smooth", "smooth_orig", "lora_down", "lora_up" };
 
+/* ---- the runtime's file (nunchaku-svdq-format.md §1.3, §2.1, §5-6) ---- */
+
+static const struct fx_family_module file_double[] = {
+	{ "norm1.linear", true, 6, 0, 1, 0, 1, false },
+	{ "norm1_context.linear", true, 6, 0, 1, 0, 1, false },
+	{ "qkv_proj", false, 3, 0, 1, 0, 3, false },
+	{ "qkv_proj_context", false, 3, 0, 1, 0, 3, false },
+	{ "out_proj", false, 1, 0, 1, 0, 1, false },
+	{ "out_proj_context", false, 1, 0, 1, 0, 1, false },
+	{ "mlp_fc1", false, 0, 1, 1, 0, 1, false },
+	{ "mlp_fc2", false, 1, 0, 0, 1, 1, true },
+	{ "mlp_context_fc1", false, 0, 1, 1, 0, 1, false },
+	{ "mlp_context_fc2", false, 1, 0, 0, 1, 1, true },
+};
+static const struct fx_family_module file_single[] = {
+	{ "norm.linear", true, 3, 0, 1, 0, 1, false },
+	{ "qkv_proj", false, 3, 0, 1, 0, 3, false },
+	{ "mlp_fc1", false, 0, 1, 1, 0, 1, false },
+	{ "out_proj", false, 1, 0, 1, 0, 1, false },
+	{ "mlp_fc2", false, 1, 0, 0, 1, 1, true },
+};
+static const char *const file_norms[] = { "norm_q.weight", "norm_k.weight", "norm_added_q.weight",
+					  "norm_added_k.weight" };
+static const char *const file_plain[] = {
+	"x_embedder.weight", "x_embedder.bias", "context_embedder.weight", "context_embedder.bias",
+	"time_text_embed.timestep_embedder.linear_1.weight",
+	"time_text_embed.timestep_embedder.linear_2.weight",
+	"time_text_embed.text_embedder.linear_1.weight",
+	"time_text_embed.text_embedder.linear_2.weight", "norm_out.linear.weight",
+	"norm_out.linear.bias", "proj_out.weight", "proj_out.bias",
+};
+static const char *const file_leftovers[] = {
+	"attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight", "attn.add_q_proj.weight",
+	"attn.add_k_proj.weight", "attn.add_v_proj.weight", "attn.to_out.0.weight",
+	"attn.to_add_out.weight", "ff.net.0.proj.weight", "ff.net.2.weight",
+	"ff_context.net.0.proj.weight", "ff_context.net.2.weight", "proj_mlp.weight",
+	"proj_out.weight", "norm1.linear.weight", "norm1_context.linear.weight", "norm.linear.weight",
+};
+static const struct fx_family_config_key file_config_keys[] = {
+	{ "num_layers", offsetof(struct fx_model_config, num_double),
+	  "config num_layers %d, file has %d double blocks" },
+	{ "num_single_layers", offsetof(struct fx_model_config, num_single),
+	  "config num_single_layers %d, file has %d single blocks" },
+	{ "in_channels", offsetof(struct fx_model_config, in_channels),
+	  "config in_channels %d, x_embedder takes %d" },
+	{ "joint_attention_dim", offsetof(struct fx_model_config, joint_dim),
+	  "config joint_attention_dim %d, context_embedder takes %d" },
+	{ "pooled_projection_dim", offsetof(struct fx_model_config, pooled_dim),
+	  "config pooled_projection_dim %d, text_embedder takes %d" },
+};
+
+/* Widths from the embedders of a packed file (its head dim is 128). */
+static int file_config(const struct fx_st *st, struct fx_model_config *c, struct fx_err *err)
+{
+	const struct fx_tensor *t;
+
+	if (!(t = fx_st_find(st, "x_embedder.weight")) || t->ndim != 2)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor 'x_embedder.weight' missing: not a "
+				"Nunchaku FLUX checkpoint", fx_st_path(st));
+	c->hidden = (int)t->shape[0];
+	c->in_channels = (int)t->shape[1];
+	if (!(t = fx_st_find(st, "context_embedder.weight")) || t->ndim != 2)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor 'context_embedder.weight' missing",
+				fx_st_path(st));
+	c->joint_dim = (int)t->shape[1];
+	if (!(t = fx_st_find(st, "time_text_embed.text_embedder.linear_1.weight")) || t->ndim != 2)
+		return fx_error(err, FX_E_FORMAT,
+				"'%s': tensor 'time_text_embed.text_embedder.linear_1.weight' missing",
+				fx_st_path(st));
+	c->pooled_dim = (int)t->shape[1];
+	c->guidance = fx_st_find(st, "time_text_embed.guidance_embedder.linear_1.weight") != NULL;
+	c->head_dim = 128;
+	c->heads = c->hidden / 128;
+	c->mlp_hidden = 4 * c->hidden;
+	c->out_channels = c->in_channels;
+	default_axes(c->head_dim, c->axes);
+	return 0;
+}
+
+/* The config fx-meta writes without a model: one line, keys sorted. */
+static int meta_config(const struct fx_model_config *c, char **out, struct fx_err *err)
+{
+	if (asprintf(out, "{\"_class_name\": \"FluxTransformer2DModel\", \"attention_head_dim\": 128, "
+		     "\"axes_dims_rope\": [16, 56, 56], \"guidance_embeds\": %s, \"in_channels\": %d, "
+		     "\"joint_attention_dim\": %d, \"num_attention_heads\": %d, \"num_layers\": %d, "
+		     "\"num_single_layers\": %d, \"out_channels\": null, \"patch_size\": 1, "
+		     "\"pooled_projection_dim\": %d}",
+		     c->guidance ? "true" : "false", c->in_channels, c->joint_dim, c->hidden / 128,
+		     c->num_double, c->num_single, c->pooled_dim) < 0) {
+		*out = NULL;
+		return fx_error(err, FX_E_NOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static const struct fx_family_file file_desc = {
+	.modules = { file_double, file_single },
+	.nmodules = { FX_ARRAY_SIZE(file_double), FX_ARRAY_SIZE(file_single) },
+	.norms = { file_norms, file_norms },
+	.nnorms = { 4, 2 },
+	.norm_dim = 128,
+	.plain = file_plain,
+	.nplain = FX_ARRAY_SIZE(file_plain),
+	.leftovers = file_leftovers,
+	.nleftovers = FX_ARRAY_SIZE(file_leftovers),
+	.tscale_required = true,
+	.strict = false,
+	.config_builds = true,
+	.config_class = false,
+	.model_class_required = true,
+	.config_keys = file_config_keys,
+	.nconfig_keys = FX_ARRAY_SIZE(file_config_keys),
+	.file_config = file_config,
+	.meta_config = meta_config,
+};
+
+
 const struct fx_family fx_family_flux = {
 	.name = "flux",
 	.title = "FLUX",
@@ -665,4 +783,6 @@ const struct fx_family fx_family_flux = {
 	.comfy_config = true,
 	.two_file_form = true,
 	.synth_tensors = synth_tensors,
+	.run = &fx_flux_runner,
+	.file = &file_desc,
 };

@@ -5,5 +5,7 @@
 #include "fx-family.h"
 
 extern const struct fx_family fx_family_flux;
+/* Its runner (fx-flux-run.c). */
+extern const struct fx_runner_ops fx_flux_runner;
 
 #endif

@@ -4,6 +4,7 @@
 #include "fx-qwen-family.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,6 +317,108 @@ static const char *packed_plain_name(const char *dname, char *buf, size_t cap)
 static const struct fx_packed_names packed = { "smooth_factor", "smooth_factor_orig", "proj_down",
 					       "proj_up" };
 
+/* ---- the runtime's file (nunchaku-qwenimage-zimage-format.md §1-§5) ---- */
+
+/* Per block, in the order of the groups (qgroups): N = nd·D + nf·F,
+ * K = kd·D + kf·F. */
+static const struct fx_family_module file_modules[] = {
+	{ "img_mod.1", true, 6, 0, 1, 0, 1, false },
+	{ "txt_mod.1", true, 6, 0, 1, 0, 1, false },
+	{ "attn.to_qkv", false, 3, 0, 1, 0, 3, false },
+	{ "attn.add_qkv_proj", false, 3, 0, 1, 0, 3, false },
+	{ "attn.to_out.0", false, 1, 0, 1, 0, 1, false },
+	{ "attn.to_add_out", false, 1, 0, 1, 0, 1, false },
+	{ "img_mlp.net.0.proj", false, 0, 1, 1, 0, 1, false },
+	{ "img_mlp.net.2", false, 1, 0, 0, 1, 1, true },
+	{ "txt_mlp.net.0.proj", false, 0, 1, 1, 0, 1, false },
+	{ "txt_mlp.net.2", false, 1, 0, 0, 1, 1, true },
+};
+static const char *const file_plain[] = {
+	"img_in.weight", "img_in.bias", "txt_norm.weight", "txt_in.weight", "txt_in.bias",
+	"time_text_embed.timestep_embedder.linear_1.weight",
+	"time_text_embed.timestep_embedder.linear_1.bias",
+	"time_text_embed.timestep_embedder.linear_2.weight",
+	"time_text_embed.timestep_embedder.linear_2.bias", "norm_out.linear.weight",
+	"norm_out.linear.bias", "proj_out.weight", "proj_out.bias",
+};
+static const char *const file_leftovers[] = {
+	"attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight", "attn.add_q_proj.weight",
+	"attn.add_k_proj.weight", "attn.add_v_proj.weight", "attn.to_out.0.weight",
+	"attn.to_add_out.weight", "img_mlp.net.0.proj.weight", "img_mlp.net.2.weight",
+	"txt_mlp.net.0.proj.weight", "txt_mlp.net.2.weight", "img_mod.1.weight", "txt_mod.1.weight",
+};
+static const struct fx_family_config_key file_config_keys[] = {
+	{ "num_layers", offsetof(struct fx_model_config, num_double),
+	  "config num_layers %d, file has %d blocks" },
+	{ "in_channels", offsetof(struct fx_model_config, in_channels),
+	  "config in_channels %d, img_in takes %d" },
+	{ "out_channels", offsetof(struct fx_model_config, out_channels),
+	  "config out_channels %d, proj_out gives %d" },
+	{ "joint_attention_dim", offsetof(struct fx_model_config, joint_dim),
+	  "config joint_attention_dim %d, txt_in takes %d" },
+	{ "attention_head_dim", offsetof(struct fx_model_config, head_dim),
+	  "config attention_head_dim %d, the QK norms have %d" },
+};
+
+static int file_want(const struct fx_st *st, const char *name, const struct fx_tensor **t,
+		     struct fx_err *err)
+{
+	*t = fx_st_find(st, name);
+	if (!*t || (*t)->ndim != 2)
+		return fx_error(err, FX_E_FORMAT,
+				"'%s': tensor '%s' missing: not a Nunchaku Qwen-Image checkpoint",
+				fx_st_path(st), name);
+	return 0;
+}
+
+/* Widths from img_in, txt_in, proj_out and the first block's QK norm. */
+static int file_config(const struct fx_st *st, struct fx_model_config *c, struct fx_err *err)
+{
+	const struct fx_tensor *t;
+	int ret;
+
+	if ((ret = file_want(st, "img_in.weight", &t, err)) < 0)
+		return ret;
+	c->hidden = (int)t->shape[0];
+	c->in_channels = (int)t->shape[1];
+	if ((ret = file_want(st, "txt_in.weight", &t, err)) < 0)
+		return ret;
+	c->joint_dim = (int)t->shape[1];
+	if ((ret = file_want(st, "proj_out.weight", &t, err)) < 0)
+		return ret;
+	c->out_channels = (int)(t->shape[0] / 4);
+	t = fx_st_find(st, "transformer_blocks.0.attn.norm_q.weight");
+	c->head_dim = t && t->ndim == 1 && t->shape[0] > 0 && t->shape[0] <= 4096 ? (int)t->shape[0]
+									    : 128;
+	c->heads = c->hidden / c->head_dim;
+	c->mlp_hidden = 4 * c->hidden;
+	c->pooled_dim = 0;
+	c->guidance = false;
+	default_axes(c->head_dim, c->axes);
+	return 0;
+}
+
+static const struct fx_family_file file_desc = {
+	.modules = { file_modules, NULL },
+	.nmodules = { sizeof(file_modules) / sizeof(*file_modules), 0 },
+	.norms = { norms, NULL },
+	.nnorms = { sizeof(norms) / sizeof(*norms), 0 },
+	.norm_dim = 0,
+	.plain = file_plain,
+	.nplain = sizeof(file_plain) / sizeof(*file_plain),
+	.leftovers = file_leftovers,
+	.nleftovers = sizeof(file_leftovers) / sizeof(*file_leftovers),
+	.tscale_required = false,
+	.strict = true,
+	.config_builds = false,
+	.config_class = true,
+	.model_class_required = false,
+	.config_keys = file_config_keys,
+	.nconfig_keys = sizeof(file_config_keys) / sizeof(*file_config_keys),
+	.file_config = file_config,
+	.meta_config = NULL,
+};
+
 const struct fx_family fx_family_qwenimage = {
 	.name = "qwenimage",
 	.title = "Qwen-Image",
@@ -333,4 +436,6 @@ const struct fx_family fx_family_qwenimage = {
 	.comfy_config = false,
 	.two_file_form = false,
 	.synth_tensors = synth_tensors,
+	.run = &fx_qwen_runner,
+	.file = &file_desc,
 };

@@ -6,5 +6,7 @@
 #include "fx-family.h"
 
 extern const struct fx_family fx_family_qwenimage;
+/* Its runner (fx-qwen-run.c). */
+extern const struct fx_runner_ops fx_qwen_runner;
 
 #endif

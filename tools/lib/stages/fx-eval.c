@@ -9,11 +9,10 @@
 #include "fx-io.h"
 #include "fx-log.h"
 #include "fx-file.h"
-#include "fx-flux.h"
+#include "fx-family.h"
 #include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-packed-module.h"
-#include "fx-sampler.h"
 #include "fx-st.h"
 
 /* A checkpoint's modules, loaded once, indexed like the model's groups;
@@ -22,7 +21,8 @@ struct ckpt {
 	struct fx_st *st;
 	struct fx_packed_module *pm;
 	size_t n;
-	struct fx_flux *f;
+	struct fx_runner *f;
+	const struct fx_runner_ops *run;
 	double *num, *den;      /* (n) */
 	float *yref;
 	size_t cap;
@@ -48,7 +48,7 @@ static int runtime_linear(void *ctx, const struct fx_group *g, const float *x, i
 		c->cap = nv;
 	}
 	if ((ret = fx_packed_module_forward(&c->pm[i], x, m, y, err)) < 0 ||
-	    (ret = fx_flux_linear_dense(c->f, g, x, m, c->yref, err)) < 0)
+	    (ret = c->run->linear_dense(c->f, g, x, m, c->yref, err)) < 0)
 		return ret;
 	for (j = 0; j < nv; j++) {
 		double d = (double)y[j] - c->yref[j];
@@ -137,15 +137,16 @@ struct steps {
 	size_t nv;
 	bool record;
 	double *psnr, *cosine;  /* (nsteps) of this checkpoint and prompt */
+	struct ckpt *ck;        /* the checkpoint run, for its linear hook */
 };
 
-static int step_begin(void *ctx, int step, float sigma, struct fx_err *err)
+static int step_begin(void *ctx, int step, float sigma, int pass, struct fx_err *err)
 {
 	struct steps *s = ctx;
 
 	(void)sigma;
 	(void)err;
-	if (step == 0)
+	if (step == 0 || pass)
 		return 0;
 	if (s->record)
 		memcpy(s->ref + (size_t)(step - 1) * s->nv, s->lat, s->nv * sizeof(float));
@@ -153,6 +154,12 @@ static int step_begin(void *ctx, int step, float sigma, struct fx_err *err)
 		compare(s->ref + (size_t)(step - 1) * s->nv, s->lat, s->nv, &s->psnr[step - 1],
 			&s->cosine[step - 1]);
 	return 0;
+}
+
+static int ck_linear(void *ctx, const struct fx_group *g, const float *x, int64_t m, float *y,
+		     struct fx_err *err)
+{
+	return runtime_linear(((struct steps *)ctx)->ck, g, x, m, y, err);
 }
 
 static int result_alloc(struct fx_eval_result *r, const struct fx_model *m, int P, int nckpt, int S)
@@ -186,14 +193,15 @@ int fx_eval_run(const struct fx_eval_opts *o, struct fx_eval_result *r, struct f
 {
 	struct fx_model *m = NULL;
 	struct fx_st *cs = NULL;
-	struct fx_flux *f = NULL;
+	struct fx_runner *f = NULL;
+	const struct fx_runner_ops *run = NULL;
 	struct ckpt ck[FX_EVAL_MAX_CKPT] = {0};
 	const struct fx_model_config *c;
-	const struct fx_tensor *pe, *pp;
-	struct fx_sample_params sp;
+	struct fx_run_params sp;
+	struct fx_run_hooks rh = {0};
 	struct steps st = {0};
-	float *txt = NULL, *pooled = NULL, *ref = NULL, *lat = NULL;
-	int64_t ni, nt, P, p;
+	float *ref = NULL, *lat = NULL;
+	int64_t ni, P, p, held;
 	size_t nv, l;
 	int i, s, S, ret;
 
@@ -207,66 +215,59 @@ int fx_eval_run(const struct fx_eval_opts *o, struct fx_eval_result *r, struct f
 	    (ret = fx_st_open(&cs, o->cond, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
-	pe = fx_st_find(cs, "prompt_embeds");
-	pp = fx_st_find(cs, "pooled_prompt_embeds");
-	if (!pe || !pp || pe->ndim != 3 || pp->ndim != 2 || pe->shape[2] != c->joint_dim ||
-	    pp->shape[1] != c->pooled_dim || pe->shape[0] != pp->shape[0] || pe->shape[0] < 1) {
-		ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning does not fit the model "
-			       "(prompt_embeds [P,L,%d] and pooled_prompt_embeds [P,%d] wanted)",
-			       o->cond, c->joint_dim, c->pooled_dim);
+	run = c->family->run;
+	if ((ret = run->open(&f, m, cs, o->cond, &held, err)) < 0)
+		goto out;
+	if (held < 1) {
+		ret = fx_error(err, FX_E_FORMAT, "'%s': no prompts", o->cond);
 		goto out;
 	}
-	P = o->prompts > 0 && o->prompts < pe->shape[0] ? o->prompts : pe->shape[0];
-	nt = pe->shape[1];
-	fx_sample_params_init(&sp, c);
+	P = o->prompts > 0 && o->prompts < held ? o->prompts : held;
+	run->defaults(c, &sp);
 	sp.steps = S = o->steps > 0 ? o->steps : 4;
 	sp.width = o->width > 0 ? o->width : 256;
 	sp.height = o->height > 0 ? o->height : 256;
 	if (o->guidance >= 0)
 		sp.guidance = o->guidance;
-	if ((ret = fx_sampler_tokens(sp.width, sp.height, &ni, err)) < 0 ||
-	    (ret = fx_flux_new(&f, m, err)) < 0)
+	if ((ret = run->tokens(c, sp.width, sp.height, &ni, err)) < 0)
 		goto out;
 	for (i = 0; i < o->nckpt; i++) {
 		if ((ret = ckpt_open(&ck[i], o->ckpt[i], m, err)) < 0)
 			goto out;
 		ck[i].f = f;
+		ck[i].run = run;
 	}
 	nv = (size_t)ni * c->in_channels;
-	txt = malloc((size_t)nt * c->joint_dim * 4);
-	pooled = malloc((size_t)c->pooled_dim * 4);
 	ref = malloc(nv * 4);
 	lat = malloc(nv * 4);
 	st.ref = malloc((size_t)S * nv * 4);
-	if (result_alloc(r, m, (int)P, o->nckpt, S) < 0 || !txt || !pooled || !ref || !lat || !st.ref) {
+	if (result_alloc(r, m, (int)P, o->nckpt, S) < 0 || !ref || !lat || !st.ref) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
 	st.nv = nv;
-	sp.step_begin = step_begin;
-	sp.step_ctx = &st;
+	rh.step_begin = step_begin;
+	rh.ctx = &st;
 	for (p = 0; p < P; p++) {
-		fx_to_f32(txt, (const char *)pe->data + (size_t)p * nt * c->joint_dim * fx_dtype_size(pe->dtype),
-			  pe->dtype, (size_t)nt * c->joint_dim);
-		fx_to_f32(pooled, (const char *)pp->data + (size_t)p * c->pooled_dim * fx_dtype_size(pp->dtype),
-			  pp->dtype, (size_t)c->pooled_dim);
 		sp.seed = o->seed + (uint64_t)p;
-		fx_flux_set_hooks(f, NULL);
+		run->set_hooks(f, &rh);
 		st.lat = ref;
 		st.record = true;
-		if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, ref, err)) < 0)
+		if ((ret = run->sample(f, p, &sp, ref, err)) < 0)
 			goto out;
 		memcpy(st.ref + (size_t)(S - 1) * nv, ref, nv * 4);
 		for (i = 0; i < o->nckpt; i++) {
-			struct fx_flux_hooks h = { .ctx = &ck[i], .linear = runtime_linear };
+			struct fx_run_hooks h = { .ctx = &st, .linear = ck_linear,
+						  .step_begin = step_begin };
 			size_t at = (size_t)i * P + p;
 
-			fx_flux_set_hooks(f, &h);
+			st.ck = &ck[i];
+			run->set_hooks(f, &h);
 			st.lat = lat;
 			st.record = false;
 			st.psnr = &r->step_psnr[at * S];
 			st.cosine = &r->step_cosine[at * S];
-			if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, lat, err)) < 0)
+			if ((ret = run->sample(f, p, &sp, lat, err)) < 0)
 				goto out;
 			compare(ref, lat, nv, &r->psnr[at], &r->cosine[at]);
 			r->step_psnr[at * S + S - 1] = r->psnr[at];
@@ -282,14 +283,13 @@ int fx_eval_run(const struct fx_eval_opts *o, struct fx_eval_result *r, struct f
 		for (l = 0; l < ck[i].n; l++)
 			r->layer_snr[(size_t)i * r->nlayers + l] = db(ck[i].num[l], ck[i].den[l]);
 out:
-	free(txt);
-	free(pooled);
 	free(ref);
 	free(lat);
 	free(st.ref);
 	for (i = 0; i < FX_EVAL_MAX_CKPT; i++)
 		ckpt_close(&ck[i]);
-	fx_flux_free(f);
+	if (run)
+		run->free(f);
 	fx_st_close(cs);
 	fx_model_close(m);
 	if (ret < 0)
