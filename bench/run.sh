@@ -29,12 +29,14 @@
 #            layer: factorization of the K x K Hessian and the sweep per row,
 #            projected to each W4A4 and adaLN shape and to FLUX.1-dev (76 of
 #            each W4A4 shape, 38 norm1 pairs, 38 single-block norms)
+#   qwen     bench/qwenimage.sh (Qwen-Image at FLUX width, two block counts:
+#            peak memory of fx-calib, fx-quant, fx-pack flat in the blocks)
 set -euo pipefail
 export LC_ALL=C
 
-want_quant=0 want_calib=0 want_lowrank=0 want_encode=0 want_gptq=0
+want_quant=0 want_calib=0 want_lowrank=0 want_encode=0 want_gptq=0 want_qwen=0
 if (($# == 0)); then
-	want_quant=1 want_calib=1 want_lowrank=1 want_encode=1 want_gptq=1
+	want_quant=1 want_calib=1 want_lowrank=1 want_encode=1 want_gptq=1 want_qwen=1
 fi
 for a in "$@"; do
 	case $a in
@@ -43,8 +45,9 @@ for a in "$@"; do
 	lowrank) want_lowrank=1 ;;
 	encode) want_encode=1 ;;
 	gptq) want_gptq=1 ;;
+	qwen) want_qwen=1 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank, encode, gptq)" >&2; exit 2 ;;
+	*) echo "bench: unknown benchmark '$a' (quant, calib, lowrank, encode, gptq, qwen)" >&2; exit 2 ;;
 	esac
 done
 
@@ -322,6 +325,10 @@ if ((want_encode)); then
 	section "fx-encode (issue 8)"
 	# bench/encode.sh adds its rows to the shared table itself
 	BENCH_WORK=$BENCH_WORK bash "$BENCH_DIR/encode.sh" || note "bench/encode.sh exited with status $?"
+fi
+
+if ((want_qwen)); then
+	BENCH_WORK=$BENCH_WORK bash "$BENCH_DIR/qwenimage.sh" || note "bench/qwenimage.sh exited with status $?"
 fi
 
 section "summary ($(secs_h $(($(date +%s) - BENCH_T0))) in all)"
