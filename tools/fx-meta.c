@@ -16,7 +16,7 @@
 enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_PRECISION, OPT_RANK, OPT_CHECK };
 
 static const struct fx_opt opts[] = {
-	{ "model", 0, FX_OPT_REQ, "M", "take the config from this FLUX model", OPT_MODEL },
+	{ "model", 0, FX_OPT_REQ, "M", "take the config from this model", OPT_MODEL },
 	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "override the precision read off the tensors", OPT_PRECISION },
 	{ "rank", 0, FX_OPT_REQ, "R", "override the rank read off the lora tensors", OPT_RANK },
@@ -34,14 +34,13 @@ int main(int argc, char **argv)
 	};
 	static struct fx_loras loras;
 	struct fx_meta_opts mo = { .rank = -1 };
-	const char *keys[FX_META_COUNT + 1];
+	const char *keys[FX_META_COUNT + 1], *v[FX_META_COUNT + 1];
 	char *lj = NULL;
-	size_t nkeys = FX_META_COUNT;
+	size_t nkeys = 0;
 	struct fx_err err = {0};
 	struct fx_model *m = NULL;
 	struct fx_st *st = NULL;
 	char *vals[FX_META_COUNT] = {0};
-	const char *vals_lora = NULL;
 	const char *arg, *model = NULL, *file;
 	bool check = false, in_place = false, same = true;
 	int id, i, ret = 0;
@@ -114,13 +113,18 @@ int main(int argc, char **argv)
 		if ((ret = fx_model_open_loras(&m, model, &loras, &err)) < 0)
 			goto fail;
 		mo.config_json = fx_model_config_json(m);
+		mo.family = fx_model_config(m)->family;
 	}
 	if ((ret = fx_meta_compute(st, &mo, vals, &err)) < 0)
 		goto fail;
+	/* the keys the family writes (comfy_config only where its loaders read it) */
 	for (i = 0; i < FX_META_COUNT; i++) {
 		const char *have = fx_st_meta(st, fx_meta_keys[i]);
 
-		keys[i] = fx_meta_keys[i];
+		if (!vals[i])
+			continue;
+		keys[nkeys] = fx_meta_keys[i];
+		v[nkeys++] = vals[i];
 		if (!have || strcmp(have, vals[i]))
 			same = false;
 	}
@@ -141,8 +145,7 @@ int main(int argc, char **argv)
 		if (!have || strcmp(have, lj)) {
 			same = false;
 			keys[nkeys] = "fx.loras";
-			vals_lora = lj;
-			nkeys++;
+			v[nkeys++] = lj;
 		}
 	}
 	fx_st_close(st);
@@ -151,11 +154,6 @@ int main(int argc, char **argv)
 		fx_log_info("%s: metadata up to date", file);
 	} else {
 		fx_out_rewrites(file);   /* its own input by design */
-		const char *v[FX_META_COUNT + 1];
-
-		for (i = 0; i < FX_META_COUNT; i++)
-			v[i] = vals[i];
-		v[FX_META_COUNT] = vals_lora;
 		if ((ret = fx_meta_write(file, keys, v, nkeys, &in_place, &err)) < 0)
 			goto fail;
 		fx_log_info("%s: metadata written (%s)", file, in_place ? "in place" : "rewritten");

@@ -8,13 +8,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fx-families.h"
 #include "fx-io.h"
 
 const char *const fx_meta_keys[FX_META_COUNT] = {
 	"config", "comfy_config", "model_class", "quantization_config"
 };
-
-#define MODEL_CLASS "NunchakuFluxTransformer2dModel"
 
 static bool ends_with(const char *s, const char *suf)
 {
@@ -23,23 +22,92 @@ static bool ends_with(const char *s, const char *suf)
 	return a >= b && !strcmp(s + a - b, suf);
 }
 
-static int block_index(const char *name, const char *prefix)
+/* "<prefix>.<i>.<rest>": i (and *rest), else -1. */
+static int block_index(const char *name, const char *prefix, const char **rest)
 {
 	size_t n = strlen(prefix);
 	char *end;
 	long v;
 
-	if (strncmp(name, prefix, n) != 0)
+	if (strncmp(name, prefix, n) != 0 || name[n] != '.')
 		return -1;
-	v = strtol(name + n, &end, 10);
-	return end != name + n && *end == '.' ? (int)v : -1;
+	v = strtol(name + n + 1, &end, 10);
+	if (end == name + n + 1 || *end != '.' || v < 0 || v > 1000000)
+		return -1;
+	if (rest)
+		*rest = end + 1;
+	return (int)v;
+}
+
+/* Tensors of st that name a module of f or carry its low-rank names. */
+static size_t family_score(const struct fx_st *st, const struct fx_family *f)
+{
+	char down[64];
+	size_t i, j, n = 0;
+	int kind;
+
+	snprintf(down, sizeof(down), ".%s", f->packed->down);
+	for (i = 0; i < fx_st_count(st); i++) {
+		const char *name = fx_st_at(st, i)->name, *rest;
+
+		if (ends_with(name, down))
+			n++;
+		for (kind = 0; kind < 2; kind++) {
+			if (!f->block_prefix[kind] || block_index(name, f->block_prefix[kind], &rest) < 0)
+				continue;
+			for (j = 0; j < f->file->nmodules[kind]; j++) {
+				size_t l = strlen(f->file->modules[kind][j].name);
+
+				if (!strncmp(rest, f->file->modules[kind][j].name, l) && rest[l] == '.') {
+					n++;
+					break;
+				}
+			}
+		}
+	}
+	return n;
+}
+
+int fx_meta_family(const struct fx_st *st, const struct fx_family **out, struct fx_err *err)
+{
+	const struct fx_family *flux = fx_family_find("flux");
+	const char *model = fx_st_meta(st, "fx.model");
+	size_t i, n, best;
+	int ret = 0;
+
+	*out = flux;
+	if (model) {
+		json_t *j = json_loads(model, 0, NULL), *fam = json_object_get(j, "family");
+
+		if (fam && !json_is_string(fam))
+			ret = fx_error(err, FX_E_FORMAT, "'%s': fx.model's family is not a string",
+				       fx_st_path(st));
+		else if (fam && !(*out = fx_family_find(json_string_value(fam))))
+			ret = fx_error(err, FX_E_FORMAT, "'%s': fx.model names the model family '%s', "
+				       "which this fx does not know (%s)", fx_st_path(st),
+				       json_string_value(fam), fx_family_names());
+		json_decref(j);
+		if (ret < 0)
+			*out = flux;
+		return ret;
+	}
+	best = family_score(st, flux);
+	for (i = 0; fx_families[i]; i++)
+		if (fx_families[i] != flux && (n = family_score(st, fx_families[i])) > best) {
+			best = n;
+			*out = fx_families[i];
+		}
+	return 0;
 }
 
 int fx_meta_facts(const struct fx_st *st, struct fx_meta_facts *f, struct fx_err *err)
 {
+	const struct fx_family *fam;
 	const struct fx_tensor *t;
 	const char *first_down = NULL, *fmt;
+	char down[64];
 	size_t i;
+	int ret;
 
 	memset(f, 0, sizeof(*f));
 	f->rank = -1;
@@ -48,6 +116,10 @@ int fx_meta_facts(const struct fx_st *st, struct fx_meta_facts *f, struct fx_err
 		return fx_error(err, FX_E_FORMAT, "'%s' is an %s file, not a packed checkpoint "
 				"(fx-meta reads fx-pack's output or another tool's Nunchaku checkpoint)",
 				fx_st_path(st), fmt);
+	if ((ret = fx_meta_family(st, &fam, err)) < 0)
+		return ret;
+	f->family = fam;
+	snprintf(down, sizeof(down), ".%s", fam->packed->down);
 	for (i = 0; i < fx_st_count(st); i++) {
 		int b;
 
@@ -56,47 +128,21 @@ int fx_meta_facts(const struct fx_st *st, struct fx_meta_facts *f, struct fx_err
 			snprintf(f->precision, sizeof(f->precision), "fp4");
 		else if (!f->precision[0] && ends_with(t->name, ".qweight") && t->dtype == FX_I8)
 			snprintf(f->precision, sizeof(f->precision), "int4");
-		if (ends_with(t->name, ".lora_down") && t->ndim == 2 &&
+		if (ends_with(t->name, down) && t->ndim == 2 &&
 		    (!first_down || strcmp(t->name, first_down) < 0)) {
 			first_down = t->name;
 			f->rank = (int)t->shape[1];
 		}
-		if ((b = block_index(t->name, "transformer_blocks.")) >= 0 && b + 1 > f->num_double)
-			f->num_double = b + 1;
-		if ((b = block_index(t->name, "single_transformer_blocks.")) >= 0 && b + 1 > f->num_single)
-			f->num_single = b + 1;
+		if ((b = block_index(t->name, fam->block_prefix[0], NULL)) >= 0 && b + 1 > f->c.num_double)
+			f->c.num_double = b + 1;
+		if (fam->block_prefix[1] && (b = block_index(t->name, fam->block_prefix[1], NULL)) >= 0 &&
+		    b + 1 > f->c.num_single)
+			f->c.num_single = b + 1;
 	}
-	if (!(t = fx_st_find(st, "x_embedder.weight")) || t->ndim != 2)
-		return fx_error(err, FX_E_FORMAT, "'%s': tensor 'x_embedder.weight' missing: not a "
-				"Nunchaku FLUX checkpoint", fx_st_path(st));
-	f->hidden = (int)t->shape[0];
-	f->in_channels = (int)t->shape[1];
-	if (!(t = fx_st_find(st, "context_embedder.weight")) || t->ndim != 2)
-		return fx_error(err, FX_E_FORMAT, "'%s': tensor 'context_embedder.weight' missing",
-				fx_st_path(st));
-	f->joint_dim = (int)t->shape[1];
-	if (!(t = fx_st_find(st, "time_text_embed.text_embedder.linear_1.weight")) || t->ndim != 2)
-		return fx_error(err, FX_E_FORMAT,
-				"'%s': tensor 'time_text_embed.text_embedder.linear_1.weight' missing",
-				fx_st_path(st));
-	f->pooled_dim = (int)t->shape[1];
-	f->guidance = fx_st_find(st, "time_text_embed.guidance_embedder.linear_1.weight") != NULL;
+	if ((ret = fam->file->file_config(st, &f->c, err)) < 0)
+		return ret;
+	f->c.family = fam;
 	return 0;
-}
-
-static char *config_from_facts(const struct fx_meta_facts *f)
-{
-	char *s = NULL;
-
-	if (asprintf(&s, "{\"_class_name\": \"FluxTransformer2DModel\", \"attention_head_dim\": 128, "
-		     "\"axes_dims_rope\": [16, 56, 56], \"guidance_embeds\": %s, \"in_channels\": %d, "
-		     "\"joint_attention_dim\": %d, \"num_attention_heads\": %d, \"num_layers\": %d, "
-		     "\"num_single_layers\": %d, \"out_channels\": null, \"patch_size\": 1, "
-		     "\"pooled_projection_dim\": %d}",
-		     f->guidance ? "true" : "false", f->in_channels, f->joint_dim, f->hidden / 128,
-		     f->num_double, f->num_single, f->pooled_dim) < 0)
-		return NULL;
-	return s;
 }
 
 static char *quant_config(const char *precision, int rank)
@@ -123,6 +169,7 @@ static int jint(json_t *o, const char *k, int dflt)
 	return json_is_integer(v) ? (int)json_integer_value(v) : dflt;
 }
 
+/* ComfyUI-nunchaku's FLUX config (families with comfy_config). */
 static char *comfy_config(json_t *cfg)
 {
 	char *s = NULL;
@@ -147,37 +194,44 @@ static char *comfy_config(json_t *cfg)
 	return s;
 }
 
-/* What the tensors fix in config (diffusers names) and in comfy_config's
- * model_config (ComfyUI names, latent channels before 2x2 patching). Each
- * disagreement becomes a finding when a is given; returns how many. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+/* What the tensors fix in config (the family's config keys, the hidden
+ * size, the guidance embedder) and, for families that name it, its
+ * _class_name. Each disagreement becomes a finding when a is given (an
+ * error where the loader builds the model from config, else a warning);
+ * returns how many. */
 static int config_disagrees(json_t *c, const struct fx_meta_facts *f, struct fx_audit *a)
 {
-	const struct { const char *key, *fmt; int want; } k[] = {
-		{ "num_layers", "config num_layers %d, file has %d double blocks", f->num_double },
-		{ "num_single_layers", "config num_single_layers %d, file has %d single blocks",
-		  f->num_single },
-		{ "in_channels", "config in_channels %d, x_embedder takes %d", f->in_channels },
-		{ "joint_attention_dim", "config joint_attention_dim %d, context_embedder takes %d",
-		  f->joint_dim },
-		{ "pooled_projection_dim", "config pooled_projection_dim %d, text_embedder takes %d",
-		  f->pooled_dim },
-	};
+	const struct fx_family *fam = f->family;
+	const struct fx_family_file *ff = fam->file;
+	enum fx_severity sev = ff->config_builds ? FX_SEV_ERROR : FX_SEV_WARN;
 	int bad = 0, hidden = jint(c, "num_attention_heads", -1) * jint(c, "attention_head_dim", -1);
+	const char *cls = json_string_value(json_object_get(c, "_class_name"));
+	size_t i;
 
-	for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
-		if (jint(c, k[i].key, -1) != k[i].want && ++bad && a)
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", "config", k[i].fmt,
-				     jint(c, k[i].key, -1), k[i].want);
-	if (hidden != f->hidden && ++bad && a)
+	if (ff->config_class && (!cls || strcmp(cls, fam->diffusers_class)) && ++bad && a)
 		fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
+			     "config _class_name is '%s', expected '%s'", cls ? cls : "(none)",
+			     fam->diffusers_class);
+	for (i = 0; i < ff->nconfig_keys; i++) {
+		const struct fx_family_config_key *k = &ff->config_keys[i];
+		int want = *(const int *)(const void *)((const char *)&f->c + k->field);
+
+		if (jint(c, k->key, -1) != want && ++bad && a)
+			fx_audit_add(a, sev, "metadata", "config", k->fmt, jint(c, k->key, -1), want);
+	}
+	if (hidden != f->c.hidden && ++bad && a)
+		fx_audit_add(a, sev, "metadata", "config",
 			     "config num_attention_heads x attention_head_dim is %d, the hidden size "
-			     "is %d", hidden, f->hidden);
-	if (json_is_true(json_object_get(c, "guidance_embeds")) != f->guidance && ++bad && a)
-		fx_audit_add(a, FX_SEV_ERROR, "metadata", "config",
+			     "is %d", hidden, f->c.hidden);
+	if (json_is_true(json_object_get(c, "guidance_embeds")) != f->c.guidance && ++bad && a)
+		fx_audit_add(a, sev, "metadata", "config",
 			     "config guidance_embeds is %s but the guidance embedder is %s",
-			     f->guidance ? "false" : "true", f->guidance ? "present" : "absent");
+			     f->c.guidance ? "false" : "true", f->c.guidance ? "present" : "absent");
 	return bad;
 }
+#pragma GCC diagnostic pop
 
 static bool config_agrees(json_t *c, const struct fx_meta_facts *f)
 {
@@ -188,14 +242,14 @@ static void comfy_audit(json_t *cc, const struct fx_meta_facts *f, struct fx_aud
 {
 	json_t *mc = json_object_get(cc, "model_config");
 	const char *cls = json_string_value(json_object_get(cc, "model_class"));
-	const char *want = f->guidance ? "Flux" : "FluxSchnell";
+	const char *want = f->c.guidance ? "Flux" : "FluxSchnell";
 	const struct { const char *key; int want; } k[] = {
-		{ "depth", f->num_double },
-		{ "depth_single_blocks", f->num_single },
-		{ "hidden_size", f->hidden },
-		{ "in_channels", f->in_channels / 4 },
-		{ "context_in_dim", f->joint_dim },
-		{ "vec_in_dim", f->pooled_dim },
+		{ "depth", f->c.num_double },
+		{ "depth_single_blocks", f->c.num_single },
+		{ "hidden_size", f->c.hidden },
+		{ "in_channels", f->c.in_channels / 4 },
+		{ "context_in_dim", f->c.joint_dim },
+		{ "vec_in_dim", f->c.pooled_dim },
 	};
 
 	if (!cls || strcmp(cls, want))
@@ -211,15 +265,16 @@ static void comfy_audit(json_t *cc, const struct fx_meta_facts *f, struct fx_aud
 			fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
 				     "comfy_config model_config.%s is %d, the tensors give %d", k[i].key,
 				     jint(mc, k[i].key, -1), k[i].want);
-	if (json_is_true(json_object_get(mc, "guidance_embed")) != f->guidance)
+	if (json_is_true(json_object_get(mc, "guidance_embed")) != f->c.guidance)
 		fx_audit_add(a, FX_SEV_ERROR, "metadata", "comfy_config",
 			     "comfy_config model_config.guidance_embed disagrees with the guidance "
-			     "embedder (%s)", f->guidance ? "present" : "absent");
+			     "embedder (%s)", f->c.guidance ? "present" : "absent");
 }
 
 int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *vals[FX_META_COUNT],
 		    struct fx_err *err)
 {
+	const struct fx_family *fam;
 	struct fx_meta_facts f;
 	const char *prec, *have;
 	json_t *cfg = NULL;
@@ -229,6 +284,10 @@ int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *
 	ret = fx_meta_facts(st, &f, err);
 	if (ret < 0)
 		return ret;
+	fam = f.family;
+	if (o && o->family && o->family != fam)
+		return fx_error(err, FX_E_FORMAT, "'%s' is a %s checkpoint, the model given is %s",
+				fx_st_path(st), fam->title, o->family->title);
 	prec = o && o->precision ? o->precision : f.precision;
 	if (!prec[0])
 		return fx_error(err, FX_E_FORMAT, "'%s': no 4-bit modules found; cannot tell fp4 from int4 "
@@ -240,7 +299,10 @@ int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *
 		   json_is_object(cfg) && config_agrees(cfg, &f)) {
 		vals[FX_META_CONFIG] = strdup(have);
 	} else {
-		vals[FX_META_CONFIG] = config_from_facts(&f);
+		ret = fam->file->meta_config ? fam->file->meta_config(&f.c, &vals[FX_META_CONFIG], err)
+					     : fam->config_to_json(&f.c, &vals[FX_META_CONFIG], err);
+		if (ret < 0)
+			goto fail;
 	}
 	json_decref(cfg);
 	cfg = vals[FX_META_CONFIG] ? json_loads(vals[FX_META_CONFIG], 0, NULL) : NULL;
@@ -248,17 +310,20 @@ int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *
 		ret = fx_error(err, FX_E_FORMAT, "'%s': model config is not a JSON object", fx_st_path(st));
 		goto fail;
 	}
-	vals[FX_META_COMFY] = comfy_config(cfg);
-	vals[FX_META_MODEL_CLASS] = strdup(MODEL_CLASS);
+	if (fam->comfy_config)
+		vals[FX_META_COMFY] = comfy_config(cfg);
+	vals[FX_META_MODEL_CLASS] = strdup(fam->model_class);
 	vals[FX_META_QUANT] = quant_config(prec, rank);
 	json_decref(cfg);
+	cfg = NULL;
 	for (i = 0; i < FX_META_COUNT; i++)
-		if (!vals[i]) {
+		if (!vals[i] && (i != FX_META_COMFY || fam->comfy_config)) {
 			ret = fx_error(err, FX_E_NOMEM, "out of memory");
 			goto fail;
 		}
 	return 0;
 fail:
+	json_decref(cfg);
 	for (i = 0; i < FX_META_COUNT; i++) {
 		free(vals[i]);
 		vals[i] = NULL;
@@ -268,24 +333,40 @@ fail:
 
 void fx_meta_audit(const struct fx_st *st, struct fx_audit *a)
 {
+	const struct fx_family *fam;
 	struct fx_meta_facts f;
 	struct fx_err err = {0};
 	json_t *v[FX_META_COUNT] = {0};
 	int i;
 
+	if (fx_meta_family(st, &fam, &err) < 0) {
+		fx_audit_add(a, FX_SEV_ERROR, "metadata", "fx.model", "%s", err.msg);
+		return;
+	}
 	for (i = 0; i < FX_META_COUNT; i++) {
 		const char *s = fx_st_meta(st, fx_meta_keys[i]);
+		/* model_class: not every family's loaders read it */
+		enum fx_severity sev = i != FX_META_MODEL_CLASS || fam->file->model_class_required
+				       ? FX_SEV_ERROR : FX_SEV_WARN;
 
+		if (i == FX_META_COMFY && !fam->comfy_config)
+			continue;   /* not read by this family's loaders */
 		if (!s) {
-			fx_audit_add(a, FX_SEV_ERROR, "metadata", fx_meta_keys[i],
-				     "metadata '%s' missing: loaders fail (run fx-meta to repair)",
-				     fx_meta_keys[i]);
+			if (sev == FX_SEV_ERROR)
+				fx_audit_add(a, sev, "metadata", fx_meta_keys[i],
+					     "metadata '%s' missing: loaders fail (run fx-meta to repair)",
+					     fx_meta_keys[i]);
+			else
+				fx_audit_add(a, sev, "metadata", fx_meta_keys[i],
+					     "metadata '%s' missing: the %s loaders do not read it, but "
+					     "fx-meta and Nunchaku's merge tool write it (run fx-meta)",
+					     fx_meta_keys[i], fam->title);
 			continue;
 		}
 		if (i == FX_META_MODEL_CLASS) {
-			if (strcmp(s, MODEL_CLASS) != 0)
-				fx_audit_add(a, FX_SEV_ERROR, "metadata", "model_class",
-					     "model_class is '%s', expected '%s'", s, MODEL_CLASS);
+			if (strcmp(s, fam->model_class) != 0)
+				fx_audit_add(a, sev, "metadata", "model_class",
+					     "model_class is '%s', expected '%s'", s, fam->model_class);
 			continue;
 		}
 		v[i] = json_loads(s, 0, NULL);
@@ -315,6 +396,7 @@ void fx_meta_audit(const struct fx_st *st, struct fx_audit *a)
 		const char *dt = json_string_value(json_object_get(w, "dtype"));
 		int gs = jint(w, "group_size", -1), rank = jint(v[FX_META_QUANT], "rank", -1);
 		const char *want = !strcmp(f.precision, "fp4") ? "fp4_e2m1_all" : "int4";
+		const char *down = fam->packed->down;
 
 		if (f.precision[0] && (!dt || strcmp(dt, want)))
 			fx_audit_add(a, FX_SEV_ERROR, "metadata", "quantization_config",
@@ -326,7 +408,8 @@ void fx_meta_audit(const struct fx_st *st, struct fx_audit *a)
 				     !strcmp(f.precision, "fp4") ? 16 : 64);
 		if (f.rank >= 0 && rank != f.rank)
 			fx_audit_add(a, FX_SEV_ERROR, "metadata", "quantization_config",
-				     "rank is %d but lora tensors have rank %d", rank, f.rank);
+				     "rank is %d but %s tensors have rank %d", rank,
+				     strncmp(down, "lora_", 5) ? down : "lora", f.rank);
 	}
 	if (v[FX_META_CONFIG])
 		config_disagrees(v[FX_META_CONFIG], &f, a);

@@ -4,27 +4,36 @@
 
 #include "fx-err.h"
 #include "fx-audit.h"
+#include "fx-model.h"
 #include "fx-st.h"
 
 enum { FX_META_CONFIG, FX_META_COMFY, FX_META_MODEL_CLASS, FX_META_QUANT, FX_META_COUNT };
 extern const char *const fx_meta_keys[FX_META_COUNT];
 
 struct fx_meta_opts {
-	const char *config_json;   /* diffusers config; NULL: keep a valid one or infer */
+	const char *config_json;   /* the model's config.json; NULL: keep a valid one or infer */
 	const char *precision;     /* "fp4" | "int4" | NULL: from the tensors */
 	int rank;                  /* < 0: from the tensors */
+	const struct fx_family *family;   /* the model's, when given: must be the file's */
 };
 
 /* Facts read off the tensors of a checkpoint. */
 struct fx_meta_facts {
+	const struct fx_family *family;
 	char precision[8];         /* "fp4", "int4" or "" */
-	int rank;                  /* -1 when no lora_down */
-	int hidden, in_channels, joint_dim, pooled_dim, num_double, num_single;
-	bool guidance;
+	int rank;                  /* -1 when no low-rank down tensor */
+	/* widths and channels (the family's file_config), block counts */
+	struct fx_model_config c;
 };
 
+/* The family of a packed file: fx.model's "family" (absent: FLUX, the
+ * default), else, for a file another tool wrote, the family whose module
+ * names its blocks hold (FLUX when none). FX_E_FORMAT for a family this fx
+ * does not know. */
+int fx_meta_family(const struct fx_st *st, const struct fx_family **out, struct fx_err *err);
 int fx_meta_facts(const struct fx_st *st, struct fx_meta_facts *f, struct fx_err *err);
-/* The four values (malloc'ed strings in vals[FX_META_*]). */
+/* The values the file's family writes (malloc'ed strings in vals[FX_META_*];
+ * NULL for a key it does not write: comfy_config of a family without). */
 int fx_meta_compute(const struct fx_st *st, const struct fx_meta_opts *o, char *vals[FX_META_COUNT],
 		    struct fx_err *err);
 /* Findings about missing, invalid or inconsistent metadata. */
