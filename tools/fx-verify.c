@@ -13,7 +13,7 @@
 enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_BRANCH, OPT_STRICT };
 
 static const struct fx_opt opts[] = {
-	{ "model", 0, FX_OPT_REQ, "M", "source model, for provenance and numerics", OPT_MODEL },
+	{ "model", 0, FX_OPT_REQ, "M", "source model, for provenance, completeness and numerics", OPT_MODEL },
 	FX_TOOL_LORA_OPTS(OPT_LORA),
 	{ "calib", 0, FX_OPT_REQ, "C", "fx.calib file, for provenance and output error", OPT_CALIB },
 	{ "branch", 0, FX_OPT_REQ, "B", "fx.branch file, for provenance", OPT_BRANCH },
@@ -74,7 +74,7 @@ int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
 		.synopsis = "fx-verify [options] FILE...",
-		.summary = "Audit fx intermediates, Nunchaku checkpoints and FLUX models.",
+		.summary = "Audit fx intermediates, Nunchaku checkpoints and source models (FLUX.1, Qwen-Image).",
 		.opts = opts,
 		.common = FX_CLI_JSON,
 	};

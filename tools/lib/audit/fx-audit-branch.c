@@ -7,37 +7,16 @@
 #include <string.h>
 
 #include "fx-cli.h"
+#include "fx-family.h"
 #include "fx-file.h"
+#include "fx-meta.h"
 
-enum dim { D1, D3, DF };   /* hidden, 3·hidden, mlp_hidden */
-
-struct bgroup {
-	const char *name;
-	enum dim n, k;
-	int nmembers;
-};
-
-static const struct bgroup double_groups[] = {
-	{ "qkv_proj", D3, D1, 3 }, { "qkv_proj_context", D3, D1, 3 },
-	{ "out_proj", D1, D1, 1 }, { "out_proj_context", D1, D1, 1 },
-	{ "mlp_fc1", DF, D1, 1 }, { "mlp_fc2", D1, DF, 1 },
-	{ "mlp_context_fc1", DF, D1, 1 }, { "mlp_context_fc2", D1, DF, 1 },
-};
-static const struct bgroup single_groups[] = {
-	{ "qkv_proj", D3, D1, 3 }, { "mlp_fc1", DF, D1, 1 },
-	{ "mlp_fc2", D1, DF, 1 }, { "out_proj", D1, D1, 1 },
-};
 static const char *const roles[] = { "smooth", "down", "up", "splits", "stats" };
 
 struct dims {
 	int64_t d, f;
-	int num_double, num_single;
+	int nblocks[2];
 };
-
-static int64_t dim_of(const struct dims *d, enum dim e)
-{
-	return e == D1 ? d->d : e == D3 ? 3 * d->d : d->f;
-}
 
 static int json_int(json_t *o, const char *key, int dflt)
 {
@@ -93,9 +72,10 @@ struct tally {
 };
 
 static void check_group(struct fx_audit *a, const struct fx_st *st, const char *prefix, bool single,
-			int blk, const struct bgroup *bg, const struct dims *d, struct tally *ty)
+			int blk, const struct fx_family_module *bg, const struct dims *d,
+			struct tally *ty)
 {
-	int64_t N = dim_of(d, bg->n), K = dim_of(d, bg->k);
+	int64_t N = bg->nd * d->d + bg->nf * d->f, K = bg->kd * d->d + bg->kf * d->f;
 	const struct fx_tensor *t[FX_ARRAY_SIZE(roles)];
 	char name[200], w[96], missing[128] = "", sa[48], sb[48], ix[48];
 	int64_t want[FX_ARRAY_SIZE(roles)][2], at;
@@ -125,7 +105,7 @@ static void check_group(struct fx_audit *a, const struct fx_st *st, const char *
 	want[0][0] = K;
 	want[1][0] = r; want[1][1] = K;
 	want[2][0] = N; want[2][1] = r;
-	want[3][0] = bg->nmembers + 1;
+	want[3][0] = bg->members + 1;
 	want[4][0] = FX_BRANCH_STAT_COUNT;
 	for (i = 0; i < FX_ARRAY_SIZE(roles); i++) {
 		if (t[i]->dtype == dt[i] && t[i]->ndim == ndim[i] && t[i]->shape[0] == want[i][0] &&
@@ -153,10 +133,10 @@ static void check_group(struct fx_audit *a, const struct fx_st *st, const char *
 	if (t[3]) {
 		const int64_t *s = t[3]->data;
 
-		for (i = 0; i < (size_t)bg->nmembers; i++)
+		for (i = 0; i < (size_t)bg->members; i++)
 			if (s[i + 1] <= s[i])
 				break;
-		if (s[0] != 0 || i < (size_t)bg->nmembers || s[bg->nmembers] != N) {
+		if (s[0] != 0 || i < (size_t)bg->members || s[bg->members] != N) {
 			fx_audit_add(a, FX_SEV_ERROR, "values", t[3]->name,
 				     "member splits are not increasing from 0 to %lld", (long long)N);
 			ok = false;
@@ -187,39 +167,43 @@ static void check_group(struct fx_audit *a, const struct fx_st *st, const char *
 	}
 }
 
-/* Is name one of the tensors this file should hold? */
-static bool expected(const char *name, const struct dims *d, int first, int last)
+/* Is name one of the tensors this file should hold (a role of a W4A4
+ * module of the family in blocks first..last, double then single)? */
+static bool expected(const struct fx_family *fam, const char *name, const struct dims *d, int first,
+		     int last)
 {
-	const char *p = name, *dot;
-	const struct bgroup *gs;
-	bool single;
-	size_t ng, i, j;
+	const struct fx_family_file *ff = fam->file;
+	const char *p = NULL, *dot;
+	size_t pl, i, j;
 	char *end;
 	long blk;
-	int gb;
+	int kind, gb;
 
-	if (!strncmp(p, "transformer_blocks.", 19)) {
-		p += 19;
-		single = false;
-	} else if (!strncmp(p, "single_transformer_blocks.", 26)) {
-		p += 26;
-		single = true;
-	} else {
-		return false;
+	for (kind = 0; kind < 2; kind++) {
+		if (!fam->block_prefix[kind])
+			continue;
+		pl = strlen(fam->block_prefix[kind]);
+		if (!strncmp(name, fam->block_prefix[kind], pl) && name[pl] == '.') {
+			p = name + pl + 1;
+			break;
+		}
 	}
-	blk = strtol(p, &end, 10);
-	if (end == p || *end != '.' || blk < 0 || blk >= (single ? d->num_single : d->num_double))
+	if (!p)
 		return false;
-	gb = single ? d->num_double + (int)blk : (int)blk;
+	blk = strtol(p, &end, 10);
+	if (end == p || *end != '.' || blk < 0 || blk >= d->nblocks[kind])
+		return false;
+	gb = kind ? d->nblocks[0] + (int)blk : (int)blk;
 	if (gb < first || gb > last)
 		return false;
 	p = end + 1;
 	if (!(dot = strrchr(p, '.')))
 		return false;
-	gs = single ? single_groups : double_groups;
-	ng = single ? FX_ARRAY_SIZE(single_groups) : FX_ARRAY_SIZE(double_groups);
-	for (i = 0; i < ng; i++) {
-		if (strlen(gs[i].name) != (size_t)(dot - p) || strncmp(p, gs[i].name, (size_t)(dot - p)))
+	for (i = 0; i < ff->nmodules[kind]; i++) {
+		const struct fx_family_module *m = &ff->modules[kind][i];
+
+		if (m->adaln || strlen(m->name) != (size_t)(dot - p) ||
+		    strncmp(p, m->name, (size_t)(dot - p)))
 			continue;
 		for (j = 0; j < FX_ARRAY_SIZE(roles); j++)
 			if (!strcmp(dot + 1, roles[j]))
@@ -234,10 +218,12 @@ void fx_audit_branch(struct fx_audit *a, const struct fx_st *st)
 	json_t *jm = model ? json_loads(model, 0, NULL) : NULL;
 	json_t *jp = params ? json_loads(params, 0, NULL) : NULL;
 	struct tally ty = { .rank = -1 };
+	const struct fx_family *fam;
+	struct fx_err err = {0};
 	struct dims d;
 	const char *blocks;
 	char prefix[64];
-	int first, last, b;
+	int first, last, b, nd, ns;
 	size_t i, nextra = 0;
 
 	if (!json_is_object(jm)) {
@@ -245,17 +231,23 @@ void fx_audit_branch(struct fx_audit *a, const struct fx_st *st)
 			     "cannot tell which layers to expect");
 		goto out;
 	}
+	if (fx_meta_family(st, &fam, &err) < 0) {
+		fx_audit_add(a, FX_SEV_ERROR, "header", "fx.model", "%s", err.msg);
+		goto out;
+	}
 	d.d = json_int(jm, "hidden", 0);
 	d.f = json_int(jm, "mlp_hidden", (int)(4 * d.d));
-	d.num_double = json_int(jm, "num_double", -1);
-	d.num_single = json_int(jm, "num_single", -1);
-	if (d.d <= 0 || d.f <= 0 || d.num_double < 0 || d.num_single < 0) {
+	nd = json_int(jm, "num_double", -1);
+	ns = json_int(jm, "num_single", -1);
+	if (d.d <= 0 || d.f <= 0 || nd < 0 || ns < 0) {
 		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.model '%s' lacks hidden, mlp_hidden, "
 			     "num_double or num_single", model);
 		goto out;
 	}
+	d.nblocks[0] = nd;
+	d.nblocks[1] = fam->block_prefix[1] ? ns : 0;
 	first = 0;
-	last = d.num_double + d.num_single - 1;
+	last = d.nblocks[0] + d.nblocks[1] - 1;
 	blocks = json_is_object(jp) ? json_string_value(json_object_get(jp, "blocks")) : NULL;
 	if (blocks && (!fx_parse_range(blocks, &first, &last) || first > last || first < 0)) {
 		fx_audit_add(a, FX_SEV_ERROR, "header", "", "fx.params blocks '%s' is not a range A-B",
@@ -264,21 +256,19 @@ void fx_audit_branch(struct fx_audit *a, const struct fx_st *st)
 	}
 	if (json_is_object(jp))
 		ty.rank = json_int(jp, "rank", -1);
-	for (b = first; b <= last && b < d.num_double + d.num_single; b++) {
-		bool single = b >= d.num_double;
-		int bi = single ? b - d.num_double : b;
-		const struct bgroup *gs = single ? single_groups : double_groups;
-		size_t ng = single ? FX_ARRAY_SIZE(single_groups) : FX_ARRAY_SIZE(double_groups);
+	for (b = first; b <= last && b < d.nblocks[0] + d.nblocks[1]; b++) {
+		int kind = b >= d.nblocks[0];
+		int bi = kind ? b - d.nblocks[0] : b;
 
-		snprintf(prefix, sizeof(prefix), "%s.%d",
-			 single ? "single_transformer_blocks" : "transformer_blocks", bi);
-		for (i = 0; i < ng; i++)
-			check_group(a, st, prefix, single, bi, &gs[i], &d, &ty);
+		snprintf(prefix, sizeof(prefix), "%s.%d", fam->block_prefix[kind], bi);
+		for (i = 0; i < fam->file->nmodules[kind]; i++)
+			if (!fam->file->modules[kind][i].adaln)
+				check_group(a, st, prefix, kind, bi, &fam->file->modules[kind][i], &d, &ty);
 	}
 	for (i = 0; i < fx_st_count(st); i++) {
 		const char *n = fx_st_at(st, i)->name;
 
-		if (expected(n, &d, first, last))
+		if (expected(fam, n, &d, first, last))
 			continue;
 		if (nextra++ < 8)
 			fx_audit_add(a, FX_SEV_ERROR, "unexpected", n, "is not a tensor of a fused group "

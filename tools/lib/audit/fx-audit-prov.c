@@ -8,9 +8,11 @@
 #include "fx-cli.h"
 #include "fx-quant.h"
 #include "fx-blocks.h"
+#include "fx-family.h"
 #include "fx-file.h"
 #include "fx-lora.h"
 #include "fx-file.h"
+#include "fx-meta.h"
 #include "fx-model.h"
 
 static const char *stage_of(const char *format)
@@ -309,6 +311,7 @@ static int audit_groups(struct fx_audit *a, const struct fx_st *st, const char *
 	const char *prec = json_string_value(json_object_get(params, "precision"));
 	json_t *jrank = json_object_get(params, "rank");
 	const struct fx_model_config *c;
+	const struct fx_family *fam;
 	struct fx_model *m = NULL;
 	struct gtally t = { .rank = -1 };
 	size_t i, nextra = 0;
@@ -318,6 +321,13 @@ static int audit_groups(struct fx_audit *a, const struct fx_st *st, const char *
 	if ((ret = fx_model_open(&m, model, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
+	/* the file's family (fx.model) against the model's */
+	if (fx_meta_family(st, &fam, NULL) == 0 && fam != c->family) {
+		fx_audit_add(a, FX_SEV_ERROR, "family", "", "the %s file was made for a %s model, '%s' "
+			     "is %s: rerun %s with this model", fmt, fam->title, model,
+			     c->family->title, stage_of(fmt));
+		goto out;
+	}
 	first = 0;
 	last = fx_num_blocks(c) - 1;
 	if (blocks && (!fx_parse_range(blocks, &first, &last) || first < 0 || first > last)) {

@@ -13,6 +13,7 @@
 #include "fx-audit-model.h"
 #include "fx-audit-packed.h"
 #include "fx-audit-prov.h"
+#include "fx-family.h"
 #include "fx-file.h"
 #include "fx-lora.h"
 #include "fx-model.h"
@@ -254,16 +255,39 @@ static int audit_model(struct fx_audit *a, const char *path, const struct fx_aud
 		fx_model_close(m);
 		return ret;
 	}
-	if (asprintf(&a->model_summary,
+	/* FLUX, the default family, as before families; the others by title */
+	if (!strcmp(c->family->name, "flux") ?
+	    asprintf(&a->model_summary,
 		     "FLUX.1 %s, %s layout, hidden %d (%d heads), %d double + %d single blocks, "
 		     "in_channels %d, text %d, pooled %d, %zu fused groups",
 		     c->guidance ? "dev" : "schnell",
 		     fx_model_layout(m) == FX_LAYOUT_BFL ? "BFL" : "diffusers",
 		     c->hidden, c->heads, c->num_double, c->num_single, c->in_channels,
-		     c->joint_dim, c->pooled_dim, fx_model_ngroups(m)) < 0)
+		     c->joint_dim, c->pooled_dim, fx_model_ngroups(m)) < 0 :
+	    asprintf(&a->model_summary,
+		     "%s, %s layout, hidden %d (%d heads), %d blocks, in_channels %d, text %d, "
+		     "%zu fused groups", c->family->title,
+		     fx_model_layout(m) == FX_LAYOUT_BFL ? "BFL" : "diffusers",
+		     c->hidden, c->heads, c->num_double + c->num_single, c->in_channels, c->joint_dim,
+		     fx_model_ngroups(m)) < 0)
 		a->model_summary = NULL;
 	fx_model_close(m);
 	return 0;
+}
+
+/* A packed checkpoint: what it holds (against the model given, when there
+ * is one), then its numerics against that model. */
+static int audit_packed(struct fx_audit *a, const struct fx_st *st, const struct fx_audit_opts *o,
+			struct fx_err *err)
+{
+	struct fx_model *m = NULL;
+	int ret;
+
+	if (o && o->model && (ret = fx_model_open_loras(&m, o->model, o->loras, err)) < 0)
+		return ret;
+	fx_audit_packed(a, st, m);
+	fx_model_close(m);
+	return fx_audit_numerics(a, st, o, err);
 }
 
 static bool is_dir(const char *p)
@@ -338,8 +362,7 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 		    (ret = fx_audit_prov(a, st, o, err)) < 0)
 			goto fail;
 		if (fx_audit_is_packed(st)) {
-			fx_audit_packed(a, st);
-			if ((ret = fx_audit_numerics(a, st, o, err)) < 0)
+			if ((ret = audit_packed(a, st, o, err)) < 0)
 				goto fail;
 		}
 		else if (!strcmp(fx_st_meta(st, "fx.format"), FX_FMT_BRANCH))
@@ -347,8 +370,7 @@ int fx_audit_path(struct fx_audit *a, const char *path, const struct fx_audit_op
 	} else if (fx_audit_is_packed(st)) {
 		snprintf(a->kind, sizeof(a->kind), "nunchaku");
 		audit_loras(a, st);
-		fx_audit_packed(a, st);
-		if ((ret = fx_audit_numerics(a, st, o, err)) < 0)
+		if ((ret = audit_packed(a, st, o, err)) < 0)
 			goto fail;
 	} else {
 		snprintf(a->kind, sizeof(a->kind), "safetensors");
