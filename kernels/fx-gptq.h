@@ -1,16 +1,24 @@
 /* GPTQ on a quantized residual: codes chosen column by column against the
  * layer's input Hessian H = XᵀX, each column's rounding error fed back to
- * the columns not yet quantized through the Cholesky factor of H⁻¹.
+ * the columns not yet quantized (through the Cholesky factor of H, which
+ * is the same update as through that of H⁻¹; kernels/cpu/gptq.c).
  *
  * Group scales are fixed before the sweep (the caller's RTN pass picks
  * them from the residual's absmax); GPTQ only chooses codes. Columns that
  * were never active (H_ii = 0) get H_ii = 1 and a zero weight; columns are
  * visited in order of decreasing H_ii; damping adds damp·mean(diag H) to
  * the diagonal, multiplied by 10 on a failed Cholesky (up to 6 times);
- * the error of a block of `block` columns reaches the rest in one pass.
+ * the error of a block of `block` columns reaches the rest in one product.
  *
- * Every row is computed on its own in a fixed order, so the codes do not
- * depend on the thread count or on how the caller splits the rows. */
+ * Precision: H is factored in f32 after dividing it by mean(diag H) (the
+ * sweep was always f32); tests/unit/test-gptq.c holds the codes against an
+ * f64 numpy reference and an f64 sweep on an ill-conditioned H.
+ *
+ * Determinism: rows are swept in panels of FX_GPTQ_PANEL consecutive rows
+ * of a call (a short last one padded), every product cut from the shapes
+ * alone: the codes do not depend on the thread count, and calls that split
+ * the rows at multiples of FX_GPTQ_PANEL give the bytes of one call. They
+ * depend on the OpenBLAS kernel (its sgemm sums in its own order). */
 #ifndef FX_GPTQ_H
 #define FX_GPTQ_H
 
@@ -19,6 +27,7 @@
 
 #define FX_GPTQ_DAMP 0.01
 #define FX_GPTQ_BLOCK 128
+#define FX_GPTQ_PANEL 128   /* rows swept together */
 
 struct fx_gptq;
 
