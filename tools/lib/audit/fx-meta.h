@@ -1,4 +1,6 @@
-/* Loader metadata of a Nunchaku checkpoint (spec §5): compute, check, write. */
+/* Loader metadata of a Nunchaku checkpoint (spec §5): compute, check, write.
+ * Beside the audit, which checks it with the rest of a file (and whose
+ * findings its own checks add to). */
 #ifndef FX_META_H
 #define FX_META_H
 
