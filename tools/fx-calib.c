@@ -12,7 +12,7 @@
 #include "fx-tool.h"
 
 enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_COND, OPT_PROMPTS, OPT_STEPS, OPT_RES, OPT_GUIDANCE, OPT_SEED,
-       OPT_SAMPLES, OPT_HESSIAN, OPT_BLOCKS, OPT_GEMM };
+       OPT_SAMPLES, OPT_HESSIAN, OPT_HESSIAN_MEM, OPT_BLOCKS, OPT_GEMM };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -25,15 +25,45 @@ static const struct fx_opt opts[] = {
 	{ "seed", 0, FX_OPT_REQ, "N", "noise seed of prompt p is N+p; also seeds the row sampling (default 0)", OPT_SEED },
 	{ "samples", 0, FX_OPT_REQ, "M", "activation rows kept per layer (default 512)", OPT_SAMPLES },
 	{ "hessian", 0, FX_OPT_NONE, NULL, "also record XᵀX per layer", OPT_HESSIAN },
+	{ "hessian-mem", 0, FX_OPT_REQ, "SIZE", "with --hessian: statistics memory per sampling pass (default 4G)", OPT_HESSIAN_MEM },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
 	{ "gemm", 0, FX_OPT_REQ, "bf16|f32", "block linears on a GPU: BF16 GEMMs (default) or f32 as on the CPU", OPT_GEMM },
 	{ 0 }
 };
 
+/* SIZE: bytes, or a count with K, M, G or T (powers of 1024; KiB.. too). */
+static bool parse_size(const char *s, uint64_t *out)
+{
+	static const char units[] = "KMGT";
+	const char *u;
+	uint64_t v = 0;
+	int shift = 0;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	if (*s && (u = strchr(units, *s)) != NULL) {
+		shift = 10 * (int)(u - units + 1);
+		s++;
+		if (s[0] == 'i' && s[1] == 'B')
+			s += 2;
+	} else if (*s == 'B') {
+		s++;
+	}
+	if (*s || v == 0 || v > UINT64_MAX >> shift)
+		return false;
+	*out = v << shift;
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-calib --model M --cond C [--prompts P] [--steps S] [--res WxH] [--guidance G] [--seed N] [--samples M] [--hessian] [--blocks A-B] [--device DEV [--gemm bf16|f32]] -o calib.safetensors",
+		.synopsis = "fx-calib --model M --cond C [--prompts P] [--steps S] [--res WxH] [--guidance G] [--seed N] [--samples M] [--hessian [--hessian-mem SIZE]] [--blocks A-B] [--device DEV [--gemm bf16|f32]] -o calib.safetensors",
 		.summary = "Record per-layer activation statistics of sampling runs (fx.calib).",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
@@ -91,6 +121,11 @@ int main(int argc, char **argv)
 			o.samples = (int)v;
 			break;
 		case OPT_HESSIAN: o.hessian = true; break;
+		case OPT_HESSIAN_MEM:
+			if (!parse_size(arg, &o.hessian_mem))
+				return fx_cli_usage_error(&cli, "--hessian-mem wants a size such as 4G, 512M or "
+							  "1073741824 (bytes), not '%s'", arg);
+			break;
 		case OPT_BLOCKS:
 			if (!fx_parse_range(arg, &o.first_block, &o.last_block))
 				return fx_cli_usage_error(&cli, "--blocks wants A-B or A, not '%s'", arg);

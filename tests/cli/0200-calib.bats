@@ -12,7 +12,7 @@ setup() {
 	cat >"$BATS_TEST_TMPDIR/stread.py" <<'PY'
 import json, struct
 import numpy as np
-DT = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
+DT = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64}
 def load(path):
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
@@ -54,7 +54,7 @@ py() {
 	done
 }
 
-@test "every fused group of every block has absmax (K), samples (M,K) and with --hessian xtx (K,K)" {
+@test "every fused group of every block has absmax (K), samples (M,K) and with --hessian xtx (K,K), xsum (K) and nrows (1)" {
 	have_py_safetensors || skip "python safetensors not installed"
 	c=$BATS_TEST_TMPDIR/calib.safetensors
 	run -0 fx-calib "${ARGS[@]}" --hessian -o "$c"
@@ -78,10 +78,13 @@ for g, k in groups.items():
     assert hdr[g + ".absmax"]["shape"] == [k], g
     m, kk = hdr[g + ".samples"]["shape"]
     assert kk == k and 0 < m <= 48, (g, m, kk)
-    assert hdr[g + ".xtx"]["shape"] == [k, k], g
+    assert hdr[g + ".xtx"]["shape"] == [k, k] and hdr[g + ".xtx"]["dtype"] == "F64", g
+    assert hdr[g + ".xsum"]["shape"] == [k] and hdr[g + ".xsum"]["dtype"] == "F64", g
+    assert hdr[g + ".nrows"]["shape"] == [1] and hdr[g + ".nrows"]["dtype"] == "I64", g
 # image rows: 2 prompts x 2 steps x 64 tokens >= 48 -> a full reservoir
 assert hdr["transformer_blocks.0.qkv_proj.samples"]["shape"][0] == 48
-assert len([k for k in hdr if k != "__metadata__"]) == 3 * len(groups)
+assert len([k for k in hdr if k != "__metadata__"]) == 5 * len(groups)
+assert json.loads(hdr["__metadata__"]["fx.params"])["xtx"] == "F64"
 PY
 	run -0 fx-verify "$c"
 }
@@ -195,9 +198,13 @@ for g in groups:
     ss = (s * s).sum(axis=0)
     # a subset of the rows (BF16, relative error <= 2^-9 each) sums to no more
     assert np.all(ss <= d * (1 + 2**-7) + 1e-37), (g, np.argmax(ss - d))
+    n = t[g + ".nrows"]
+    assert n.shape == (1,) and n[0] >= s.shape[0], g
     if s.shape[0] < cap:   # every row kept (adaLN: one row a forward, 2 prompts x 2 steps)
         full += 1
-        assert s.shape[0] == 4, (g, s.shape)
+        assert s.shape[0] == 4 and n[0] == 4, (g, s.shape, n)
+        # BF16 rows against the f64 column sums of the f32 rows
+        assert np.all(np.abs(t[g + ".xsum"] - s.sum(axis=0)) <= 2**-8 * np.abs(s).sum(axis=0) + 1e-37), g
         assert np.array_equal(bf16(a), mx), g + ": absmax is not the max of the rows"
         sts = s.T @ s
         assert np.all(np.abs(x - sts) <= 2**-7 * (np.abs(s).T @ np.abs(s)) + 1e-37), g
@@ -222,7 +229,9 @@ for g in sorted(k[:-7] for k in t if k.endswith(".absmax")):
     f = g.split(".", 2)[2]
     rows = 384 if g.startswith("single") and f != "norm.linear" else want.get(f, 256)
     assert s.shape[0] == rows, (g, s.shape, rows)
+    assert t[g + ".nrows"][0] == rows, (g, t[g + ".nrows"])
     assert np.array_equal(bf16(a), np.abs(s).max(axis=0)), g
+    assert np.all(np.abs(t[g + ".xsum"] - s.sum(axis=0)) <= 2**-8 * np.abs(s).sum(axis=0) + 1e-37), g
     # BF16 samples against f32 sums of the f32 rows; products of GELU tails underflow f32
     bad = np.abs(x - s.T @ s) > 2**-7 * (np.abs(s).T @ np.abs(s)) + 1e-37
     assert not bad.any(), (g, np.argwhere(bad)[:3])
@@ -328,8 +337,8 @@ for path, prefixes in [(sys.argv[2], ("transformer_blocks.1.", "single_transform
         assert part[k] == full[k], (path, k)
     crc, fcrc = json.loads(h["__metadata__"]["fx.crc32"]), json.loads(fh["__metadata__"]["fx.crc32"])
     assert sorted(crc) == want and all(crc[k] == fcrc[k] for k in want), path
-assert len(raw_tensors(sys.argv[2])[1]) == 3 * (10 + 5)
-assert len(raw_tensors(sys.argv[3])[1]) == 3 * 5
+assert len(raw_tensors(sys.argv[2])[1]) == 5 * (10 + 5)
+assert len(raw_tensors(sys.argv[3])[1]) == 5 * 5
 PY
 	run -2 --separate-stderr fx-calib "${ARGS[@]}" --blocks 4 -o "$BATS_TEST_TMPDIR/x.safetensors"
 	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]

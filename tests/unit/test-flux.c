@@ -632,7 +632,8 @@ static void run_calib(const struct fx_calibrate_opts *o)
 
 /* With one prompt, one step and --samples at least the rows a layer sees,
  * the samples are exactly the layer's input rows (BF16, in order), absmax
- * is max |x| per channel and xtx is XᵀX to f32 rounding. */
+ * is max |x| per channel, xtx is XᵀX and xsum Σx, both summed in f64, and
+ * nrows the row count. */
 static void test_calibrate_exact(void **state)
 {
 	char dir[] = "/tmp/fx-test-calib-XXXXXX", mp[512], cp[512], op[512];
@@ -657,8 +658,10 @@ static void test_calibrate_exact(void **state)
 	collect_rows(&a, m, cp, 1, 1, 64, 3);
 	for (size_t gi = 0; gi < a.n; gi++) {
 		const struct fx_group *g = fx_model_group(m, gi);
-		const struct fx_tensor *am, *sm, *xt;
-		const float *x = a.x[gi], *amv, *xtv;
+		const struct fx_tensor *am, *sm, *xt, *xs, *nr;
+		const float *x = a.x[gi], *amv;
+		const double *xtv, *xsv;
+		int64_t nrv;
 		const uint16_t *smv;
 		int64_t k = g->k, rows = a.rows[gi];
 		char nm[160];
@@ -671,15 +674,24 @@ static void test_calibrate_exact(void **state)
 		sm = fx_st_find(cal, nm);
 		snprintf(nm, sizeof(nm), "%s.xtx", g->name);
 		xt = fx_st_find(cal, nm);
-		assert_true(am && sm && xt);
+		snprintf(nm, sizeof(nm), "%s.xsum", g->name);
+		xs = fx_st_find(cal, nm);
+		snprintf(nm, sizeof(nm), "%s.nrows", g->name);
+		nr = fx_st_find(cal, nm);
+		assert_true(am && sm && xt && xs && nr);
 		assert_int_equal(am->dtype, FX_F32);
 		assert_int_equal(sm->dtype, FX_BF16);
-		assert_int_equal(xt->dtype, FX_F32);
+		assert_int_equal(xt->dtype, FX_F64);
+		assert_int_equal(xs->dtype, FX_F64);
+		assert_int_equal(nr->dtype, FX_I64);
+		memcpy(&nrv, nr->data, 8);
+		assert_int_equal(nrv, rows);
 		assert_int_equal(sm->shape[0], rows);
 		assert_int_equal(sm->shape[1], k);
 		amv = am->data;
 		smv = sm->data;
 		xtv = xt->data;
+		xsv = xs->data;
 		for (int64_t j = 0; j < k; j++) {
 			float mx = 0.0f;
 
@@ -693,6 +705,16 @@ static void test_calibrate_exact(void **state)
 				fail_msg("%s.samples: row %lld channel %lld is 0x%04x, the input's BF16 is 0x%04x",
 					 g->name, (long long)(r / k), (long long)(r % k), smv[r],
 					 fx_f32_to_bf16(x[r]));
+		for (int64_t j = 0; j < k; j++) {
+			double s = 0.0, sa = 0.0;
+
+			for (int64_t r = 0; r < rows; r++) {
+				s += x[r * k + j];
+				sa += fabs(x[r * k + j]);
+			}
+			if (!(fabs(xsv[j] - s) <= 1e-12 * sa))
+				fail_msg("%s.xsum[%lld] = %.17g, Σx = %.17g", g->name, (long long)j, xsv[j], s);
+		}
 		for (int64_t i = 0; i < k; i++)
 			for (int64_t j = 0; j < k; j++) {
 				double s = 0.0, sa = 0.0, e;
@@ -701,17 +723,16 @@ static void test_calibrate_exact(void **state)
 					s += (double)x[r * k + i] * x[r * k + j];
 					sa += fabs((double)x[r * k + i] * x[r * k + j]);
 				}
-				/* f32 rounding of the f64 sum (products of GELU tails
-				 * underflow f32: an absolute FLT_MIN) */
+				/* f64 sums in another order */
 				e = fabs(xtv[i * k + j] - s);
 				if (sa > 1e-30)
 					worst = fmax(worst, e / sa);
-				if (!(e <= 1.2e-7 * sa + FLT_MIN))
+				if (!(e <= 1e-12 * sa))
 					fail_msg("%s.xtx[%lld,%lld] = %.9g, XᵀX = %.9g", g->name, (long long)i,
 						 (long long)j, xtv[i * k + j], s);
 			}
 	}
-	printf("# calib: samples and absmax exact, xtx within %.3g of XᵀX (relative to |X|ᵀ|X|)\n", worst);
+	printf("# calib: samples, absmax and nrows exact, xtx within %.3g of XᵀX (relative to |X|ᵀ|X|)\n", worst);
 	free_rows(&a);
 	fx_st_close(cal);
 	fx_model_close(m);

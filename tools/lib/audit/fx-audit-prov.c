@@ -166,6 +166,7 @@ struct want {
 	int ndim;
 	int64_t shape[2];     /* -1: any */
 	bool optional;
+	bool f32_too;         /* F32 also fits (xtx of fx-calib before F64 sums) */
 };
 
 /* The tensors the stage writes for group g; returns their count. */
@@ -173,11 +174,14 @@ static int wants(struct want *w, const char *fmt, const struct fx_group *g, bool
 {
 	int n = 0;
 
-#define W(r, d, nd, s0, s1, opt) (w[n++] = (struct want){ r, d, nd, { s0, s1 }, opt })
+#define W(r, d, nd, s0, s1, opt) (w[n++] = (struct want){ r, d, nd, { s0, s1 }, opt, false })
 	if (!strcmp(fmt, FX_FMT_CALIB)) {
 		W("absmax", FX_F32, 1, g->k, 0, false);
 		W("samples", FX_BF16, 2, -1, g->k, false);
-		W("xtx", FX_F32, 2, g->k, g->k, true);
+		W("xtx", FX_F64, 2, g->k, g->k, true);
+		w[n - 1].f32_too = true;
+		W("xsum", FX_F64, 1, g->k, 0, true);
+		W("nrows", FX_I64, 1, 1, 0, true);
 	} else if (!strcmp(fmt, FX_FMT_BRANCH)) {
 		W("smooth", FX_F32, 1, g->k, 0, false);
 		W("down", FX_F32, 2, rank, g->k, false);
@@ -204,7 +208,7 @@ static bool fits(const struct fx_tensor *t, const struct want *w)
 {
 	int i;
 
-	if (t->dtype != w->dt || t->ndim != w->ndim)
+	if ((t->dtype != w->dt && !(w->f32_too && t->dtype == FX_F32)) || t->ndim != w->ndim)
 		return false;
 	for (i = 0; i < w->ndim; i++)
 		if (w->shape[i] >= 0 && t->shape[i] != w->shape[i])

@@ -20,15 +20,21 @@
 #include "fx-stage.h"
 #include "fx-st.h"
 
-/* Running statistics of one fused group's input. */
+/* Running statistics of one fused group's input. absmax is taken for every
+ * layer in the first pass (which also counts the rows and checks them for
+ * NaN/Inf); the rest only in the layer's own pass. */
 struct gstat {
 	const struct fx_group *g;
 	int64_t k;
-	float *absmax;          /* (k) */
+	int pass;               /* the sampling pass that records its rows */
+	float *absmax;          /* (k), from pass 0 */
+	float *recheck;         /* (k) absmax again in its own pass when > 0 */
+	uint64_t total;         /* rows offered in pass 0 */
 	uint16_t *rows;         /* (cap, k) BF16 reservoir */
 	int64_t kept;           /* rows in the reservoir */
-	uint64_t seen;          /* rows offered */
-	double *xtx;            /* (k, k) with --hessian */
+	uint64_t seen;          /* rows offered in its own pass */
+	double *xtx;            /* (k, k) with --hessian: upper triangle summed, mirrored at the end */
+	double *xsum;           /* (k) with --hessian: column sums */
 	struct fx_rng rng;
 };
 
@@ -38,6 +44,8 @@ struct cal {
 	size_t n;
 	int64_t cap;
 	bool hessian;
+	int pass;
+	double *xd;             /* (XTX_ROWS, largest k) rows widened to f64 */
 	int step, prompt;
 	float sigma;
 };
@@ -103,6 +111,32 @@ static void xtx_update(double *xtx, const double *xd, int64_t m, int64_t k)
 	fx_ops_blas_restore(blas);
 }
 
+/* Rows widened to f64 per XTX_ROWS, so the scratch stays small whatever
+ * the token count; the split is fixed, so the sums are too. */
+#define XTX_ROWS 256
+
+/* xtx (upper triangle) += xᵀx and xsum += Σ rows over m rows of x, in f64. */
+static void hessian_rows(struct gstat *s, double *xd, const float *x, int64_t m)
+{
+	const int64_t k = s->k;
+
+	for (int64_t r0 = 0; r0 < m; r0 += XTX_ROWS) {
+		int64_t nr = m - r0 < XTX_ROWS ? m - r0 : XTX_ROWS;
+
+		for (int64_t i = 0; i < nr * k; i++)
+			xd[i] = x[r0 * k + i];
+		/* each column summed in row order */
+		for (int64_t r = 0; r < nr; r++) {
+			const double *xr = xd + r * k;
+
+#pragma omp simd
+			for (int64_t j = 0; j < k; j++)
+				s->xsum[j] += xr[j];
+		}
+		xtx_update(s->xtx, xd, nr, k);
+	}
+}
+
 static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t m, struct fx_err *err)
 {
 	struct cal *c = ctx;
@@ -118,14 +152,22 @@ static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t 
 	if (!s)
 		return 0;
 	k = s->k;
-	if (!absmax_rows(s->absmax, x, m, k)) {
-		for (r = 0; r < m * k && isfinite(x[r]); r++)
-			;
-		return fx_error(err, FX_E_VALUE,
-				"non-finite activation %g entering %s (%sblock %d) at step %d of prompt %d, token %lld, channel %lld",
-				x[r], g->fused, g->single ? "single " : "", g->block, c->step, c->prompt,
-				(long long)(r / k), (long long)(r % k));
+	if (c->pass == 0) {
+		if (!absmax_rows(s->absmax, x, m, k)) {
+			for (r = 0; r < m * k && isfinite(x[r]); r++)
+				;
+			return fx_error(err, FX_E_VALUE,
+					"non-finite activation %g entering %s (%sblock %d) at step %d of prompt %d, token %lld, channel %lld",
+					x[r], g->fused, g->single ? "single " : "", g->block, c->step, c->prompt,
+					(long long)(r / k), (long long)(r % k));
+		}
+		s->total += (uint64_t)m;
 	}
+	if (s->pass != c->pass)
+		return 0;
+	/* a later pass must see what the first saw (compared when it ends) */
+	if (c->pass > 0)
+		absmax_rows(s->recheck, x, m, k);
 	/* reservoir: every row seen so far is kept with probability cap/seen */
 	for (r = 0; r < m; r++) {
 		int64_t slot = -1;
@@ -143,17 +185,8 @@ static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t 
 			for (int64_t j = 0; j < k; j++)
 				s->rows[slot * k + j] = fx_f32_to_bf16(x[r * k + j]);
 	}
-	if (s->xtx) {
-		double *xd = malloc((size_t)m * k * sizeof(double));
-
-		if (!xd)
-			return fx_error(err, FX_E_NOMEM, "out of memory for the Hessian of '%s'", g->name);
-		for (r = 0; r < m * k; r++)
-			xd[r] = x[r];
-		/* upper triangle only; mirrored when written */
-		xtx_update(s->xtx, xd, m, k);
-		free(xd);
-	}
+	if (s->xtx)
+		hessian_rows(s, c->xd, x, m);
 	return 0;
 }
 
@@ -189,34 +222,233 @@ static int cond_tensor(const struct fx_st *cs, const char *name, int ndim, const
 	return 0;
 }
 
-/* The statistics stay in memory until the end of sampling (XᵀX in f64
- * dominates: ~110 GiB for all of FLUX.1-dev). calloc would overcommit and
- * the run be killed hours in, so a set that cannot fit is refused now. */
-static int check_memory(const struct fx_model *m, const struct fx_model_config *c, int first,
-			int last, const struct fx_calibrate_opts *o, struct fx_err *err)
+/* Bytes of statistics a layer holds during its own pass: the reservoir,
+ * and with --hessian XᵀX and Σx in f64. */
+static double pass_need(const struct fx_group *g, int64_t cap, bool hessian)
+{
+	double k = (double)g->k;
+
+	return (double)cap * k * 2.0 + k * 4.0 + (hessian ? k * k * 8.0 + k * 8.0 : 0.0);
+}
+
+static const char *size_str(char *buf, size_t cap, double bytes)
+{
+	if (bytes >= 1073741824.0)
+		snprintf(buf, cap, "%.2f GiB", bytes / 1073741824.0);
+	else if (bytes >= 1048576.0)
+		snprintf(buf, cap, "%.1f MiB", bytes / 1048576.0);
+	else
+		snprintf(buf, cap, "%.0f KiB", bytes / 1024.0);
+	return buf;
+}
+
+/* Splits the layers in range into sampling passes, in model order, each
+ * holding at most budget bytes of statistics (without --hessian: one pass).
+ * A layer that alone needs more than the budget is refused, named. */
+static int plan_passes(struct cal *cal, uint64_t budget, int *npass, double *max_need,
+		       struct fx_err *err)
+{
+	double used = 0.0;
+	int p = 0;
+	bool any = false;
+
+	*max_need = 0.0;
+	for (size_t gi = 0; gi < cal->n; gi++) {
+		struct gstat *st = &cal->st[gi];
+		double need;
+
+		if (!st->g)
+			continue;
+		need = pass_need(st->g, cal->cap, cal->hessian);
+		if (cal->hessian && need > (double)budget) {
+			char a[32], b[32];
+
+			return fx_error(err, FX_E_ARG, "--hessian-mem %s is less than layer '%s' needs: %s "
+					"(its XᵀX of K=%lld in f64, Σx and %lld sample rows); give at least that",
+					size_str(a, sizeof(a), (double)budget), st->g->name,
+					size_str(b, sizeof(b), need), (long long)st->g->k, (long long)cal->cap);
+		}
+		if (cal->hessian && any && used + need > (double)budget) {
+			p++;
+			used = 0.0;
+		}
+		used += need;
+		any = true;
+		st->pass = p;
+		*max_need = used > *max_need ? used : *max_need;
+	}
+	*npass = p + 1;
+	return 0;
+}
+
+/* calloc would overcommit and the run be killed hours in, so statistics
+ * that cannot fit are refused now: the largest pass's, and every layer's
+ * absmax, which stays for the whole run. */
+static int check_memory(const struct cal *cal, double max_need, int first, int last,
+			struct fx_err *err)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
-	double need = 0.0, have = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0.0;
+	double need = max_need, have = pages > 0 && psz > 0 ? (double)pages * (double)psz : 0.0;
 	const char *fake = getenv("FX_MEM_BYTES");   /* tests: another machine's size */
+	char a[32], b[32];
 
 	if (fake && *fake)
 		have = strtod(fake, NULL);
-
-	for (size_t gi = 0; gi < fx_model_ngroups(m); gi++) {
-		const struct fx_group *g = fx_model_group(m, gi);
-		double k = (double)g->k;
-
-		if (fx_group_in_range(c, g, first, last))
-			need += k * 4.0 + (double)o->samples * k * 2.0 + (o->hessian ? k * k * 8.0 : 0.0);
-	}
-	fx_log_debug("statistics: %.2f GiB of %.2f GiB memory", need / 1073741824.0,
-		     have / 1073741824.0);
+	for (size_t gi = 0; gi < cal->n; gi++)
+		if (cal->st[gi].g)
+			need += (double)cal->st[gi].k * 4.0;
+	fx_log_debug("statistics: %s of %s memory", size_str(a, sizeof(a), need),
+		     size_str(b, sizeof(b), have));
 	if (have > 0.0 && need > 0.8 * have)
 		return fx_error(err, FX_E_NOMEM,
-				"the statistics of blocks %d-%d need %.1f GiB%s, more than 80%% of this "
-				"machine's %.1f GiB: record block ranges in separate runs (--blocks A-B)",
-				first, last, need / 1073741824.0,
-				o->hessian ? " (XᵀX in f64 per layer)" : "", have / 1073741824.0);
+				"the statistics of blocks %d-%d need %s a sampling pass%s, more than 80%% of "
+				"this machine's %s: %srecord block ranges in separate runs (--blocks A-B)",
+				first, last, size_str(a, sizeof(a), need),
+				cal->hessian ? " (XᵀX in f64 per layer)" : "", size_str(b, sizeof(b), have),
+				cal->hessian ? "lower --hessian-mem or " : "");
+	return 0;
+}
+
+static void pass_release(struct gstat *st)
+{
+	free(st->recheck);
+	free(st->rows);
+	free(st->xtx);
+	free(st->xsum);
+	st->recheck = NULL;
+	st->rows = NULL;
+	st->xtx = st->xsum = NULL;
+}
+
+/* The statistics of the layers of pass p, from zero. */
+static int pass_open(struct cal *cal, int p, uint64_t seed, struct fx_err *err)
+{
+	for (size_t gi = 0; gi < cal->n; gi++) {
+		struct gstat *st = &cal->st[gi];
+		int64_t k = st->k;
+
+		if (!st->g || st->pass != p)
+			continue;
+		st->kept = 0;
+		st->seen = 0;
+		st->rows = malloc((size_t)cal->cap * k * 2);
+		if (p > 0)
+			st->recheck = calloc(k, sizeof(float));
+		if (cal->hessian) {
+			st->xtx = calloc((size_t)k * k, sizeof(double));
+			st->xsum = calloc(k, sizeof(double));
+		}
+		fx_rng_init(&st->rng, seed ^ name_hash(st->g->name));
+		if (!st->rows || (p > 0 && !st->recheck) || (cal->hessian && (!st->xtx || !st->xsum)))
+			return fx_error(err, FX_E_NOMEM, "out of memory for the statistics of '%s'",
+					st->g->name);
+	}
+	return 0;
+}
+
+/* Declares every layer's tensors once the first pass has counted the rows. */
+static int declare(struct fx_stage *s, const struct cal *cal, struct fx_err *err)
+{
+	for (size_t gi = 0; gi < cal->n; gi++) {
+		const struct gstat *st = &cal->st[gi];
+		char name[160];
+		int64_t shp[2];
+		int ret;
+
+		if (!st->g)
+			continue;
+		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
+		shp[0] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_F32, 1, shp, err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.samples", st->g->name);
+		shp[0] = st->total < (uint64_t)cal->cap ? (int64_t)st->total : cal->cap;
+		shp[1] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_BF16, 2, shp, err)) < 0)
+			return ret;
+		if (!cal->hessian)
+			continue;
+		snprintf(name, sizeof(name), "%s.xtx", st->g->name);
+		shp[0] = shp[1] = st->k;
+		if ((ret = fx_stage_add(s, name, FX_F64, 2, shp, err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.xsum", st->g->name);
+		if ((ret = fx_stage_add(s, name, FX_F64, 1, shp, err)) < 0)
+			return ret;
+		snprintf(name, sizeof(name), "%s.nrows", st->g->name);
+		shp[0] = 1;
+		if ((ret = fx_stage_add(s, name, FX_I64, 1, shp, err)) < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* The lower triangle from the upper, in tiles (both sides stay in cache). */
+static void mirror(double *a, int64_t k)
+{
+	const int64_t T = 64;
+
+#pragma omp parallel for schedule(dynamic, 1) if (k > 256)
+	for (int64_t i0 = 0; i0 < k; i0 += T)
+		for (int64_t j0 = 0; j0 <= i0; j0 += T)
+			for (int64_t i = i0; i < i0 + T && i < k; i++)
+				for (int64_t j = j0; j < j0 + T && j < i; j++)
+					a[i * k + j] = a[j * k + i];
+}
+
+static int write_tensor(struct fx_stage *s, struct fx_layer_hash *h, const char *layer,
+			const char *role, const void *data, size_t n, struct fx_err *err)
+{
+	char name[160];
+
+	snprintf(name, sizeof(name), "%s.%s", layer, role);
+	fx_layer_hash_update(h, data, n);
+	return fx_stage_write(s, name, data, n, err);
+}
+
+/* Writes the layers of pass p, checking first that a rerun pass saw the
+ * rows of the first, and frees their statistics. */
+static int pass_write(struct fx_stage *s, struct cal *cal, int p, int npass, struct fx_err *err)
+{
+	for (size_t gi = 0; gi < cal->n; gi++) {
+		struct gstat *st = &cal->st[gi];
+		struct fx_layer_hash *h;
+		const char *nm;
+		char lr[65];
+		int ret = 0;
+
+		if (!st->g || st->pass != p)
+			continue;
+		nm = st->g->name;
+		if (p > 0 && (st->seen != st->total ||
+			      memcmp(st->recheck, st->absmax, (size_t)st->k * sizeof(float))))
+			return fx_error(err, FX_E_VALUE, "sampling pass %d of %d did not reproduce the first "
+					"(layer '%s' saw %s): the forward is not deterministic here; give "
+					"--hessian-mem room for one pass, or run block ranges with --blocks",
+					p + 1, npass, nm, st->seen != st->total ? "another number of rows"
+					: "other values");
+		h = fx_layer_hash_new();
+		ret = write_tensor(s, h, nm, "absmax", st->absmax, (size_t)st->k * 4, err);
+		if (ret == 0)
+			ret = write_tensor(s, h, nm, "samples", st->rows, (size_t)st->kept * st->k * 2, err);
+		if (ret == 0 && st->xtx) {
+			int64_t n = (int64_t)st->total;
+
+			mirror(st->xtx, st->k);
+			ret = write_tensor(s, h, nm, "xtx", st->xtx, (size_t)st->k * st->k * 8, err);
+			if (ret == 0)
+				ret = write_tensor(s, h, nm, "xsum", st->xsum, (size_t)st->k * 8, err);
+			if (ret == 0)
+				ret = write_tensor(s, h, nm, "nrows", &n, 8, err);
+		}
+		fx_layer_hash_final(h, lr);
+		if (ret < 0)
+			return ret;
+		/* the forward always runs; a layer whose statistics came out the
+		 * same as before is reported as reused, so later stages see it so */
+		fx_stage_layer(s, nm, lr, fx_stage_reusable(s, nm, lr));
+		pass_release(st);
+	}
 	return 0;
 }
 
@@ -234,10 +466,11 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	struct cal cal = {0};
 	struct fx_progress prog;
 	struct fx_device dev;
-	char id[65], blocks[32], res[32], note[256], *modeljs = NULL;
+	char id[65], blocks[32], res[32], note[256], label[64], *modeljs = NULL;
 	float *txt = NULL, *pooled = NULL, *lat = NULL;
-	int64_t ni, nt, P, i;
-	int first, last, ret;
+	int64_t ni, nt, P, i, kmax = 0;
+	int first, last, ret, npass = 1;
+	double max_need;
 	bool bf16;
 	size_t gi;
 
@@ -295,6 +528,11 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "seed", (long long)o->seed);
 	fx_stage_param_int(s, "samples", o->samples);
 	fx_stage_param_int(s, "hessian", o->hessian);
+	/* the XᵀX layout (F64 sums with Σx and the row count; F32 before): an
+	 * earlier output is not up to date. The passes are not recorded: they
+	 * do not change a byte */
+	if (o->hessian)
+		fx_stage_param_str(s, "xtx", "F64");
 	fx_stage_param_str(s, "blocks", blocks);
 	/* the arithmetic is part of the recipe, the device is not: f32 on a GPU
 	 * matches the CPU to rounding, BF16 GEMMs do not */
@@ -314,7 +552,7 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		goto out;
 	}
 
-	/* statistics for the groups in range */
+	/* statistics for the groups in range, split into passes */
 	cal.m = m;
 	cal.n = fx_model_ngroups(m);
 	cal.cap = o->samples;
@@ -324,25 +562,27 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((ret = check_memory(m, c, first, last, o, err)) < 0)
-		goto out;
 	for (gi = 0; gi < cal.n; gi++) {
 		const struct fx_group *g = fx_model_group(m, gi);
-		struct gstat *st = &cal.st[gi];
 
 		if (!fx_group_in_range(c, g, first, last))
 			continue;
-		st->g = g;
-		st->k = g->k;
-		st->absmax = calloc(g->k, sizeof(float));
-		st->rows = malloc((size_t)cal.cap * g->k * 2);
-		if (o->hessian)
-			st->xtx = calloc((size_t)g->k * g->k, sizeof(double));
-		fx_rng_init(&st->rng, o->seed ^ name_hash(g->name));
-		if (!st->absmax || !st->rows || (o->hessian && !st->xtx)) {
-			ret = fx_error(err, FX_E_NOMEM, "out of memory for the statistics of '%s'", g->name);
+		cal.st[gi].g = g;
+		cal.st[gi].k = g->k;
+		kmax = g->k > kmax ? g->k : kmax;
+	}
+	if ((ret = plan_passes(&cal, o->hessian_mem ? o->hessian_mem : FX_CALIB_HESSIAN_MEM, &npass,
+			       &max_need, err)) < 0 ||
+	    (ret = check_memory(&cal, max_need, first, last, err)) < 0)
+		goto out;
+	for (gi = 0; gi < cal.n; gi++)
+		if (cal.st[gi].g && !(cal.st[gi].absmax = calloc(cal.st[gi].k, sizeof(float)))) {
+			ret = fx_error(err, FX_E_NOMEM, "out of memory");
 			goto out;
 		}
+	if (o->hessian && !(cal.xd = malloc((size_t)XTX_ROWS * kmax * sizeof(double)))) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
 	}
 	if ((ret = fx_flux_new(&f, m, err)) < 0 || (ret = fx_flux_set_device(f, &dev, err)) < 0)
 		goto out;
@@ -360,103 +600,70 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
-	fx_progress_start(&prog, "fx-calib", (uint64_t)P, 0);
-	for (i = 0; i < P; i++) {
-		size_t tsz = fx_dtype_size(pe->dtype), psz = fx_dtype_size(pp->dtype);
-
-		if (fx_to_f32(txt, (const char *)pe->data + (size_t)i * nt * c->joint_dim * tsz, pe->dtype,
-			      (size_t)nt * c->joint_dim) < 0 ||
-		    fx_to_f32(pooled, (const char *)pp->data + (size_t)i * c->pooled_dim * psz, pp->dtype,
-			      (size_t)c->pooled_dim) < 0) {
-			ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning tensors must be float", o->cond);
-			goto out;
-		}
-		cal.prompt = (int)i;
-		sp.seed = o->seed + (uint64_t)i;
-		if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, lat, err)) < 0)
-			goto out;
-		fx_progress_step(&prog, 1, 0);
-	}
-	fx_progress_end(&prog);
-
-	/* the output */
-	for (gi = 0; gi < cal.n; gi++) {
-		struct gstat *st = &cal.st[gi];
-		char name[160];
-		int64_t shp[2];
-
-		if (!st->g)
-			continue;
-		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
-		shp[0] = st->k;
-		if ((ret = fx_stage_add(s, name, FX_F32, 1, shp, err)) < 0)
-			goto out;
-		snprintf(name, sizeof(name), "%s.samples", st->g->name);
-		shp[0] = st->kept;
-		shp[1] = st->k;
-		if ((ret = fx_stage_add(s, name, FX_BF16, 2, shp, err)) < 0)
-			goto out;
-		if (st->xtx) {
-			snprintf(name, sizeof(name), "%s.xtx", st->g->name);
-			shp[0] = shp[1] = st->k;
-			if ((ret = fx_stage_add(s, name, FX_F32, 2, shp, err)) < 0)
-				goto out;
-		}
-	}
 	if (!(modeljs = fx_model_brief_json(c))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
-	fx_stage_meta(s, "fx.model", modeljs);
-	if ((ret = fx_stage_begin(s, err)) < 0)
-		goto out;
-	for (gi = 0; gi < cal.n; gi++) {
-		struct gstat *st = &cal.st[gi];
-		struct fx_layer_hash *h;
-		char name[160], lr[65];
+	for (cal.pass = 0; cal.pass < npass; cal.pass++) {
+		int lo = -1, hi = -1;
+		size_t nl = 0;
 
-		if (!st->g)
-			continue;
-		h = fx_layer_hash_new();
-		fx_layer_hash_update(h, st->absmax, st->k * 4);
-		fx_layer_hash_update(h, st->rows, (size_t)st->kept * st->k * 2);
-		snprintf(name, sizeof(name), "%s.absmax", st->g->name);
-		if ((ret = fx_stage_write(s, name, st->absmax, st->k * 4, err)) < 0)
-			goto out_h;
-		snprintf(name, sizeof(name), "%s.samples", st->g->name);
-		if ((ret = fx_stage_write(s, name, st->rows, (size_t)st->kept * st->k * 2, err)) < 0)
-			goto out_h;
-		if (st->xtx) {
-			float *row = malloc(st->k * sizeof(float));
+		for (gi = 0; gi < cal.n; gi++)
+			if (cal.st[gi].g && cal.st[gi].pass == cal.pass) {
+				const struct fx_group *g = cal.st[gi].g;
+				int b = g->single ? c->num_double + g->block : g->block;
 
-			snprintf(name, sizeof(name), "%s.xtx", st->g->name);
-			for (int64_t a = 0; a < st->k && ret == 0; a++) {
-				for (int64_t b = 0; b < st->k; b++)
-					row[b] = (float)(b >= a ? st->xtx[a * st->k + b] : st->xtx[b * st->k + a]);
-				fx_layer_hash_update(h, row, st->k * 4);
-				ret = fx_stage_write(s, name, row, st->k * 4, err);
+				lo = lo < 0 ? b : lo;
+				hi = b;
+				nl++;
 			}
-			free(row);
-			if (ret < 0)
-				goto out_h;
+		if (npass > 1)
+			fx_log_debug("pass %d/%d: %zu layers of blocks %d-%d", cal.pass + 1, npass, nl, lo, hi);
+		if ((ret = pass_open(&cal, cal.pass, o->seed, err)) < 0)
+			goto out;
+		if (npass > 1)
+			snprintf(label, sizeof(label), "fx-calib %d/%d (blocks %d-%d)", cal.pass + 1, npass,
+				 lo, hi);
+		else
+			snprintf(label, sizeof(label), "fx-calib");
+		fx_progress_start(&prog, label, (uint64_t)P, 0);
+		for (i = 0; i < P; i++) {
+			size_t tsz = fx_dtype_size(pe->dtype), psz = fx_dtype_size(pp->dtype);
+
+			if (fx_to_f32(txt, (const char *)pe->data + (size_t)i * nt * c->joint_dim * tsz, pe->dtype,
+				      (size_t)nt * c->joint_dim) < 0 ||
+			    fx_to_f32(pooled, (const char *)pp->data + (size_t)i * c->pooled_dim * psz, pp->dtype,
+				      (size_t)c->pooled_dim) < 0) {
+				ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning tensors must be float", o->cond);
+				goto out;
+			}
+			cal.prompt = (int)i;
+			sp.seed = o->seed + (uint64_t)i;
+			if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, lat, err)) < 0)
+				goto out;
+			fx_progress_step(&prog, 1, 0);
 		}
-		fx_layer_hash_final(h, lr);
-		/* the forward always runs; a layer whose statistics came out the
-		 * same as before is reported as reused, so later stages see it so */
-		fx_stage_layer(s, st->g->name, lr, fx_stage_reusable(s, st->g->name, lr));
-		continue;
-out_h:
-		fx_layer_hash_final(h, lr);
-		goto out;
+		fx_progress_end(&prog);
+		/* the first pass counted every layer's rows: the layout is known,
+		 * and each pass streams its layers to the output as it ends */
+		if (cal.pass == 0) {
+			if ((ret = declare(s, &cal, err)) < 0)
+				goto out;
+			fx_stage_meta(s, "fx.model", modeljs);
+			if ((ret = fx_stage_begin(s, err)) < 0)
+				goto out;
+		}
+		if ((ret = pass_write(s, &cal, cal.pass, npass, err)) < 0)
+			goto out;
 	}
 	ret = fx_stage_commit(s, err);
 out:
 	for (gi = 0; cal.st && gi < cal.n; gi++) {
 		free(cal.st[gi].absmax);
-		free(cal.st[gi].rows);
-		free(cal.st[gi].xtx);
+		pass_release(&cal.st[gi]);
 	}
 	free(cal.st);
+	free(cal.xd);
 	free(modeljs);
 	free(txt);
 	free(pooled);

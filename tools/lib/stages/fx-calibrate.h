@@ -1,12 +1,17 @@
 /* The fx-calib stage: run the sampler over the conditioning and record, for
  * the input of every fused group, per-channel absmax, a reservoir sample of
- * rows and optionally XᵀX (fx.calib, design.md §2). */
+ * rows and optionally XᵀX (fx.calib, design.md §2). With XᵀX the layers are
+ * split into passes whose statistics fit a memory budget; each pass reruns
+ * the (deterministic) sampling and streams its layers to the output. */
 #ifndef FX_CALIBRATE_H
 #define FX_CALIBRATE_H
 
 #include "fx-err.h"
 
 struct fx_loras;
+
+/* Default --hessian-mem: 4 GiB. */
+#define FX_CALIB_HESSIAN_MEM ((uint64_t)4 << 30)
 
 struct fx_calibrate_opts {
 	const char *model;
@@ -20,6 +25,8 @@ struct fx_calibrate_opts {
 	uint64_t seed;          /* noise of prompt p uses seed + p; reservoir uses seed */
 	int samples;            /* rows kept per group, default 512 */
 	bool hessian;
+	uint64_t hessian_mem;   /* with hessian: bytes of statistics one sampling
+				 * pass may hold; 0: FX_CALIB_HESSIAN_MEM */
 	int first_block, last_block;   /* global numbering; -1: all */
 	bool force;
 	const char *device;     /* NULL/"cpu", "cuda", "cuda:N" (fx_device_select); a

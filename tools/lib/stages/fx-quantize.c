@@ -213,6 +213,10 @@ static void layer_recipe(char out[65], const struct fx_group *g, const struct fx
 		hash_tensor(h, fx_st_find(calib, name));
 		snprintf(name, sizeof(name), "%s.xtx", g->name);
 		hash_tensor(h, fx_st_find(calib, name));
+		snprintf(name, sizeof(name), "%s.xsum", g->name);
+		hash_tensor(h, fx_st_find(calib, name));
+		snprintf(name, sizeof(name), "%s.nrows", g->name);
+		hash_tensor(h, fx_st_find(calib, name));
 	}
 	fx_layer_hash_str(h, params);
 	fx_layer_hash_final(h, out);
@@ -388,32 +392,74 @@ static int quantize_stream(const struct fx_model *m, const struct fx_group *g,
 }
 
 /* The Hessian of what the layer's weights multiply: XᵀX of the calib file,
- * in the smoothed domain (x/s: H_ab / (s_a s_b)); for INT4 *_fc2 the
- * runtime shifts the input by c first, (x+c)/s, whose second moment is
- * E[xxᵀ] + c(μ1ᵀ + 1μᵀ) + c²11ᵀ: XᵀX is taken as a sum over the rows it saw
- * and scaled to the samples' mean square, μ is the samples' mean. */
+ * summed over every row the layer saw (F64; F32 from an earlier fx-calib),
+ * in the smoothed domain (x/s: H_ab / (s_a s_b)). For INT4 *_fc2 the
+ * runtime shifts the input by c first, (x+c)/s: over the n rows (nrows),
+ * with σ = Σx (xsum),
+ *   Σ (x + c1)(x + c1)ᵀ = XᵀX + c(σ1ᵀ + 1σᵀ) + n c² 11ᵀ,
+ * taken over n: H = XᵀX/n + c(μ_a + μ_b) + c², μ = σ/n, exact. A file
+ * without the sums: XᵀX scaled to the samples' mean square, μ the samples'
+ * mean (BF16 rows, a subset). */
 static int gptq_hessian(double *h, const struct fx_group *g, const struct fx_st *calib,
 			const struct branch_t *br, bool shift, const float *x, int64_t msamp,
 			struct fx_err *err)
 {
 	const int64_t k = g->k;
-	const struct fx_tensor *t;
-	char name[160];
+	const double c = FX_RT_FC2_SHIFT;
+	const struct fx_tensor *t, *ts = NULL, *tn = NULL;
+	char name[160], nm2[160];
 
 	snprintf(name, sizeof(name), "%s.xtx", g->name);
 	t = fx_st_find(calib, name);
 	if (!t)
 		return fx_error(err, FX_E_FORMAT, "'%s' has no '%s': --gptq needs a calib file made "
 				"with fx-calib --hessian", fx_st_path(calib), name);
-	if (t->dtype != FX_F32 || t->ndim != 2 || t->shape[0] != k || t->shape[1] != k)
-		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is not F32 [%lld,%lld]",
-				fx_st_path(calib), name, (long long)k, (long long)k);
-	for (int64_t i = 0; i < k * k; i++)
-		h[i] = ((const float *)t->data)[i];
+	if ((t->dtype != FX_F64 && t->dtype != FX_F32) || t->ndim != 2 || t->shape[0] != k ||
+	    t->shape[1] != k)
+		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is not F64 [%lld,%lld] (or F32 from "
+				"an earlier fx-calib)", fx_st_path(calib), name, (long long)k, (long long)k);
+	if (t->dtype == FX_F64)
+		memcpy(h, t->data, (size_t)k * k * sizeof(double));
+	else
+		for (int64_t i = 0; i < k * k; i++)
+			h[i] = ((const float *)t->data)[i];
 	fx_tensor_release(t);
-	if (shift && x && msamp > 0) {
+	if (shift) {
+		snprintf(name, sizeof(name), "%s.xsum", g->name);
+		snprintf(nm2, sizeof(nm2), "%s.nrows", g->name);
+		ts = fx_st_find(calib, name);
+		tn = fx_st_find(calib, nm2);
+		if (!ts != !tn)
+			return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' missing (xsum and nrows come "
+					"together; rerun fx-calib --hessian)", fx_st_path(calib), ts ? nm2 : name);
+	}
+	if (ts) {
+		int64_t n;
+
+		if (ts->dtype != FX_F64 || ts->ndim != 1 || ts->shape[0] != k)
+			return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is not F64 [%lld]",
+					fx_st_path(calib), name, (long long)k);
+		if (tn->dtype != FX_I64 || tn->ndim != 1 || tn->shape[0] != 1)
+			return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' is not I64 [1]",
+					fx_st_path(calib), nm2);
+		memcpy(&n, tn->data, sizeof(n));
+		if (n < 1)
+			return fx_error(err, FX_E_VALUE, "'%s': tensor '%s' is %lld, not a row count",
+					fx_st_path(calib), nm2, (long long)n);
+		for (int64_t a = 0; a < k; a++) {
+			double sa;
+
+			memcpy(&sa, (const char *)ts->data + a * 8, 8);
+			for (int64_t b = 0; b < k; b++) {
+				double sb;
+
+				memcpy(&sb, (const char *)ts->data + b * 8, 8);
+				h[a * k + b] = h[a * k + b] / (double)n + c * (sa / (double)n + sb / (double)n) +
+					       c * c;
+			}
+		}
+	} else if (shift && x && msamp > 0) {
 		double tr = 0.0, ms = 0.0, *mu = calloc((size_t)k, sizeof(double));
-		const double c = FX_RT_FC2_SHIFT;
 
 		if (!mu)
 			return fx_error(err, FX_E_NOMEM, "out of memory");
