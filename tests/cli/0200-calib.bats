@@ -368,16 +368,80 @@ PY
 	done
 }
 
-@test "--hessian statistics that cannot fit in memory are refused before sampling (exit 4), naming --blocks" {
+@test "--hessian statistics that cannot fit in memory are refused before sampling (exit 4), naming --hessian-mem and --blocks" {
 	o=$BATS_TEST_TMPDIR/h.safetensors
 	FX_MEM_BYTES=20000000 run -4 --separate-stderr fx-calib "${ARGS[@]}" --hessian -o "$o"
 	[[ "$stderr" == *"more than 80% of this machine's"* ]]
+	[[ "$stderr" == *"--hessian-mem"* ]]
 	[[ "$stderr" == *"--blocks"* ]]
 	[ ! -e "$o" ]
 	[ -z "$(ls "$BATS_TEST_TMPDIR" | grep '\.tmp')" ]
 	# the same limit: without XᵀX, or one single block with it, fits
 	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" -o "$o"
 	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" --hessian --blocks 3 -o "$BATS_TEST_TMPDIR/b3.safetensors"
+	# and so do all blocks in passes of 12 MiB (one *_fc2 each)
+	FX_MEM_BYTES=20000000 run -0 fx-calib "${ARGS[@]}" --hessian --hessian-mem 12M -o "$BATS_TEST_TMPDIR/p.safetensors"
+}
+
+@test "--hessian-mem splits the layers into sampling passes (3 or more here) that write the bytes of one pass" {
+	d=$BATS_TEST_TMPDIR
+	run -0 --separate-stderr fx-calib -v "${ARGS[@]}" --hessian -o "$d/one.safetensors"
+	[[ "$stderr" != *"pass 1/"* ]]
+	# an fc2 (K=1024) needs 8.1 MiB: 12 MiB holds one of them and some K=256 layers
+	run -0 --separate-stderr fx-calib -v "${ARGS[@]}" --hessian --hessian-mem 12M -o "$d/passes.safetensors"
+	n=$(grep -c ': pass [0-9]*/[0-9]*: ' <<<"$stderr")
+	echo "# $n passes" >&3
+	((n >= 3))
+	grep -q ": pass $n/$n: " <<<"$stderr"
+	! grep -q ": pass $((n + 1))/" <<<"$stderr"
+	cmp "$d/one.safetensors" "$d/passes.safetensors"
+	# the budget is not part of the recipe: another one is up to date
+	run -0 --separate-stderr fx-calib --json "${ARGS[@]}" --hessian --hessian-mem 9M -o "$d/passes.safetensors"
+	[ "$(json_get - 'd["up_to_date"]' <<<"$output")" = True ]
+	# a block range in passes is that range of the whole run (sizes: powers of 1024)
+	run -0 fx-calib "${ARGS[@]}" --hessian --blocks 1-2 -o "$d/b12.safetensors"
+	run -0 --separate-stderr fx-calib -v "${ARGS[@]}" --hessian --blocks 1-2 --hessian-mem 9437184 -o "$d/b12p.safetensors"
+	(($(grep -c ': pass [0-9]*/[0-9]*: ' <<<"$stderr") >= 3))
+	cmp "$d/b12.safetensors" "$d/b12p.safetensors"
+	run -0 fx-calib "${ARGS[@]}" --hessian --blocks 1-2 --hessian-mem 9216KiB -o "$d/b12p.safetensors"
+	cmp "$d/b12.safetensors" "$d/b12p.safetensors"
+}
+
+@test "a layer larger than --hessian-mem is a usage error naming it and its size (exit 2), before sampling; bad sizes are refused" {
+	o=$BATS_TEST_TMPDIR/x.safetensors
+	run -2 --separate-stderr fx-calib "${ARGS[@]}" --hessian --hessian-mem 8M -o "$o"
+	[[ "$stderr" == *"--hessian-mem 8.0 MiB is less than layer 'transformer_blocks.0.mlp_fc2' needs: 8.1 MiB"* ]]
+	[ ! -e "$o" ]
+	[ -z "$(ls "$BATS_TEST_TMPDIR" | grep '\.tmp')" ]
+	# 9 MiB holds any one layer
+	run -0 fx-calib "${ARGS[@]}" --hessian --blocks 3 --hessian-mem 9M -o "$o"
+	for bad in 0 -1 12X 1.5G G 4GB 99999999999999999999 ""; do
+		run -2 --separate-stderr fx-calib "${ARGS[@]}" --hessian --hessian-mem "$bad" -o "$BATS_TEST_TMPDIR/y.safetensors"
+		[[ "$stderr" == *"--hessian-mem wants a size such as 4G"* ]] || { echo "$bad: $stderr"; return 1; }
+	done
+	[ ! -e "$BATS_TEST_TMPDIR/y.safetensors" ]
+}
+
+@test "peak memory with --hessian-mem stays below the budget plus a layer (and the writer's 32 MiB); one pass takes all" {
+	d=$BATS_TEST_TMPDIR
+	# hidden 512: the fc2 layers (K=2048) hold 32 MiB of XᵀX each, 240 MiB in all
+	fx-synth -q -o "$d/wide" --hidden 512 --cond "$d/wide-cond.safetensors" --prompts 1 --txt-len 16
+	W=(--model "$d/wide" --cond "$d/wide-cond.safetensors" --steps 1 --res 64x64 --samples 32 --threads 1)
+	cat >"$d/peak.py" <<'PY'
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024 if r.returncode == 0 else -1)
+PY
+	base=$(python3 "$d/peak.py" fx-calib -q "${W[@]}" -o "$d/w0.safetensors")
+	budget=$(python3 "$d/peak.py" fx-calib -q "${W[@]}" --hessian --hessian-mem 48M -o "$d/w1.safetensors")
+	one=$(python3 "$d/peak.py" fx-calib -q "${W[@]}" --hessian -o "$d/w2.safetensors")
+	# the largest layer: 2048^2 f64 + Σx + 32 samples + absmax
+	layer=$(( (2048 * 2048 * 8 + 2048 * 12 + 32 * 2048 * 2) / 1048576 + 1 ))
+	echo "# peak RSS MiB: without XᵀX $base, --hessian-mem 48M $budget, one pass $one (a layer $layer)" >&3
+	((base > 0 && budget > 0 && one > 0))
+	((budget - base <= 48 + layer + 32))
+	((one - base > 48 + layer + 32))
+	cmp "$d/w1.safetensors" "$d/w2.safetensors"
 }
 
 # fxref.py: the sampler and the row sampling as fx-calib(1) spells them

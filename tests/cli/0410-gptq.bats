@@ -75,3 +75,118 @@ setup() {
 	assert_output --partial ".codes"
 }
 
+# calibedit.py IN OUT OP: an fx.calib file rewritten with a valid layout and
+# CRCs: strip (no xsum/nrows), f32 (xtx F32 and no sums: an earlier
+# fx-calib's layout), exact (xtx, xsum, nrows of the BF16 samples
+# themselves: every row must have been kept), zerosum (xsum 0), xsum32
+# (xsum F32), nosum (nrows without xsum), norows0 (nrows 0)
+write_calibedit() {
+	cat >"$T/calibedit.py" <<'PY'
+import json, struct, sys, zlib
+import numpy as np
+SZ = {"F64": 8, "I64": 8, "F32": 4, "BF16": 2}
+src, dst, op = sys.argv[1:4]
+raw = open(src, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+meta = hdr.pop("__metadata__")
+t = {k: [v["dtype"], v["shape"], raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]]
+     for k, v in hdr.items()}
+for g in sorted(k[:-4] for k in list(t) if k.endswith(".xtx")):
+    if op in ("strip", "f32"):
+        del t[g + ".xsum"], t[g + ".nrows"]
+    if op == "f32":
+        t[g + ".xtx"][0] = "F32"
+        t[g + ".xtx"][2] = np.frombuffer(t[g + ".xtx"][2], np.float64).astype(np.float32).tobytes()
+    if op == "exact":
+        u = np.frombuffer(t[g + ".samples"][2], np.uint16).astype(np.uint32) << 16
+        s = u.view(np.float32).astype(np.float64).reshape(t[g + ".samples"][1])
+        acc = np.zeros(s.shape[1])
+        for row in s:  # in row order, as fx-quant sums the samples
+            acc += row
+        t[g + ".xtx"][2] = (s.T @ s).tobytes()
+        t[g + ".xsum"][2] = acc.tobytes()
+        t[g + ".nrows"][2] = np.array([s.shape[0]], np.int64).tobytes()
+    if op == "zerosum":
+        t[g + ".xsum"][2] = bytes(len(t[g + ".xsum"][2]))
+    if op == "xsum32" and g.endswith("fc2"):
+        t[g + ".xsum"][0] = "F32"
+        t[g + ".xsum"][2] = np.frombuffer(t[g + ".xsum"][2], np.float64).astype(np.float32).tobytes()
+    if op == "nosum" and g.endswith("fc2"):
+        del t[g + ".xsum"]
+    if op == "norows0" and g.endswith("fc2"):
+        t[g + ".nrows"][2] = bytes(8)
+names = sorted(t, key=lambda k: (-SZ[t[k][0]], k))
+meta["fx.crc32"] = json.dumps({k: "%08x" % zlib.crc32(t[k][2]) for k in sorted(t)}, separators=(",", ":"))
+out, off = {"__metadata__": meta}, 0
+for k in names:
+    out[k] = {"dtype": t[k][0], "shape": t[k][1], "data_offsets": [off, off + len(t[k][2])]}
+    off += len(t[k][2])
+h = json.dumps(out, separators=(",", ":")).encode()
+h += b" " * (-(8 + len(h)) % 64)
+open(dst, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(t[k][2] for k in names))
+PY
+}
+
+@test "INT4 *_fc2: the shift's moments from the sums equal the samples' when the samples are every row; only fc2 codes use xsum" {
+	write_calibedit
+	# 1 step at 64x64: at most 32 rows a layer, all kept
+	fx-calib -q --model "$T/m" --cond "$T/cond.st" --steps 1 --res 64x64 --samples 64 --hessian -o "$T/c.st"
+	python3 "$T/calibedit.py" "$T/c.st" "$T/exact.st" exact
+	python3 "$T/calibedit.py" "$T/exact.st" "$T/samples.st" strip
+	python3 "$T/calibedit.py" "$T/exact.st" "$T/zero.st" zerosum
+	for c in exact samples zero; do
+		fx-quant -q --model "$T/m" --calib "$T/$c.st" --precision int4 --gptq -o "$T/q-$c.st"
+	done
+	# the same rows: X^T X/n + c(μ_a + μ_b) + c^2 either way, the same codes
+	run -0 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/q-exact.st" "$T/q-samples.st"
+	# xsum counts: without it the shift's mean is lost, in the fc2 codes alone
+	run -1 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/q-exact.st" "$T/q-zero.st"
+	[ -n "$output" ]
+	while read -r name; do
+		[[ $name == *fc2.codes ]] || { echo "unexpected difference in $name"; return 1; }
+	done <<<"$output"
+	# fp4 has no shift: xsum changes nothing
+	fx-quant -q --model "$T/m" --calib "$T/exact.st" --precision fp4 --gptq -o "$T/f-exact.st"
+	fx-quant -q --model "$T/m" --calib "$T/zero.st" --precision fp4 --gptq -o "$T/f-zero.st"
+	run -0 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/f-exact.st" "$T/f-zero.st"
+}
+
+@test "a calib file of an earlier fx-calib (F32 xtx, no xsum or nrows) is still read; a malformed xsum or nrows exits 3 naming it" {
+	write_calibedit
+	python3 "$T/calibedit.py" "$T/calib.st" "$T/old.st" f32
+	run -0 fx-verify "$T/old.st"
+	assert_output --partial "0 errors"
+	fx-quant -q --model "$T/m" --calib "$T/old.st" --precision int4 --gptq -o "$T/q-old.st"
+	run -0 fx-verify --model "$T/m" --calib "$T/old.st" "$T/q-old.st"
+	for op in xsum32 nosum norows0; do
+		python3 "$T/calibedit.py" "$T/calib.st" "$T/bad.st" $op
+		run -3 --separate-stderr fx-quant --model "$T/m" --calib "$T/bad.st" --precision int4 --gptq -o "$T/q-bad.st"
+		case $op in
+		xsum32) want="mlp_fc2.xsum: is F32 [1024], the model's mlp_fc2 (block 0) wants F64 [1024]" ;;
+		nosum) want="mlp_fc2.xsum' missing (xsum and nrows come together" ;;
+		norows0) want="mlp_fc2.nrows' is 0, not a row count" ;;
+		esac
+		[[ "$stderr" == *"$want"* ]] || { echo "$op: $stderr"; return 1; }
+		[ ! -e "$T/q-bad.st" ]
+	done
+}
+
+@test "block shards of a --hessian calibration (one in passes) give fx-lowrank and fx-quant --gptq shards equal to the whole file's; fx-pack joins them" {
+	A=(--model "$T/m" --cond "$T/cond.st" --steps 1 --res 128x128 --samples 32 --hessian)
+	fx-calib -q "${A[@]}" -o "$T/all.st"
+	fx-calib -q "${A[@]}" --blocks 0-1 --hessian-mem 10M -o "$T/c01.st"
+	fx-calib -q "${A[@]}" --blocks 2-3 -o "$T/c23.st"
+	for r in 0-1 2-3; do
+		s=${r/-/}
+		for c in all c$s; do
+			fx-lowrank -q --model "$T/m" --calib "$T/$c.st" --rank 16 --alpha-grid 2 --precision int4 --blocks $r -o "$T/b$s-$c.st"
+			fx-quant -q --model "$T/m" --branch "$T/b$s-$c.st" --calib "$T/$c.st" --precision int4 --gptq --blocks $r -o "$T/q$s-$c.st"
+		done
+		run -0 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/b$s-all.st" "$T/b$s-c$s.st"
+		run -0 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/q$s-all.st" "$T/q$s-c$s.st"
+	done
+	fx-pack -q --model "$T/m" --quant "$T/q01-c01.st" --branch "$T/b01-c01.st" --quant "$T/q23-c23.st" --branch "$T/b23-c23.st" -o "$T/p-shards.st"
+	fx-pack -q --model "$T/m" --quant "$T/q01-all.st" --branch "$T/b01-all.st" --quant "$T/q23-all.st" --branch "$T/b23-all.st" -o "$T/p-all.st"
+	run -0 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/p-all.st" "$T/p-shards.st"
+}
