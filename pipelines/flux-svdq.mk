@@ -4,9 +4,11 @@
 #   make -f pipelines/flux-svdq.mk MODEL=~/FLUX.1-dev COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
 #        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev] [LORA="a.safetensors:0.8 b.safetensors"]
-#        [GPTQ=1]   (fx-calib --hessian, fx-quant --gptq; off by default: fx-calib
-#                   still holds every layer's XᵀX in memory, ~110 GiB for
-#                   FLUX.1-dev, so run it per BLOCKS range)
+#        [GPTQ=0]   (on by default: fx-calib --hessian, fx-quant --calib --gptq;
+#                   GPTQ=0 for round-to-nearest codes and a calibration without XᵀX)
+#        [HESSIAN_MEM=16G]  (fx-calib --hessian-mem: XᵀX memory per sampling pass,
+#                   default 4G; FLUX.1-dev needs 108.7 GiB in all, so 30 passes
+#                   of the sampling at 4G, 7 at 16G, 2 at 64G)
 #        [PROMPTS_FILE=pipelines/prompts/calib-128.txt [T5=] [CLIP=] [MAX_LEN=]]  (instead of COND)
 #
 # Writes OUT/calib.safetensors, OUT/branch-r<rank>-<precision>.safetensors,
@@ -27,7 +29,11 @@ COND := $(OUT)/cond.safetensors
 endif
 COND  ?= $(error COND=<conditioning .safetensors> or PROMPTS_FILE=<prompts.txt> is required)
 RANK  ?= 32
-GPTQ  ?= 0
+GPTQ  ?= 1
+HESSIAN_MEM ?=
+ifeq ($(filter 0 1,$(GPTQ)),)
+$(error GPTQ must be 0 or 1, not '$(GPTQ)')
+endif
 NAME  ?= $(call model_name,$(MODEL))
 PROMPTS ?=
 STEPS ?=
@@ -42,7 +48,8 @@ FINAL  := $(OUT)/svdq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
 AUDIT  := $(FINAL:.safetensors=.audit.txt)
 
 CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
-	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(filter 1,$(GPTQ)),--hessian)
+	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES)) \
+	$(if $(filter 1,$(GPTQ)),--hessian $(if $(HESSIAN_MEM),--hessian-mem $(HESSIAN_MEM)))
 
 .PHONY: all encode calib lowrank quant pack meta verify
 all: verify

@@ -46,6 +46,11 @@ snapshot() { (cd "$O" && sha256sum *.safetensors); }
 	run -0 fx-verify "$f"
 	assert_output --partial "of 30 modules complete, INT4, rank 32"
 	run -0 fx-meta --check "$f"
+	# GPTQ by default: fx-calib --hessian, fx-quant --gptq
+	run -0 fx-verify "$O/calib.safetensors"
+	assert_output --partial '"hessian":1'
+	run -0 fx-verify "$O/quant-r32-int4.safetensors"
+	assert_output --partial '"gptq":1'
 }
 
 @test "rerun with nothing changed: every stage up to date, no file changes" {
@@ -108,9 +113,14 @@ PY
 }
 
 @test "block shards run with make -j merge into a byte-identical checkpoint" {
-	pipeline
+	# sharded.mk quantizes with round-to-nearest codes: GPTQ=0 here
+	pipeline GPTQ=0
+	run -0 fx-verify "$O/quant-r32-int4.safetensors"
+	refute_output --partial '"gptq"'
 	run -0 make -s -j3 -f "$MK/sharded.mk" "${VARS[@]}" OUT="$BATS_TEST_TMPDIR/sh" SHARDS="0-0 1-2 3-3" FXFLAGS=
 	cmp "$O/svdq-int4_r32-model.safetensors" "$BATS_TEST_TMPDIR/sh/svdq-int4_r32-model.safetensors"
+	run -2 make -s -f "$MK/flux-svdq.mk" "${VARS[@]}" GPTQ=yes
+	assert_output --partial "GPTQ must be 0 or 1"
 }
 
 @test "shards that overlap or leave a gap are refused by fx-pack" {
