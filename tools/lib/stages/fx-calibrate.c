@@ -622,7 +622,7 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		if ((ret = pass_open(&cal, cal.pass, o->seed, err)) < 0)
 			goto out;
 		if (npass > 1)
-			snprintf(label, sizeof(label), "fx-calib %d/%d (blocks %d-%d)", cal.pass + 1, npass,
+			snprintf(label, sizeof(label), "fx-calib pass %d/%d (blocks %d-%d)", cal.pass + 1, npass,
 				 lo, hi);
 		else
 			snprintf(label, sizeof(label), "fx-calib");
