@@ -57,7 +57,45 @@ struct fx_gptq {
 	 * block of B columns also r[i][l] = r[l][i], so the in-block update
 	 * reads a row */
 	float *r;
+	size_t rn;             /* floats in r (≥ k²: a kept buffer may be larger) */
 };
+
+/* The factor's buffer outlives its fx_gptq: fx_gptq_free keeps the largest
+ * one for the next fx_gptq_new (a FLUX fc2 factor is 600 MB, and touching
+ * fresh pages cost this VM 0.35 to 1.5 s per 600 MB, a third of the
+ * factorization). Freed at exit. */
+static float *spare;
+static size_t spare_n;
+
+static float *r_take(size_t n, size_t *got)
+{
+	float *p = NULL;
+
+#pragma omp critical(fx_gptq_spare)
+	if (spare && spare_n >= n) {
+		p = spare;
+		*got = spare_n;
+		spare = NULL;
+	}
+	if (!p && (p = fx_ops_alloc(n * sizeof(float))))
+		*got = n;
+	return p;
+}
+
+static void r_keep(float *p, size_t n)
+{
+	float *drop = p;
+
+	if (!p)
+		return;
+#pragma omp critical(fx_gptq_spare)
+	if (!spare || spare_n < n) {
+		drop = spare;
+		spare = p;
+		spare_n = n;
+	}
+	free(drop);
+}
 
 void fx_gptq_free(struct fx_gptq *g)
 {
@@ -66,7 +104,7 @@ void fx_gptq_free(struct fx_gptq *g)
 	free(g->perm);
 	free(g->pos);
 	free(g->dead);
-	free(g->r);
+	r_keep(g->r, g->rn);
 	free(g);
 }
 
@@ -323,7 +361,7 @@ int fx_gptq_new(struct fx_gptq **out, const double *h, int64_t k, double damp, i
 	g->perm = malloc((size_t)k * sizeof(*g->perm));
 	g->pos = malloc((size_t)k * sizeof(*g->pos));
 	g->dead = calloc((size_t)k, 1);
-	g->r = fx_ops_alloc((size_t)k * (size_t)k * sizeof(float));
+	g->r = r_take((size_t)k * (size_t)k, &g->rn);
 	diag = malloc((size_t)k * sizeof(double));
 	if (!g->perm || !g->pos || !g->dead || !g->r || !diag) {
 		ret = fx_error(err, FX_E_NOMEM, "gptq: out of memory for a %lld-column Hessian",
@@ -489,7 +527,8 @@ static void sweep_panel(const struct fx_gptq *g, enum fx_qprec p, const struct p
 {
 	const int64_t k = g->k, ng = k / G, B = g->block;
 
-	for (int64_t q0 = 0; q0 < P; q0 += 16) {   /* 16 rows: one cache line of a column */
+	/* 16 rows at a time: one cache line of a column, 16 rows in L1/L2 */
+	for (int64_t q0 = 0; q0 < P; q0 += 16)
 		for (int64_t i = 0; i < k; i++) {
 			const int64_t col = g->perm[i];
 			float *di = pn->d + i * P + q0;
@@ -497,7 +536,6 @@ static void sweep_panel(const struct fx_gptq *g, enum fx_qprec p, const struct p
 			for (int64_t r = 0; r < 16; r++)
 				di[r] = q0 + r < nr && !g->dead[col] ? w[(r0 + q0 + r) * k + col] : 0.0f;
 		}
-	}
 	for (int64_t r = 0; r < P; r++) {
 		for (int64_t gi = 0; gi < ng; gi++) {
 			pn->s[gi * P + r] = r < nr ? gs[(r0 + r) * ng + gi] : 1.0f;
@@ -505,26 +543,27 @@ static void sweep_panel(const struct fx_gptq *g, enum fx_qprec p, const struct p
 		}
 		pn->t[r] = r < nr && rt ? rt[r0 + r] : 1.0f;
 	}
-	memset(pn->c, 0, (size_t)k * P * sizeof(float));
 	for (int64_t blk = 0; blk < k; blk += B) {
 		int64_t be = blk + B < k ? blk + B : k;
 
-		for (int64_t r = 0; r < P; r++)
+		/* the block's corrections by column (none before the first) */
+		for (int64_t q0 = 0; q0 < P; q0 += 16)
 			for (int64_t i = blk; i < be; i++)
-				pn->cb[(i - blk) * P + r] = pn->c[r * k + i];
-
+				for (int64_t r = 0; r < 16; r++)
+					pn->cb[(i - blk) * P + q0 + r] = blk ? pn->c[(q0 + r) * k + i] : 0.0f;
 		sweep_block(g, p, pn, G, blk, be);
-		if (be < k)
+		if (be < k)   /* the first product sets C, the others add to it */
 			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, P, (blasint)(k - be),
 				    (blasint)(be - blk), 1.0f, pn->d + blk * P, P, g->r + blk * k + be,
-				    (blasint)k, 1.0f, pn->c + be, (blasint)k);
+				    (blasint)k, blk ? 1.0f : 0.0f, pn->c + be, (blasint)k);
 	}
-	for (int64_t r = 0; r < nr; r++) {
-		uint8_t *cb = codes + (r0 + r) * (k / 2);
+	for (int64_t q0 = 0; q0 < nr; q0 += 16)   /* 16 rows: one cache line of q */
+		for (int64_t c = 0; c < k; c += 2) {
+			const uint8_t *lo = pn->q + g->pos[c] * P + q0, *hi = pn->q + g->pos[c + 1] * P + q0;
 
-		for (int64_t c = 0; c < k; c += 2)
-			cb[c / 2] = (uint8_t)(pn->q[g->pos[c] * P + r] | pn->q[g->pos[c + 1] * P + r] << 4);
-	}
+			for (int64_t r = 0; r < 16 && q0 + r < nr; r++)
+				codes[(r0 + q0 + r) * (k / 2) + c / 2] = (uint8_t)(lo[r] | hi[r] << 4);
+		}
 }
 
 int fx_gptq_rows(const struct fx_gptq *g, enum fx_qprec p, float *w, int64_t nr,
