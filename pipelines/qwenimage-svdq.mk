@@ -3,7 +3,13 @@
 #
 #   make -f pipelines/qwenimage-svdq.mk MODEL=~/Qwen-Image COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
-#        [CFG=4.0] [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=qwen-image] [GPTQ=1]
+#        [CFG=4.0] [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=qwen-image] [GPTQ=1 [HESSIAN_MEM=16G]]
+#
+# GPTQ is off by default here (flux-svdq.mk has it on): a Qwen-Image block's
+# XᵀX sums take ~3 GiB in f64 (two K=12288 MLP down-projections), so
+# fx-calib --hessian reruns the sampling once per block or two at the
+# default 4G budget (see fx-calib(1), Passes); give it memory with
+# HESSIAN_MEM or run block ranges (BLOCKS) as separate jobs.
 #
 # COND holds prompt_embeds (P,L,3584), prompt_embeds_mask (P,L) and, for the
 # pipeline's true classifier-free guidance, negative_prompt_embeds and its
@@ -37,9 +43,14 @@ QUANT  := $(OUT)/quant-r$(RANK)-$(PRECISION).safetensors
 FINAL  := $(OUT)/svdq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
 AUDIT  := $(FINAL:.safetensors=.audit.txt)
 
+HESSIAN_MEM ?=
+ifeq ($(filter 0 1,$(GPTQ)),)
+$(error GPTQ must be 0 or 1, not '$(GPTQ)')
+endif
+
 CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
 	$(if $(RES),--res $(RES)) $(if $(CFG),--guidance $(CFG)) $(if $(SAMPLES),--samples $(SAMPLES)) \
-	$(if $(filter 1,$(GPTQ)),--hessian)
+	$(if $(filter 1,$(GPTQ)),--hessian $(if $(HESSIAN_MEM),--hessian-mem $(HESSIAN_MEM)))
 
 .PHONY: all calib lowrank quant pack meta verify
 all: verify

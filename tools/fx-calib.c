@@ -15,13 +15,13 @@ enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_COND, OPT_PROMPTS, OPT_ST
        OPT_SAMPLES, OPT_HESSIAN, OPT_HESSIAN_MEM, OPT_BLOCKS, OPT_GEMM };
 
 static const struct fx_opt opts[] = {
-	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
+	{ "model", 0, FX_OPT_REQ, "M", "FLUX.1 or Qwen-Image model (pipeline or diffusers folder, or single file)", OPT_MODEL },
 	FX_TOOL_LORA_OPTS(OPT_LORA),
-	{ "cond", 0, FX_OPT_REQ, "C", "conditioning: prompt_embeds (P,L,D) + pooled_prompt_embeds (P,768)", OPT_COND },
+	{ "cond", 0, FX_OPT_REQ, "C", "conditioning: FLUX prompt_embeds + pooled_prompt_embeds; Qwen-Image prompt_embeds (+ masks, negative prompt)", OPT_COND },
 	{ "prompts", 0, FX_OPT_REQ, "P", "use the first P prompts (default: all)", OPT_PROMPTS },
-	{ "steps", 0, FX_OPT_REQ, "S", "sampling steps (default: dev 50, schnell 4)", OPT_STEPS },
+	{ "steps", 0, FX_OPT_REQ, "S", "sampling steps (default: dev 50, schnell 4, Qwen-Image 50)", OPT_STEPS },
 	{ "res", 0, FX_OPT_REQ, "WxH", "image size in pixels, multiples of 16 (default 1024x1024)", OPT_RES },
-	{ "guidance", 0, FX_OPT_REQ, "G", "guidance scale for dev models (default 3.5)", OPT_GUIDANCE },
+	{ "guidance", 0, FX_OPT_REQ, "G", "FLUX.1-dev guidance (default 3.5); Qwen-Image true-CFG scale (default 4.0)", OPT_GUIDANCE },
 	{ "seed", 0, FX_OPT_REQ, "N", "noise seed of prompt p is N+p; also seeds the row sampling (default 0)", OPT_SEED },
 	{ "samples", 0, FX_OPT_REQ, "M", "activation rows kept per layer (default 512)", OPT_SAMPLES },
 	{ "hessian", 0, FX_OPT_NONE, NULL, "also record XᵀX per layer", OPT_HESSIAN },

@@ -13,10 +13,10 @@
 #include "fx-ops.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
-#include "fx-flux.h"
+#include "fx-family.h"
+#include "fx-sampler.h"   /* fx_rng */
 #include "fx-lora.h"
 #include "fx-model.h"
-#include "fx-sampler.h"
 #include "fx-stage.h"
 #include "fx-st.h"
 
@@ -190,11 +190,12 @@ static int capture(void *ctx, const struct fx_group *g, const float *x, int64_t 
 	return 0;
 }
 
-static int step_begin(void *ctx, int step, float sigma, struct fx_err *err)
+static int step_begin(void *ctx, int step, float sigma, int pass, struct fx_err *err)
 {
 	struct cal *c = ctx;
 
 	(void)err;
+	(void)pass;   /* both passes of true CFG are what the layers see */
 	c->step = step;
 	c->sigma = sigma;
 	return 0;
@@ -207,19 +208,6 @@ static uint64_t name_hash(const char *s)
 	while (*s)
 		h = (h ^ (unsigned char)*s++) * 1099511628211ull;
 	return h;
-}
-
-static int cond_tensor(const struct fx_st *cs, const char *name, int ndim, const struct fx_tensor **t,
-		       struct fx_err *err)
-{
-	*t = fx_st_find(cs, name);
-	if (!*t)
-		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' missing (a conditioning file holds "
-				"prompt_embeds (P,L,D) and pooled_prompt_embeds (P,768))", fx_st_path(cs), name);
-	if ((*t)->ndim != ndim)
-		return fx_error(err, FX_E_FORMAT, "'%s': tensor '%s' has %d dims, expected %d",
-				fx_st_path(cs), name, (*t)->ndim, ndim);
-	return 0;
 }
 
 /* Bytes of statistics a layer holds during its own pass: the reservoir,
@@ -457,18 +445,18 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 {
 	struct fx_model *m = NULL;
 	struct fx_st *cs = NULL;
-	struct fx_flux *f = NULL;
+	struct fx_runner *f = NULL;
+	const struct fx_runner_ops *run = NULL;
 	struct fx_stage *s = NULL;
 	const struct fx_model_config *c;
-	const struct fx_tensor *pe, *pp;
-	struct fx_sample_params sp;
-	struct fx_flux_hooks hooks = {0};
+	struct fx_run_params sp;
+	struct fx_run_hooks hooks = {0};
 	struct cal cal = {0};
 	struct fx_progress prog;
 	struct fx_device dev;
 	char id[65], blocks[32], res[32], note[256], label[64], *modeljs = NULL;
-	float *txt = NULL, *pooled = NULL, *lat = NULL;
-	int64_t ni, nt, P, i, kmax = 0;
+	float *lat = NULL;
+	int64_t ni, P, held, i, kmax = 0;
 	int first, last, ret, npass = 1;
 	double max_need;
 	bool bf16;
@@ -481,29 +469,19 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	    (ret = fx_st_open(&cs, o->cond, err)) < 0)
 		goto out;
 	c = fx_model_config(m);
-	if ((ret = cond_tensor(cs, "prompt_embeds", 3, &pe, err)) < 0 ||
-	    (ret = cond_tensor(cs, "pooled_prompt_embeds", 2, &pp, err)) < 0)
+	run = c->family->run;
+	if ((ret = run->open(&f, m, cs, o->cond, &held, err)) < 0)
 		goto out;
-	if (pe->shape[2] != c->joint_dim || pp->shape[1] != c->pooled_dim || pe->shape[0] != pp->shape[0]) {
-		char a[64], b[64];
-
-		ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning does not fit the model: prompt_embeds %s "
-			       "and pooled_prompt_embeds %s, the model takes [P,L,%d] and [P,%d]",
-			       o->cond, fx_shape_str(a, sizeof(a), 3, pe->shape),
-			       fx_shape_str(b, sizeof(b), 2, pp->shape), c->joint_dim, c->pooled_dim);
-		goto out;
-	}
-	P = o->prompts > 0 ? o->prompts : pe->shape[0];
-	if (P > pe->shape[0]) {
+	P = o->prompts > 0 ? o->prompts : held;
+	if (P > held) {
 		ret = fx_error(err, FX_E_ARG, "--prompts %lld but '%s' holds %lld", (long long)P, o->cond,
-			       (long long)pe->shape[0]);
+			       (long long)held);
 		goto out;
 	}
-	nt = pe->shape[1];
 	if ((ret = fx_blocks_resolve(c, o->first_block, o->last_block, &first, &last, blocks,
 				     sizeof(blocks), err)) < 0)
 		goto out;
-	fx_sample_params_init(&sp, c);
+	run->defaults(c, &sp);
 	if (o->steps > 0)
 		sp.steps = o->steps;
 	if (o->width > 0) {
@@ -512,7 +490,7 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	}
 	if (o->guidance >= 0)
 		sp.guidance = o->guidance;
-	if ((ret = fx_sampler_tokens(sp.width, sp.height, &ni, err)) < 0)
+	if ((ret = run->tokens(c, sp.width, sp.height, &ni, err)) < 0)
 		goto out;
 
 	if ((ret = fx_stage_new(&s, "fx-calib", FX_FMT_CALIB, o->output, err)) < 0 ||
@@ -524,7 +502,12 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "prompts", P);
 	fx_stage_param_int(s, "steps", sp.steps);
 	fx_stage_param_str(s, "res", res);
-	fx_stage_param_real(s, "guidance", c->guidance ? sp.guidance : 0);
+	/* FLUX: the guidance embedder's scale (0 without one); Qwen-Image:
+	 * the true-CFG scale, under its own name */
+	if (c->family->run == run && !strcmp(c->family->name, "qwenimage"))
+		fx_stage_param_real(s, "true_cfg", sp.guidance);
+	else
+		fx_stage_param_real(s, "guidance", c->guidance ? sp.guidance : 0);
 	fx_stage_param_int(s, "seed", (long long)o->seed);
 	fx_stage_param_int(s, "samples", o->samples);
 	fx_stage_param_int(s, "hessian", o->hessian);
@@ -584,19 +567,15 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((ret = fx_flux_new(&f, m, err)) < 0 || (ret = fx_flux_set_device(f, &dev, err)) < 0)
+	if ((ret = run->set_device(f, &dev, bf16, err)) < 0)
 		goto out;
-	fx_flux_set_bf16_gemm(f, bf16);
 	fx_log_debug("computing on %s%s", dev.desc, bf16 ? " (BF16 GEMMs)" : "");
 	hooks.ctx = &cal;
 	hooks.capture = capture;
-	fx_flux_set_hooks(f, &hooks);
-	sp.step_begin = step_begin;
-	sp.step_ctx = &cal;
-	txt = malloc((size_t)nt * c->joint_dim * sizeof(float));
-	pooled = malloc((size_t)c->pooled_dim * sizeof(float));
+	hooks.step_begin = step_begin;
+	run->set_hooks(f, &hooks);
 	lat = malloc((size_t)ni * c->in_channels * sizeof(float));
-	if (!txt || !pooled || !lat) {
+	if (!lat) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
 	}
@@ -628,18 +607,9 @@ int fx_calibrate_run(const struct fx_calibrate_opts *o, bool *up_to_date,
 			snprintf(label, sizeof(label), "fx-calib");
 		fx_progress_start(&prog, label, (uint64_t)P, 0);
 		for (i = 0; i < P; i++) {
-			size_t tsz = fx_dtype_size(pe->dtype), psz = fx_dtype_size(pp->dtype);
-
-			if (fx_to_f32(txt, (const char *)pe->data + (size_t)i * nt * c->joint_dim * tsz, pe->dtype,
-				      (size_t)nt * c->joint_dim) < 0 ||
-			    fx_to_f32(pooled, (const char *)pp->data + (size_t)i * c->pooled_dim * psz, pp->dtype,
-				      (size_t)c->pooled_dim) < 0) {
-				ret = fx_error(err, FX_E_FORMAT, "'%s': conditioning tensors must be float", o->cond);
-				goto out;
-			}
 			cal.prompt = (int)i;
 			sp.seed = o->seed + (uint64_t)i;
-			if ((ret = fx_sampler_run(f, &sp, txt, nt, pooled, lat, err)) < 0)
+			if ((ret = run->sample(f, i, &sp, lat, err)) < 0)
 				goto out;
 			fx_progress_step(&prog, 1, 0);
 		}
@@ -665,10 +635,9 @@ out:
 	free(cal.st);
 	free(cal.xd);
 	free(modeljs);
-	free(txt);
-	free(pooled);
 	free(lat);
-	fx_flux_free(f);
+	if (run)
+		run->free(f);
 	fx_st_close(cs);
 	fx_model_close(m);
 	if (stage_out && ret >= 0)
