@@ -1,10 +1,10 @@
-# FLUX.1 -> plain round-to-nearest 4-bit Nunchaku checkpoint (no calibration,
+# FLUX.1 (or any family fx reads: Qwen-Image) -> plain round-to-nearest 4-bit Nunchaku checkpoint (no calibration,
 # no smoothing, rank 0): the baseline SVDQuant is measured against.
 #
 #   make -f pipelines/flux-rtn.mk MODEL=~/FLUX.1-dev [OUT=out] [PRECISION=fp4|int4] [LORA=...]
 include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 
-MODEL ?= $(error MODEL=<FLUX model folder or file> is required)
+MODEL ?= $(error MODEL=<FLUX or Qwen-Image model folder or file> is required)
 NAME  ?= $(call model_name,$(MODEL))
 
 QUANT := $(OUT)/quant-rtn-$(PRECISION).safetensors

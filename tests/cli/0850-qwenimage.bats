@@ -145,6 +145,13 @@ PY
 			assert_success
 		done
 	done
+	# fx-eval samples with the emulated runtime modules of each checkpoint
+	make -s -f "$MK/flux-rtn.mk" MODEL="$M" OUT="$O" FX="$FX" PRECISION=int4 > /dev/null
+	run fx-eval --model "$M" --cond "$C" --prompts 1 --steps 2 --res 64x64 \
+		"$O/svdq-int4_r32-qwen.safetensors" "$O/rtn-int4-qwen.safetensors"
+	assert_success
+	assert_output --partial "worst layers (output SNR dB): "
+	[ "$(grep -c 'PSNR after each step' <<<"$output")" -eq 2 ]
 	# a second run does nothing
 	pipeline PRECISION=int4 RANK=32
 	grep -c 'up to date' "$BATS_TEST_TMPDIR/make.log"
