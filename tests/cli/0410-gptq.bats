@@ -190,3 +190,29 @@ PY
 	fx-pack -q --model "$T/m" --quant "$T/q01-all.st" --branch "$T/b01-all.st" --quant "$T/q23-all.st" --branch "$T/b23-all.st" -o "$T/p-all.st"
 	run -0 python3 "$BATS_TEST_DIRNAME/stconv.py" diff "$T/p-all.st" "$T/p-shards.st"
 }
+
+@test "fx-verify judges a GPTQ module whose weight error is high by its output on the calibration rows; a scrambled one still fails" {
+	# 128x128: few rows, so GPTQ may move much weight error into inputs the
+	# calibration rarely opens (INT4 fc2)
+	fx-calib -q --model "$T/m" --cond "$T/cond.st" --steps 2 --res 128x128 --samples 64 --hessian -o "$T/c128.st"
+	fx-lowrank -q --model "$T/m" --calib "$T/c128.st" --precision int4 --rank 32 -o "$T/b.st"
+	fx-quant -q --model "$T/m" --branch "$T/b.st" --calib "$T/c128.st" --gptq --precision int4 -o "$T/q.st"
+	fx-pack -q --model "$T/m" --quant "$T/q.st" --branch "$T/b.st" -o "$T/p.st"
+	fx-meta -q --model "$T/m" "$T/p.st"
+	run -0 fx-verify --model "$T/m" --calib "$T/c128.st" "$T/p.st"
+	assert_output --partial "0 errors"
+	# the same layer with its lora_up halves swapped (checksum made to match)
+	python3 - "$T/p.st" "$T/bad.st" <<'PY'
+import json, sys, zlib, stconv
+t, meta = stconv.load(sys.argv[1])
+n = "single_transformer_blocks.1.mlp_fc2.lora_up"
+dt, shape, raw = t[n]
+h = len(raw) // 2
+t[n] = (dt, shape, raw[h:] + raw[:h])
+c = json.loads(meta["fx.crc32"]); c[n] = "%08x" % zlib.crc32(t[n][2])
+meta["fx.crc32"] = json.dumps(c, separators=(",", ":"), sort_keys=True)
+stconv.save(sys.argv[2], t, meta)
+PY
+	run -1 fx-verify --model "$T/m" --calib "$T/c128.st" "$T/bad.st"
+	assert_output --partial "mlp_fc2 (single block 1): does not reproduce the source layer"
+}

@@ -19,6 +19,10 @@
  * little; half-swapped scales or smoothing pass the absolute bound above
  * but land at 3x or more. */
 #define FX_AUDIT_MAX_REQUANT_RATIO 1.6
+/* A GPTQ checkpoint's module whose weight error is over the limit passes
+ * when its output SNR on the calibration rows is at least this (dB); a
+ * wrong layout or fusion order gives about 0 dB. */
+#define FX_AUDIT_MIN_GPTQ_SNR 10.0
 
 /* With --model (and --calib for output SNR): every module of a packed file
  * unpacked and compared with the source layer, worst first. */
