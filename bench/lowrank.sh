@@ -91,6 +91,9 @@ for rank in 32 128; do
 	if [[ -n $LR_SEC ]]; then
 		total=$(calc "$LR_SEC * $DEV_RUNS")
 		note "r$rank rsvd: $(calc "$LR_SEC / $GROUPS_PER_RUN" '%.2f') s per group; projected FLUX.1-dev (304 groups): $(secs_h "$total")"
+		# kept for bench/run.sh gptq's post-calibration projection
+		[[ $rank == 32 ]] && printf '%s measured %s\n' "$total" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+			>"$CACHE/lowrank-r32-dev.txt"
 		row "fx-lowrank r$rank rsvd" "4 groups, default grid" "$(calc "$LR_SEC / $GROUPS_PER_RUN" '%.1f') s/group" \
 			"dev total $(secs_h "$total")" "$(calc "3600 / $total" '%.2f')" "60 min target / projected" "$LR_RSS" \
 			"$([[ $rank == 32 ]] && echo ">= 1 (< 60 min)" || echo "-")"
