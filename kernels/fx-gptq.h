@@ -10,9 +10,10 @@
  * the diagonal, multiplied by 10 on a failed Cholesky (up to 6 times);
  * the error of a block of `block` columns reaches the rest in one product.
  *
- * Precision: H is factored in f32 after dividing it by mean(diag H) (the
- * sweep was always f32); tests/unit/test-gptq.c holds the codes against an
- * f64 numpy reference and an f64 sweep on an ill-conditioned H.
+ * Precision: H is factored in f32 after dividing it by mean(diag H), in f64
+ * only where f32 breaks down first (the sweep was always f32);
+ * tests/unit/test-gptq.c holds the codes against an f64 numpy reference
+ * and an f64 sweep on an ill-conditioned H.
  *
  * Determinism: rows are swept in panels of FX_GPTQ_PANEL consecutive rows
  * of a call (a short last one padded), every product cut from the shapes
@@ -34,6 +35,8 @@ struct fx_gptq;
 /* h: (k,k) symmetric, row-major f64 (only the upper triangle is read). */
 int fx_gptq_new(struct fx_gptq **out, const double *h, int64_t k, double damp, int block,
 		struct fx_err *err);
+/* Keeps the largest factor buffer (k² floats) for the next fx_gptq_new of
+ * the process: fresh pages cost a fifth of a large factorization. */
 void fx_gptq_free(struct fx_gptq *g);
 /* The damping factor that succeeded (damp, or damp·10^j). */
 double fx_gptq_damp_used(const struct fx_gptq *g);
