@@ -26,8 +26,8 @@ BIN := $(B)/bin
 # Library folders, lowest first: each includes only folders before it
 # (a family in tools/lib/<name> includes text/ and formats/; tools/lib the
 # families; audit/ and stages/ all of them).
-LIB_DIRS := common kernels kernels/ref kernels/cpu formats tools/lib/text tools/lib/flux \
-            tools/lib/qwenimage tools/lib tools/lib/audit tools/lib/stages
+LIB_DIRS := common kernels kernels/ref kernels/cpu formats tools/lib/text tools/lib/dit \
+            tools/lib/flux tools/lib/qwenimage tools/lib tools/lib/audit tools/lib/stages
 CPPFLAGS += -D_GNU_SOURCE $(addprefix -I,$(filter-out kernels/ref kernels/cpu,$(LIB_DIRS))) -MMD -MP
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -Wall -Wextra -fopenmp

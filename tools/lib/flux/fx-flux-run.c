@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fx-dit-linear.h"
 #include "fx-flux.h"
 #include "fx-model.h"
 #include "fx-sampler.h"
@@ -118,16 +119,10 @@ static int run_set_device(struct fx_runner *r, const struct fx_device *dev, bool
 
 static void run_set_hooks(struct fx_runner *r, const struct fx_run_hooks *h)
 {
-	struct fx_flux_hooks fh = {0};
-
 	r->hooked = h != NULL;
-	if (h) {
+	if (h)
 		r->h = *h;
-		fh.ctx = h->ctx;
-		fh.linear = h->linear;
-		fh.capture = h->capture;
-	}
-	fx_flux_set_hooks(r->f, h ? &fh : NULL);
+	fx_dit_linear_set_run_hooks(fx_flux_linear(r->f), h);
 }
 
 static int step_begin(void *ctx, int step, float sigma, struct fx_err *err)
@@ -169,7 +164,7 @@ static int run_sample(struct fx_runner *r, int64_t p, const struct fx_run_params
 static int run_linear_dense(struct fx_runner *r, const struct fx_group *g, const float *x,
 			    int64_t m, float *y, struct fx_err *err)
 {
-	return fx_flux_linear_dense(r->f, g, x, m, y, err);
+	return fx_dit_linear_dense(fx_flux_linear(r->f), g, x, m, y, err);
 }
 
 const struct fx_runner_ops fx_flux_runner = {

@@ -4,6 +4,7 @@
 #include "fx-flux.h"
 
 #include "fx-device.h"
+#include "fx-dit-linear.h"
 #include "fx-ops-cuda.h"
 #include "fx-ops.h"
 
@@ -48,14 +49,11 @@ static const char *const dnorm[4] = {
 struct fx_flux {
 	const struct fx_model *m;
 	struct fx_model_config c;
-	struct fx_flux_hooks hooks;
+	struct fx_dit_linear lin;       /* hooks, widened weights */
 	struct fx_ops_ws attn_ws;       /* attention score tiles, kept between calls */
 	const struct fx_group **dg;     /* num_double x DG_COUNT */
 	const struct fx_group **sg;     /* num_single x SG_COUNT */
 	int temb_width;                 /* sinusoid width (256) */
-	/* widened weights, grown on demand */
-	float *w, *b;
-	size_t wcap, bcap;
 	/* per-forward vectors */
 	float *temb, *stemb, *mod, *emb, *tmp, *norms;
 	/* activations for up to cap tokens */
@@ -84,34 +82,6 @@ float fx_flux_guidance(float guidance)
 	return bf16r(bf16r(guidance) * 1000.0f);
 }
 
-static int check_plain(const struct fx_model *m, const char *name, int64_t n, int64_t k,
-		       struct fx_err *err)
-{
-	const struct fx_tensor *t = fx_model_plain(m, name);
-	bool ok = t && t->ndim == (k ? 2 : 1) && t->shape[0] == n && (!k || t->shape[1] == k);
-
-	if (ok)
-		return 0;
-	if (k)
-		return fx_error(err, FX_E_FORMAT, "model has no tensor '%s' of shape [%lld,%lld]",
-				name, (long long)n, (long long)k);
-	return fx_error(err, FX_E_FORMAT, "model has no tensor '%s' of shape [%lld]", name,
-			(long long)n);
-}
-
-static int check_plain_linear(const struct fx_model *m, const char *base, int64_t n,
-			      int64_t k, struct fx_err *err)
-{
-	char nm[NAME_MAX_];
-	int ret;
-
-	snprintf(nm, sizeof(nm), "%s.weight", base);
-	if ((ret = check_plain(m, nm, n, k, err)) < 0)
-		return ret;
-	snprintf(nm, sizeof(nm), "%s.bias", base);
-	return check_plain(m, nm, n, 0, err);
-}
-
 static int find_groups(struct fx_flux *f, bool single, int nblk, const struct gspec *spec,
 		       int ng, const struct fx_group **dst, struct fx_err *err)
 {
@@ -121,16 +91,12 @@ static int find_groups(struct fx_flux *f, bool single, int nblk, const struct gs
 	for (int i = 0; i < nblk; i++) {
 		fx_block_prefix(pre, sizeof(pre), single, i);
 		for (int j = 0; j < ng; j++) {
-			const struct fx_group *g;
 			int64_t n = spec[j].n ? spec[j].n * D : F, k = spec[j].k ? D : F;
+			int ret;
 
 			snprintf(nm, sizeof(nm), "%s.%s", pre, spec[j].name);
-			g = fx_model_find_group(f->m, nm);
-			if (!g || g->n != n || g->k != k)
-				return fx_error(err, FX_E_FORMAT,
-						"model has no fused group '%s' of %lld x %lld", nm,
-						(long long)n, (long long)k);
-			dst[i * ng + j] = g;
+			if ((ret = fx_dit_check_group(f->m, nm, n, k, &dst[i * ng + j], err)) < 0)
+				return ret;
 		}
 	}
 	return 0;
@@ -155,18 +121,18 @@ static int check_model(struct fx_flux *f, struct fx_err *err)
 		return fx_error(err, FX_E_FORMAT, "model has no tensor '%s' of an even width",
 				P_TIME1 ".weight");
 	f->temb_width = (int)t->shape[1];
-	if ((ret = check_plain_linear(m, "x_embedder", D, c->in_channels, err)) < 0 ||
-	    (ret = check_plain_linear(m, "context_embedder", D, c->joint_dim, err)) < 0 ||
-	    (ret = check_plain_linear(m, P_TIME1, D, f->temb_width, err)) < 0 ||
-	    (ret = check_plain_linear(m, P_TIME2, D, D, err)) < 0 ||
-	    (ret = check_plain_linear(m, P_TEXT1, D, c->pooled_dim, err)) < 0 ||
-	    (ret = check_plain_linear(m, P_TEXT2, D, D, err)) < 0 ||
-	    (ret = check_plain_linear(m, "norm_out.linear", 2 * D, D, err)) < 0 ||
-	    (ret = check_plain_linear(m, "proj_out", c->out_channels, D, err)) < 0)
+	if ((ret = fx_dit_check_linear(m, "x_embedder", D, c->in_channels, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, "context_embedder", D, c->joint_dim, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, P_TIME1, D, f->temb_width, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, P_TIME2, D, D, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, P_TEXT1, D, c->pooled_dim, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, P_TEXT2, D, D, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, "norm_out.linear", 2 * D, D, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, "proj_out", c->out_channels, D, err)) < 0)
 		return ret;
 	if (c->guidance &&
-	    ((ret = check_plain_linear(m, P_GUID1, D, f->temb_width, err)) < 0 ||
-	     (ret = check_plain_linear(m, P_GUID2, D, D, err)) < 0))
+	    ((ret = fx_dit_check_linear(m, P_GUID1, D, f->temb_width, err)) < 0 ||
+	     (ret = fx_dit_check_linear(m, P_GUID2, D, D, err)) < 0))
 		return ret;
 	for (int i = 0; i < c->num_double + c->num_single; i++) {
 		bool single = i >= c->num_double;
@@ -174,7 +140,7 @@ static int check_model(struct fx_flux *f, struct fx_err *err)
 		fx_block_prefix(pre, sizeof(pre), single, single ? i - c->num_double : i);
 		for (int j = 0; j < (single ? 2 : 4); j++) {
 			snprintf(nm, sizeof(nm), "%s.%s", pre, dnorm[j]);
-			if ((ret = check_plain(m, nm, c->head_dim, 0, err)) < 0)
+			if ((ret = fx_dit_check_plain(m, nm, c->head_dim, 0, err)) < 0)
 				return ret;
 		}
 	}
@@ -194,6 +160,7 @@ int fx_flux_new(struct fx_flux **out, const struct fx_model *m, struct fx_err *e
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	f->m = m;
 	f->c = *fx_model_config(m);
+	fx_dit_linear_init(&f->lin, m);
 	D = f->c.hidden;
 	f->dg = calloc((size_t)(f->c.num_double > 0 ? f->c.num_double : 1) * DG_COUNT, sizeof(*f->dg));
 	f->sg = calloc((size_t)(f->c.num_single > 0 ? f->c.num_single : 1) * SG_COUNT, sizeof(*f->sg));
@@ -242,8 +209,7 @@ void fx_flux_free(struct fx_flux *f)
 	cu_free(f->cu);
 	free(f->dg);
 	free(f->sg);
-	free(f->w);
-	free(f->b);
+	fx_dit_linear_release(&f->lin);
 	fx_ops_ws_free(&f->attn_ws);
 	free(f->temb);
 	free(f->stemb);
@@ -259,12 +225,21 @@ const struct fx_model *fx_flux_model(const struct fx_flux *f)
 	return f->m;
 }
 
+struct fx_dit_linear *fx_flux_linear(struct fx_flux *f)
+{
+	return &f->lin;
+}
+
 void fx_flux_set_hooks(struct fx_flux *f, const struct fx_flux_hooks *h)
 {
-	if (h)
-		f->hooks = *h;
-	else
-		memset(&f->hooks, 0, sizeof(f->hooks));
+	struct fx_dit_hooks dh = { 0 };
+
+	if (h) {
+		dh.ctx = h->ctx;
+		dh.linear = h->linear;
+		dh.capture = h->capture;
+	}
+	fx_dit_linear_set_hooks(&f->lin, &dh);
 }
 
 static int ensure_acts(struct fx_flux *f, int64_t n, struct fx_err *err)
@@ -293,111 +268,10 @@ static int ensure_acts(struct fx_flux *f, int64_t n, struct fx_err *err)
 	return 0;
 }
 
-static int ensure_w(struct fx_flux *f, size_t nw, size_t nb, struct fx_err *err)
-{
-	if (nw > f->wcap) {
-		free(f->w);
-		if (!(f->w = fx_ops_alloc(nw * sizeof(float)))) {
-			f->wcap = 0;
-			return fx_error(err, FX_E_NOMEM, "out of memory for a %zu-value weight", nw);
-		}
-		f->wcap = nw;
-	}
-	if (nb > f->bcap) {
-		free(f->b);
-		if (!(f->b = malloc(nb * sizeof(float)))) {
-			f->bcap = 0;
-			return fx_error(err, FX_E_NOMEM, "out of memory");
-		}
-		f->bcap = nb;
-	}
-	return 0;
-}
-
 int fx_flux_linear_dense(struct fx_flux *f, const struct fx_group *g, const float *x,
 			 int64_t m, float *y, struct fx_err *err)
 {
-	/* merged LoRAs: the raw BF16 weights are not the model's values */
-	bool bf16 = m == 1 && !fx_model_group_merged(f->m, g);
-	int ret, i;
-
-	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)
-		return ret;
-	for (i = 0; i < g->nmembers; i++)
-		bf16 = bf16 && g->members[i].weight->dtype == FX_BF16 && g->members[i].weight->ndim == 2;
-	/* one token (the modulations): the BF16 weight in place, each read once */
-	if (bf16 && (ret = fx_model_group_f32(f->m, g, NULL, f->b, err)) == 0) {
-		for (i = 0; i < g->nmembers && bf16; i++) {
-			const struct fx_member *mb = &g->members[i];
-			const struct fx_tensor *t = mb->weight;
-			const unsigned char *w0 = (const unsigned char *)t->data +
-						  (size_t)(mb->row0 * t->shape[1] + mb->col0) * 2;
-
-			bf16 = fx_ops_gemv_bf16(y + mb->out_row0, x, w0, t->shape[1], f->b + mb->out_row0,
-						mb->nrows, mb->ncols);
-		}
-		if (bf16)
-			return 0;
-		/* NaN/Inf somewhere: the widening below names the tensor and element */
-	}
-	if ((ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
-		return ret;
-	fx_ops_linear(y, x, f->w, f->b, m, g->n, g->k);
-	return 0;
-}
-
-static int group_linear(struct fx_flux *f, const struct fx_group *g, const float *x, int64_t m,
-			float *y, struct fx_err *err)
-{
-	int ret;
-
-	if (m <= 0)
-		return 0;
-	if (f->hooks.capture && (ret = f->hooks.capture(f->hooks.ctx, g, x, m, err)) < 0)
-		goto fail;
-	if (!f->hooks.linear)
-		return fx_flux_linear_dense(f, g, x, m, y, err);
-	if ((ret = f->hooks.linear(f->hooks.ctx, g, x, m, y, err)) < 0)
-		goto fail;
-	return 0;
-fail:
-	if (err && !err->code)
-		fx_error(err, ret, "hook failed on '%s'", g->name);
-	return ret;
-}
-
-/* y (m, n) = x · Wᵀ + b of a plain linear "<base>.weight"/"<base>.bias". */
-static int plain_linear(struct fx_flux *f, const char *base, const float *x, int64_t m,
-			float *y, struct fx_err *err)
-{
-	char wn[NAME_MAX_], bn[NAME_MAX_];
-	const struct fx_tensor *t;
-	int64_t n, k;
-	int ret;
-
-	snprintf(wn, sizeof(wn), "%s.weight", base);
-	snprintf(bn, sizeof(bn), "%s.bias", base);
-	t = fx_model_plain(f->m, wn);   /* present: checked in fx_flux_new */
-	n = t->shape[0];
-	k = t->shape[1];
-	if ((ret = ensure_w(f, (size_t)(n * k), (size_t)n, err)) < 0 ||
-	    (ret = fx_model_plain_f32(f->m, wn, f->w, err)) < 0 ||
-	    (ret = fx_model_plain_f32(f->m, bn, f->b, err)) < 0)
-		return ret;
-	fx_ops_linear(y, x, f->w, f->b, m, n, k);
-	return 0;
-}
-
-/* MLP(u) = Linear2(SiLU(Linear1(u))) into y (D). */
-static int embed_mlp(struct fx_flux *f, const char *l1, const char *l2, const float *u,
-		     float *y, struct fx_err *err)
-{
-	int ret;
-
-	if ((ret = plain_linear(f, l1, u, 1, f->tmp, err)) < 0)
-		return ret;
-	fx_ops_silu(f->tmp, f->tmp, (size_t)f->c.hidden);
-	return plain_linear(f, l2, f->tmp, 1, y, err);
+	return fx_dit_linear_dense(&f->lin, g, x, m, y, err);
 }
 
 /* temb = MLP_time(E(t)) + MLP_guid(E(g)) + MLP_text(pooled); stemb = SiLU(temb). */
@@ -407,15 +281,16 @@ static int conditioning(struct fx_flux *f, const struct fx_flux_input *in, struc
 	int ret;
 
 	fx_ops_timestep_embed(f->emb, fx_flux_timestep(in->sigma), f->temb_width);
-	if ((ret = embed_mlp(f, P_TIME1, P_TIME2, f->emb, f->temb, err)) < 0)
+	if ((ret = fx_dit_linear_embed_mlp(&f->lin, P_TIME1, P_TIME2, f->emb, f->tmp, f->temb, err)) < 0)
 		return ret;
 	if (f->c.guidance) {
 		fx_ops_timestep_embed(f->emb, fx_flux_guidance(in->guidance), f->temb_width);
-		if ((ret = embed_mlp(f, P_GUID1, P_GUID2, f->emb, f->mod, err)) < 0)
+		if ((ret = fx_dit_linear_embed_mlp(&f->lin, P_GUID1, P_GUID2, f->emb, f->tmp, f->mod, err)) < 0)
 			return ret;
 		fx_ops_add(f->temb, f->mod, D);
 	}
-	if ((ret = embed_mlp(f, P_TEXT1, P_TEXT2, in->pooled, f->mod, err)) < 0)
+	if ((ret = fx_dit_linear_embed_mlp(&f->lin, P_TEXT1, P_TEXT2, in->pooled, f->tmp, f->mod,
+						   err)) < 0)
 		return ret;
 	fx_ops_add(f->temb, f->mod, D);
 	fx_ops_silu(f->stemb, f->temb, D);
@@ -467,38 +342,38 @@ static int double_block(struct fx_flux *f, int blk, int64_t nt, int64_t ni, stru
 	float *mi = f->mod, *mt = f->mod + 6 * D;   /* shift1 scale1 gate1 shift2 scale2 gate2 */
 	int ret;
 
-	if ((ret = group_linear(f, g[DG_NORM1], f->stemb, 1, mi, err)) < 0 ||
-	    (ret = group_linear(f, g[DG_NORM1_CTX], f->stemb, 1, mt, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[DG_NORM1], f->stemb, 1, mi, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[DG_NORM1_CTX], f->stemb, 1, mt, err)) < 0)
 		return ret;
 	/* attention */
 	fx_ops_layernorm_mod(ai, xi, ni, D, mi, mi + D, EPS);
 	fx_ops_layernorm_mod(at, xt, nt, D, mt, mt + D, EPS);
-	if ((ret = group_linear(f, g[DG_QKV], ai, ni, f->qkv + nt * 3 * D, err)) < 0 ||
-	    (ret = group_linear(f, g[DG_QKV_CTX], at, nt, f->qkv, err)) < 0 ||
+	if ((ret = fx_dit_linear_group(&f->lin, g[DG_QKV], ai, ni, f->qkv + nt * 3 * D, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[DG_QKV_CTX], at, nt, f->qkv, err)) < 0 ||
 	    (ret = load_norms(f, false, blk, 4, err)) < 0)
 		return ret;
 	qk_norm(f, nt, ni, f->norms, f->norms + hd);
 	qk_norm(f, 0, nt, f->norms + 2 * hd, f->norms + 3 * hd);
 	if ((ret = rope_attention(f, nt + ni, err)) < 0 ||
-	    (ret = group_linear(f, g[DG_OUT], f->o + nt * D, ni, ti, err)) < 0 ||
-	    (ret = group_linear(f, g[DG_OUT_CTX], f->o, nt, tt, err)) < 0)
+	    (ret = fx_dit_linear_group(&f->lin, g[DG_OUT], f->o + nt * D, ni, ti, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[DG_OUT_CTX], f->o, nt, tt, err)) < 0)
 		return ret;
 	fx_ops_gated_add(xi, ti, mi + 2 * D, ni, D);
 	fx_ops_gated_add(xt, tt, mt + 2 * D, nt, D);
 	/* image MLP */
 	fx_ops_layernorm_mod(ai, xi, ni, D, mi + 3 * D, mi + 4 * D, EPS);
-	if ((ret = group_linear(f, g[DG_FC1], ai, ni, f->h, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[DG_FC1], ai, ni, f->h, err)) < 0)
 		return ret;
 	fx_ops_gelu_tanh(f->h, (size_t)(ni * F));
-	if ((ret = group_linear(f, g[DG_FC2], f->h, ni, ti, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[DG_FC2], f->h, ni, ti, err)) < 0)
 		return ret;
 	fx_ops_gated_add(xi, ti, mi + 5 * D, ni, D);
 	/* text MLP */
 	fx_ops_layernorm_mod(at, xt, nt, D, mt + 3 * D, mt + 4 * D, EPS);
-	if ((ret = group_linear(f, g[DG_CFC1], at, nt, f->h, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[DG_CFC1], at, nt, f->h, err)) < 0)
 		return ret;
 	fx_ops_gelu_tanh(f->h, (size_t)(nt * F));
-	if ((ret = group_linear(f, g[DG_CFC2], f->h, nt, tt, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[DG_CFC2], f->h, nt, tt, err)) < 0)
 		return ret;
 	fx_ops_gated_add(xt, tt, mt + 5 * D, nt, D);
 	return 0;
@@ -511,11 +386,11 @@ static int single_block(struct fx_flux *f, int blk, int64_t n, struct fx_err *er
 	float *md = f->mod;   /* shift scale gate */
 	int ret;
 
-	if ((ret = group_linear(f, g[SG_NORM], f->stemb, 1, md, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[SG_NORM], f->stemb, 1, md, err)) < 0)
 		return ret;
 	fx_ops_layernorm_mod(f->a, f->x, n, D, md, md + D, EPS);
-	if ((ret = group_linear(f, g[SG_QKV], f->a, n, f->qkv, err)) < 0 ||
-	    (ret = group_linear(f, g[SG_FC1], f->a, n, f->h, err)) < 0 ||
+	if ((ret = fx_dit_linear_group(&f->lin, g[SG_QKV], f->a, n, f->qkv, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[SG_FC1], f->a, n, f->h, err)) < 0 ||
 	    (ret = load_norms(f, true, blk, 2, err)) < 0)
 		return ret;
 	qk_norm(f, 0, n, f->norms, f->norms + hd);
@@ -523,8 +398,8 @@ static int single_block(struct fx_flux *f, int blk, int64_t n, struct fx_err *er
 		return ret;
 	fx_ops_gelu_tanh(f->h, (size_t)(n * F));
 	/* proj_out([o, u]) = out_proj(o) + mlp_fc2(u); f->a is free now */
-	if ((ret = group_linear(f, g[SG_OUT], f->o, n, f->t, err)) < 0 ||
-	    (ret = group_linear(f, g[SG_FC2], f->h, n, f->a, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[SG_OUT], f->o, n, f->t, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[SG_FC2], f->h, n, f->a, err)) < 0)
 		return ret;
 	fx_ops_add(f->t, f->a, (size_t)(n * D));
 	fx_ops_gated_add(f->x, f->t, md + 2 * D, n, D);
@@ -658,8 +533,8 @@ static int cu_ensure_acts(struct fx_flux *f, int64_t n, struct fx_err *err)
 	return 0;
 }
 
-/* Uploads the weight (n,k) in f->w (f32, or BF16 bits with bf16) and the
- * bias (n) in f->b and applies them to x_dev. */
+/* Uploads the weight (n,k) in f->lin.w (f32, or BF16 bits with bf16) and
+ * the bias (n) in f->lin.b and applies them to x_dev. */
 static int cu_linear_w(struct fx_flux *f, const float *x_dev, int64_t m, float *y_dev,
 		       int64_t n, int64_t k, bool bf16, struct fx_err *err)
 {
@@ -669,8 +544,9 @@ static int cu_linear_w(struct fx_flux *f, const float *x_dev, int64_t m, float *
 
 	if ((ret = cu_ensure(c, &c->w, (size_t)(n * k), err)) < 0 ||
 	    (ret = cu_ensure(c, &c->b, (size_t)n, err)) < 0 ||
-	    (ret = fx_cuda_upload(c->cx, c->w.data_dev, f->w, wbytes, err)) < 0 ||
-	    (ret = fx_cuda_upload(c->cx, c->b.data_dev, f->b, (size_t)n * sizeof(float), err)) < 0)
+	    (ret = fx_cuda_upload(c->cx, c->w.data_dev, f->lin.w, wbytes, err)) < 0 ||
+	    (ret = fx_cuda_upload(c->cx, c->b.data_dev, f->lin.b, (size_t)n * sizeof(float),
+				  err)) < 0)
 		return ret;
 	if (bf16)
 		return fx_ops_linear_bf16_cuda(c->cx, y_dev, x_dev, c->w.data_dev, DEV(c->b), m, n, k,
@@ -687,26 +563,26 @@ static int cu_group_linear(struct fx_flux *f, const struct fx_group *g, const fl
 
 	if (m <= 0)
 		return 0;
-	if (f->hooks.capture || f->hooks.linear) {
-		if ((ret = cu_stage(c, nx + (f->hooks.linear ? ny : 0), err)) < 0 ||
+	if (f->lin.hooks.capture || f->lin.hooks.linear) {
+		if ((ret = cu_stage(c, nx + (f->lin.hooks.linear ? ny : 0), err)) < 0 ||
 		    (ret = fx_cuda_download(c->cx, c->stage, x_dev, nx * sizeof(float), err)) < 0)
 			return ret;
-		if (f->hooks.capture &&
-		    (ret = f->hooks.capture(f->hooks.ctx, g, c->stage, m, err)) < 0)
+		if (f->lin.hooks.capture &&
+		    (ret = f->lin.hooks.capture(f->lin.hooks.ctx, g, c->stage, m, err)) < 0)
 			goto fail;
-		if (f->hooks.linear) {
-			if ((ret = f->hooks.linear(f->hooks.ctx, g, c->stage, m, c->stage + nx, err)) < 0)
+		if (f->lin.hooks.linear) {
+			if ((ret = f->lin.hooks.linear(f->lin.hooks.ctx, g, c->stage, m, c->stage + nx, err)) < 0)
 				goto fail;
 			return fx_cuda_upload(c->cx, y_dev, c->stage + nx, ny * sizeof(float), err);
 		}
 	}
-	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)
+	if ((ret = fx_dit_linear_reserve(&f->lin, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0)
 		return ret;
-	/* f->w holds n·k floats: room for the BF16 copy too */
+	/* lin.w holds n·k floats: room for the BF16 copy too */
 	if (c->bf16)
-		ret = fx_model_group_bf16(f->m, g, (uint16_t *)f->w, f->b, err);
+		ret = fx_model_group_bf16(f->m, g, (uint16_t *)f->lin.w, f->lin.b, err);
 	else
-		ret = fx_model_group_f32(f->m, g, f->w, f->b, err);
+		ret = fx_model_group_f32(f->m, g, f->lin.w, f->lin.b, err);
 	if (ret < 0)
 		return ret;
 	return cu_linear_w(f, x_dev, m, y_dev, g->n, g->k, c->bf16, err);
@@ -719,19 +595,10 @@ fail:
 static int cu_plain_linear(struct fx_flux *f, const char *base, const float *x_dev, int64_t m,
 			   float *y_dev, struct fx_err *err)
 {
-	char wn[NAME_MAX_], bn[NAME_MAX_];
-	const struct fx_tensor *t;
 	int64_t n, k;
 	int ret;
 
-	snprintf(wn, sizeof(wn), "%s.weight", base);
-	snprintf(bn, sizeof(bn), "%s.bias", base);
-	t = fx_model_plain(f->m, wn);   /* present: checked in fx_flux_new */
-	n = t->shape[0];
-	k = t->shape[1];
-	if ((ret = ensure_w(f, (size_t)(n * k), (size_t)n, err)) < 0 ||
-	    (ret = fx_model_plain_f32(f->m, wn, f->w, err)) < 0 ||
-	    (ret = fx_model_plain_f32(f->m, bn, f->b, err)) < 0)
+	if ((ret = fx_dit_linear_load_plain(&f->lin, base, &n, &k, err)) < 0)
 		return ret;
 	return cu_linear_w(f, x_dev, m, y_dev, n, k, false, err);
 }
@@ -919,8 +786,8 @@ int fx_flux_forward(struct fx_flux *f, const struct fx_flux_input *in, float *ou
 	    (ret = conditioning(f, in, err)) < 0)
 		return ret;
 	/* input projections: text rows first, then image rows */
-	if ((nt && (ret = plain_linear(f, "context_embedder", in->txt, nt, f->x, err)) < 0) ||
-	    (ret = plain_linear(f, "x_embedder", in->img, ni, f->x + nt * D, err)) < 0)
+	if ((nt && (ret = fx_dit_linear_plain(&f->lin, "context_embedder", in->txt, nt, f->x, err)) < 0) ||
+	    (ret = fx_dit_linear_plain(&f->lin, "x_embedder", in->img, ni, f->x + nt * D, err)) < 0)
 		return ret;
 	if (in->txt_ids)
 		memcpy(f->ids, in->txt_ids, (size_t)(nt * 3) * sizeof(float));
@@ -937,8 +804,8 @@ int fx_flux_forward(struct fx_flux *f, const struct fx_flux_input *in, float *ou
 			return ret;
 
 	/* norm_out (diffusers order: scale, then shift) and proj_out */
-	if ((ret = plain_linear(f, "norm_out.linear", f->stemb, 1, md, err)) < 0)
+	if ((ret = fx_dit_linear_plain(&f->lin, "norm_out.linear", f->stemb, 1, md, err)) < 0)
 		return ret;
 	fx_ops_layernorm_mod(f->a, f->x + nt * D, ni, D, md + D, md, EPS);
-	return plain_linear(f, "proj_out", f->a, ni, out, err);
+	return fx_dit_linear_plain(&f->lin, "proj_out", f->a, ni, out, err);
 }

@@ -48,6 +48,11 @@ const struct fx_model *fx_flux_model(const struct fx_flux *f);
 /* Copies *h (NULL: none). */
 void fx_flux_set_hooks(struct fx_flux *f, const struct fx_flux_hooks *h);
 
+struct fx_dit_linear;
+/* The forward's group executor (fx-dit-linear.h): its hooks and dense
+ * linear, borrowed from f. */
+struct fx_dit_linear *fx_flux_linear(struct fx_flux *f);
+
 struct fx_device;
 /* Where the forward runs: NULL or a CPU device is the CPU path (the
  * default); a CUDA device (fx_device_select) runs the blocks on that GPU

@@ -14,7 +14,8 @@
 #include "fx-model.h"
 #include "fx-qwen-sampler.h"
 #include "fx-qwen.h"
-#include "fx-sampler.h"
+#include "fx-dit-linear.h"
+#include "fx-dit-sampler.h"
 #include "fx-device.h"
 #include "fx-st.h"
 
@@ -161,16 +162,10 @@ static int run_set_device(struct fx_runner *r, const struct fx_device *dev, bool
 
 static void run_set_hooks(struct fx_runner *r, const struct fx_run_hooks *h)
 {
-	struct fx_qwen_hooks qh = {0};
-
 	r->hooked = h != NULL;
-	if (h) {
+	if (h)
 		r->h = *h;
-		qh.ctx = h->ctx;
-		qh.linear = h->linear;
-		qh.capture = h->capture;
-	}
-	fx_qwen_set_hooks(r->f, h ? &qh : NULL);
+	fx_dit_linear_set_run_hooks(fx_qwen_linear(r->f), h);
 }
 
 /* Row p (or 0 of a one-row tensor) of t as f32; *n: the tokens up to the
@@ -251,7 +246,7 @@ static int run_sample(struct fx_runner *r, int64_t p, const struct fx_run_params
 static int run_linear_dense(struct fx_runner *r, const struct fx_group *g, const float *x,
 			    int64_t m, float *y, struct fx_err *err)
 {
-	return fx_qwen_linear_dense(r->f, g, x, m, y, err);
+	return fx_dit_linear_dense(fx_qwen_linear(r->f), g, x, m, y, err);
 }
 
 const struct fx_runner_ops fx_qwen_runner = {

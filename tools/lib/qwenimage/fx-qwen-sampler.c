@@ -1,7 +1,7 @@
 /* Qwen-Image sampler: schedule, true CFG, Euler trajectory. */
 #include "fx-qwen-sampler.h"
 
-#include "fx-sampler.h"
+#include "fx-dit-sampler.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,20 +20,15 @@ double fx_qwen_mu(int64_t image_seq_len)
 int fx_qwen_sigmas(float *sigmas, int steps, int64_t image_seq_len, struct fx_err *err)
 {
 	float e = (float)exp(fx_qwen_mu(image_seq_len)), s;
-	double step;
 
 	if (steps < 1 || steps > 100000)
 		return fx_error(err, FX_E_ARG, "bad step count %d", steps);
 	if (steps == 1)   /* z[0] = 0: diffusers' stretch gives 1 − 0/0 = NaN */
 		return fx_error(err, FX_E_ARG,
 				"Qwen-Image's schedule needs at least 2 steps (the terminal stretch is 0/0 at 1)");
-	/* numpy linspace(1, 1/n, n): i·step + 1, the last one exactly 1/n */
-	step = steps > 1 ? (1.0 / steps - 1.0) / (double)(steps - 1) : 0.0;
-	for (int i = 0; i < steps; i++) {
-		float v = (float)(i == steps - 1 ? 1.0 / steps : (double)i * step + 1.0);
-
-		sigmas[i] = e / (e + (1.0f / v - 1.0f));
-	}
+	fx_sampler_linspace(sigmas, steps);
+	for (int i = 0; i < steps; i++)
+		sigmas[i] = e / (e + (1.0f / sigmas[i] - 1.0f));
 	/* stretch_shift_to_terminal */
 	s = (1.0f - sigmas[steps - 1]) / (float)(1.0 - SHIFT_TERMINAL);
 	for (int i = 0; i < steps; i++)
@@ -105,10 +100,8 @@ int fx_qwen_sample_run(struct fx_qwen *f, const struct fx_qwen_sample_params *p,
 	}
 	if ((ret = fx_qwen_sigmas(sig, p->steps, ni, err)) < 0)
 		goto out;
-	if (p->init)
-		memcpy(out, p->init, (size_t)nv * sizeof(float));
-	else
-		fx_sampler_noise(out, c->in_channels / 4, p->height / 8, p->width / 8, p->seed);
+	fx_sampler_start(out, p->init, nv, c->in_channels / 4, p->height / 8, p->width / 8,
+			 p->seed);
 
 	memset(&in, 0, sizeof(in));
 	in.ni = ni;
@@ -133,8 +126,7 @@ int fx_qwen_sample_run(struct fx_qwen *f, const struct fx_qwen_sample_params *p,
 		}
 		if (cfg)
 			fx_qwen_cfg(v, vn, ni, c->in_channels, p->true_cfg);
-		for (int64_t j = 0; j < nv; j++)
-			out[j] = out[j] + dt * v[j];
+		fx_sampler_euler(out, v, dt, nv);
 	}
 out:
 	free(v);

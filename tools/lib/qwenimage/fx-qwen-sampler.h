@@ -1,8 +1,9 @@
 /* Qwen-Image sampling (diffusers pipeline_qwenimage.py with its scheduler
  * config): the sigma schedule, true classifier-free guidance with the norm
  * rescale, and a whole Euler trajectory over fx_qwen_forward. The noise and
- * the latent packing are FLUX's (fx-sampler.h: fx_rng, fx_latent_pack,
- * fx_sampler_noise): QwenImagePipeline._pack_latents is the same layout. */
+ * the latent packing are the families' shared ones (fx-dit-sampler.h:
+ * fx_rng, fx_latent_pack, fx_sampler_noise): QwenImagePipeline._pack_latents
+ * is FLUX's layout. */
 #ifndef FX_QWEN_SAMPLER_H
 #define FX_QWEN_SAMPLER_H
 

@@ -4,6 +4,7 @@
  * row ranges and the attention on all of them. */
 #include "fx-qwen.h"
 
+#include "fx-dit-linear.h"
 #include "fx-ops.h"
 
 #include <math.h>
@@ -42,14 +43,11 @@ static const char *const qknorm[4] = {
 struct fx_qwen {
 	const struct fx_model *m;
 	struct fx_model_config c;
-	struct fx_qwen_hooks hooks;
+	struct fx_dit_linear lin;       /* hooks, widened weights */
 	struct fx_ops_ws attn_ws;       /* attention score tiles, kept between calls */
 	const struct fx_group **g;      /* num_double x QG_COUNT */
 	int temb_width;                 /* sinusoid width (256) */
 	int nout;                       /* proj_out rows: 4 · out_channels */
-	/* widened weights, grown on demand */
-	float *w, *b;
-	size_t wcap, bcap;
 	/* per-forward vectors */
 	float *temb, *stemb, *mod, *emb, *tmp, *norms, *txtw;
 	/* activations for up to cap tokens, cap_nt text tokens */
@@ -132,34 +130,6 @@ void fx_qwen_rope_table(float *cs, float *sn, int64_t nt, int img_h, int img_w,
 
 /* ---- model checks -------------------------------------------------------- */
 
-static int check_plain(const struct fx_model *m, const char *name, int64_t n, int64_t k,
-		       struct fx_err *err)
-{
-	const struct fx_tensor *t = fx_model_plain(m, name);
-	bool ok = t && t->ndim == (k ? 2 : 1) && t->shape[0] == n && (!k || t->shape[1] == k);
-
-	if (ok)
-		return 0;
-	if (k)
-		return fx_error(err, FX_E_FORMAT, "model has no tensor '%s' of shape [%lld,%lld]",
-				name, (long long)n, (long long)k);
-	return fx_error(err, FX_E_FORMAT, "model has no tensor '%s' of shape [%lld]", name,
-			(long long)n);
-}
-
-static int check_plain_linear(const struct fx_model *m, const char *base, int64_t n,
-			      int64_t k, struct fx_err *err)
-{
-	char nm[NAME_MAX_];
-	int ret;
-
-	snprintf(nm, sizeof(nm), "%s.weight", base);
-	if ((ret = check_plain(m, nm, n, k, err)) < 0)
-		return ret;
-	snprintf(nm, sizeof(nm), "%s.bias", base);
-	return check_plain(m, nm, n, 0, err);
-}
-
 static int check_model(struct fx_qwen *f, struct fx_err *err)
 {
 	const struct fx_model *m = f->m;
@@ -188,32 +158,28 @@ static int check_model(struct fx_qwen *f, struct fx_err *err)
 				P_TIME1 ".weight");
 	f->temb_width = (int)t->shape[1];
 	f->nout = 4 * c->out_channels;
-	if ((ret = check_plain_linear(m, "img_in", D, c->in_channels, err)) < 0 ||
-	    (ret = check_plain(m, "txt_norm.weight", c->joint_dim, 0, err)) < 0 ||
-	    (ret = check_plain_linear(m, "txt_in", D, c->joint_dim, err)) < 0 ||
-	    (ret = check_plain_linear(m, P_TIME1, D, f->temb_width, err)) < 0 ||
-	    (ret = check_plain_linear(m, P_TIME2, D, D, err)) < 0 ||
-	    (ret = check_plain_linear(m, "norm_out.linear", 2 * D, D, err)) < 0 ||
-	    (ret = check_plain_linear(m, "proj_out", f->nout, D, err)) < 0)
+	if ((ret = fx_dit_check_linear(m, "img_in", D, c->in_channels, err)) < 0 ||
+	    (ret = fx_dit_check_plain(m, "txt_norm.weight", c->joint_dim, 0, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, "txt_in", D, c->joint_dim, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, P_TIME1, D, f->temb_width, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, P_TIME2, D, D, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, "norm_out.linear", 2 * D, D, err)) < 0 ||
+	    (ret = fx_dit_check_linear(m, "proj_out", f->nout, D, err)) < 0)
 		return ret;
 	for (int i = 0; i < c->num_double; i++) {
 		fx_block_prefix(pre, sizeof(pre), false, i);
 		for (int j = 0; j < 4; j++) {
 			snprintf(nm, sizeof(nm), "%s.%s", pre, qknorm[j]);
-			if ((ret = check_plain(m, nm, c->head_dim, 0, err)) < 0)
+			if ((ret = fx_dit_check_plain(m, nm, c->head_dim, 0, err)) < 0)
 				return ret;
 		}
 		for (int j = 0; j < QG_COUNT; j++) {
-			const struct fx_group *g;
 			int64_t n = gspec[j].n ? gspec[j].n * D : F, k = gspec[j].k ? D : F;
 
 			snprintf(nm, sizeof(nm), "%s.%s", pre, gspec[j].name);
-			g = fx_model_find_group(m, nm);
-			if (!g || g->n != n || g->k != k)
-				return fx_error(err, FX_E_FORMAT,
-						"model has no fused group '%s' of %lld x %lld", nm,
-						(long long)n, (long long)k);
-			f->g[(size_t)i * QG_COUNT + j] = g;
+			if ((ret = fx_dit_check_group(m, nm, n, k, &f->g[(size_t)i * QG_COUNT + j],
+						      err)) < 0)
+				return ret;
 		}
 	}
 	return 0;
@@ -230,6 +196,7 @@ int fx_qwen_new(struct fx_qwen **out, const struct fx_model *m, struct fx_err *e
 		return fx_error(err, FX_E_NOMEM, "out of memory");
 	f->m = m;
 	f->c = *fx_model_config(m);
+	fx_dit_linear_init(&f->lin, m);
 	D = (size_t)(f->c.hidden > 0 ? f->c.hidden : 0);
 	f->g = calloc((size_t)(f->c.num_double > 0 ? f->c.num_double : 1) * QG_COUNT, sizeof(*f->g));
 	if (!f->g) {
@@ -279,8 +246,7 @@ void fx_qwen_free(struct fx_qwen *f)
 	free(f->tin);
 	free(f->scores);
 	free(f->g);
-	free(f->w);
-	free(f->b);
+	fx_dit_linear_release(&f->lin);
 	fx_ops_ws_free(&f->attn_ws);
 	free(f->temb);
 	free(f->stemb);
@@ -297,12 +263,21 @@ const struct fx_model *fx_qwen_model(const struct fx_qwen *f)
 	return f->m;
 }
 
+struct fx_dit_linear *fx_qwen_linear(struct fx_qwen *f)
+{
+	return &f->lin;
+}
+
 void fx_qwen_set_hooks(struct fx_qwen *f, const struct fx_qwen_hooks *h)
 {
-	if (h)
-		f->hooks = *h;
-	else
-		memset(&f->hooks, 0, sizeof(f->hooks));
+	struct fx_dit_hooks dh = { 0 };
+
+	if (h) {
+		dh.ctx = h->ctx;
+		dh.linear = h->linear;
+		dh.capture = h->capture;
+	}
+	fx_dit_linear_set_hooks(&f->lin, &dh);
 }
 
 static int ensure_acts(struct fx_qwen *f, int64_t n, int64_t nt, struct fx_err *err)
@@ -339,118 +314,22 @@ static int ensure_acts(struct fx_qwen *f, int64_t n, int64_t nt, struct fx_err *
 	return 0;
 }
 
-static int ensure_w(struct fx_qwen *f, size_t nw, size_t nb, struct fx_err *err)
-{
-	if (nw > f->wcap) {
-		free(f->w);
-		if (!(f->w = fx_ops_alloc(nw * sizeof(float)))) {
-			f->wcap = 0;
-			return fx_error(err, FX_E_NOMEM, "out of memory for a %zu-value weight", nw);
-		}
-		f->wcap = nw;
-	}
-	if (nb > f->bcap) {
-		free(f->b);
-		if (!(f->b = malloc(nb * sizeof(float)))) {
-			f->bcap = 0;
-			return fx_error(err, FX_E_NOMEM, "out of memory");
-		}
-		f->bcap = nb;
-	}
-	return 0;
-}
-
 int fx_qwen_linear_dense(struct fx_qwen *f, const struct fx_group *g, const float *x,
 			 int64_t m, float *y, struct fx_err *err)
 {
-	/* merged LoRAs: the raw BF16 weights are not the model's values */
-	bool bf16 = m == 1 && !fx_model_group_merged(f->m, g);
-	int ret, i;
-
-	/* the weight buffer only when widening (the adaLN groups, the largest,
-	 * are read in place) */
-	if ((ret = ensure_w(f, 0, (size_t)g->n, err)) < 0)
-		return ret;
-	for (i = 0; i < g->nmembers; i++)
-		bf16 = bf16 && g->members[i].weight->dtype == FX_BF16 &&
-		       g->members[i].weight->ndim == 2 && !g->members[i].wscale;
-	/* one token (the modulations): the BF16 weight in place, each read once */
-	if (bf16 && (ret = fx_model_group_f32(f->m, g, NULL, f->b, err)) == 0) {
-		for (i = 0; i < g->nmembers && bf16; i++) {
-			const struct fx_member *mb = &g->members[i];
-			const struct fx_tensor *t = mb->weight;
-			const unsigned char *w0 = (const unsigned char *)t->data +
-						  (size_t)(mb->row0 * t->shape[1] + mb->col0) * 2;
-
-			bf16 = fx_ops_gemv_bf16(y + mb->out_row0, x, w0, t->shape[1],
-						f->b + mb->out_row0, mb->nrows, mb->ncols);
-		}
-		if (bf16)
-			return 0;
-		/* NaN/Inf somewhere: the widening below names the tensor and element */
-	}
-	if ((ret = ensure_w(f, (size_t)(g->n * g->k), (size_t)g->n, err)) < 0 ||
-	    (ret = fx_model_group_f32(f->m, g, f->w, f->b, err)) < 0)
-		return ret;
-	fx_ops_linear(y, x, f->w, f->b, m, g->n, g->k);
-	return 0;
-}
-
-static int group_linear(struct fx_qwen *f, const struct fx_group *g, const float *x, int64_t m,
-			float *y, struct fx_err *err)
-{
-	int ret;
-
-	if (m <= 0)
-		return 0;
-	if (f->hooks.capture && (ret = f->hooks.capture(f->hooks.ctx, g, x, m, err)) < 0)
-		goto fail;
-	if (!f->hooks.linear)
-		return fx_qwen_linear_dense(f, g, x, m, y, err);
-	if ((ret = f->hooks.linear(f->hooks.ctx, g, x, m, y, err)) < 0)
-		goto fail;
-	return 0;
-fail:
-	if (err && !err->code)
-		fx_error(err, ret, "hook failed on '%s'", g->name);
-	return ret;
-}
-
-/* y (m, n) = x · Wᵀ + b of a plain linear "<base>.weight"/"<base>.bias". */
-static int plain_linear(struct fx_qwen *f, const char *base, const float *x, int64_t m,
-			float *y, struct fx_err *err)
-{
-	char wn[NAME_MAX_], bn[NAME_MAX_];
-	const struct fx_tensor *t;
-	int64_t n, k;
-	int ret;
-
-	snprintf(wn, sizeof(wn), "%s.weight", base);
-	snprintf(bn, sizeof(bn), "%s.bias", base);
-	t = fx_model_plain(f->m, wn);   /* present: checked in fx_qwen_new */
-	n = t->shape[0];
-	k = t->shape[1];
-	if ((ret = ensure_w(f, (size_t)(n * k), (size_t)n, err)) < 0 ||
-	    (ret = fx_model_plain_f32(f->m, wn, f->w, err)) < 0 ||
-	    (ret = fx_model_plain_f32(f->m, bn, f->b, err)) < 0)
-		return ret;
-	fx_ops_linear(y, x, f->w, f->b, m, n, k);
-	return 0;
+	return fx_dit_linear_dense(&f->lin, g, x, m, y, err);
 }
 
 /* temb = linear_2(SiLU(linear_1(E(t)))); stemb = SiLU(temb). */
 static int conditioning(struct fx_qwen *f, float sigma, struct fx_err *err)
 {
-	size_t D = (size_t)f->c.hidden;
 	int ret;
 
 	timestep_embed(f->emb, fx_qwen_timestep(sigma), f->temb_width);
-	if ((ret = plain_linear(f, P_TIME1, f->emb, 1, f->tmp, err)) < 0)
+	if ((ret = fx_dit_linear_embed_mlp(&f->lin, P_TIME1, P_TIME2, f->emb, f->tmp, f->temb,
+					   err)) < 0)
 		return ret;
-	fx_ops_silu(f->tmp, f->tmp, D);
-	if ((ret = plain_linear(f, P_TIME2, f->tmp, 1, f->temb, err)) < 0)
-		return ret;
-	fx_ops_silu(f->stemb, f->temb, D);
+	fx_ops_silu(f->stemb, f->temb, (size_t)f->c.hidden);
 	return 0;
 }
 
@@ -561,38 +440,38 @@ static int block(struct fx_qwen *f, int blk, int64_t nt, int64_t ni, int64_t nk,
 	float *mi = f->mod, *mt = f->mod + 6 * D;   /* shift1 scale1 gate1 shift2 scale2 gate2 */
 	int ret;
 
-	if ((ret = group_linear(f, g[QG_IMG_MOD], f->stemb, 1, mi, err)) < 0 ||
-	    (ret = group_linear(f, g[QG_TXT_MOD], f->stemb, 1, mt, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[QG_IMG_MOD], f->stemb, 1, mi, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[QG_TXT_MOD], f->stemb, 1, mt, err)) < 0)
 		return ret;
 	/* attention: x·(1 + scale) + shift after a LayerNorm without affine */
 	fx_ops_layernorm_mod(ai, xi, ni, D, mi, mi + D, EPS);
 	fx_ops_layernorm_mod(at, xt, nt, D, mt, mt + D, EPS);
-	if ((ret = group_linear(f, g[QG_QKV], ai, ni, f->qkv + nt * 3 * D, err)) < 0 ||
-	    (ret = group_linear(f, g[QG_ADD_QKV], at, nt, f->qkv, err)) < 0 ||
+	if ((ret = fx_dit_linear_group(&f->lin, g[QG_QKV], ai, ni, f->qkv + nt * 3 * D, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[QG_ADD_QKV], at, nt, f->qkv, err)) < 0 ||
 	    (ret = load_norms(f, blk, err)) < 0)
 		return ret;
 	qk_norm(f, nt, ni, f->norms, f->norms + hd);
 	qk_norm(f, 0, nt, f->norms + 2 * hd, f->norms + 3 * hd);
 	if ((ret = rope_attention(f, nt + ni, nk, err)) < 0 ||
-	    (ret = group_linear(f, g[QG_OUT], f->o + nt * D, ni, ti, err)) < 0 ||
-	    (ret = group_linear(f, g[QG_ADD_OUT], f->o, nt, tt, err)) < 0)
+	    (ret = fx_dit_linear_group(&f->lin, g[QG_OUT], f->o + nt * D, ni, ti, err)) < 0 ||
+	    (ret = fx_dit_linear_group(&f->lin, g[QG_ADD_OUT], f->o, nt, tt, err)) < 0)
 		return ret;
 	fx_ops_gated_add(xi, ti, mi + 2 * D, ni, D);
 	fx_ops_gated_add(xt, tt, mt + 2 * D, nt, D);
 	/* image MLP (tanh GELU) */
 	fx_ops_layernorm_mod(ai, xi, ni, D, mi + 3 * D, mi + 4 * D, EPS);
-	if ((ret = group_linear(f, g[QG_IMG_FC1], ai, ni, f->h, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[QG_IMG_FC1], ai, ni, f->h, err)) < 0)
 		return ret;
 	fx_ops_gelu_tanh(f->h, (size_t)(ni * F));
-	if ((ret = group_linear(f, g[QG_IMG_FC2], f->h, ni, ti, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[QG_IMG_FC2], f->h, ni, ti, err)) < 0)
 		return ret;
 	fx_ops_gated_add(xi, ti, mi + 5 * D, ni, D);
 	/* text MLP */
 	fx_ops_layernorm_mod(at, xt, nt, D, mt + 3 * D, mt + 4 * D, EPS);
-	if ((ret = group_linear(f, g[QG_TXT_FC1], at, nt, f->h, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[QG_TXT_FC1], at, nt, f->h, err)) < 0)
 		return ret;
 	fx_ops_gelu_tanh(f->h, (size_t)(nt * F));
-	if ((ret = group_linear(f, g[QG_TXT_FC2], f->h, nt, tt, err)) < 0)
+	if ((ret = fx_dit_linear_group(&f->lin, g[QG_TXT_FC2], f->h, nt, tt, err)) < 0)
 		return ret;
 	fx_ops_gated_add(xt, tt, mt + 5 * D, nt, D);
 	return 0;
@@ -628,10 +507,10 @@ int fx_qwen_forward(struct fx_qwen *f, const struct fx_qwen_input *in, float *ou
 			return ret;
 		memcpy(f->tin, in->txt, (size_t)(nt * c->joint_dim) * sizeof(float));
 		fx_ops_rmsnorm_heads(f->tin, c->joint_dim, nt, 1, c->joint_dim, f->txtw, EPS);
-		if ((ret = plain_linear(f, "txt_in", f->tin, nt, f->x, err)) < 0)
+		if ((ret = fx_dit_linear_plain(&f->lin, "txt_in", f->tin, nt, f->x, err)) < 0)
 			return ret;
 	}
-	if ((ret = plain_linear(f, "img_in", in->img, ni, f->x + nt * D, err)) < 0)
+	if ((ret = fx_dit_linear_plain(&f->lin, "img_in", in->img, ni, f->x + nt * D, err)) < 0)
 		return ret;
 	fx_qwen_rope_table(f->cs, f->sn, nt, in->img_h, in->img_w, c->axes);
 	/* keys: the unmasked text rows and every image row */
@@ -644,8 +523,8 @@ int fx_qwen_forward(struct fx_qwen *f, const struct fx_qwen_input *in, float *ou
 			return ret;
 
 	/* norm_out (AdaLayerNormContinuous: scale, then shift) and proj_out */
-	if ((ret = plain_linear(f, "norm_out.linear", f->stemb, 1, md, err)) < 0)
+	if ((ret = fx_dit_linear_plain(&f->lin, "norm_out.linear", f->stemb, 1, md, err)) < 0)
 		return ret;
 	fx_ops_layernorm_mod(f->a, f->x + nt * D, ni, D, md + D, md, EPS);
-	return plain_linear(f, "proj_out", f->a, ni, out, err);
+	return fx_dit_linear_plain(&f->lin, "proj_out", f->a, ni, out, err);
 }

@@ -53,6 +53,11 @@ const struct fx_model *fx_qwen_model(const struct fx_qwen *f);
 /* Copies *h (NULL: none). */
 void fx_qwen_set_hooks(struct fx_qwen *f, const struct fx_qwen_hooks *h);
 
+struct fx_dit_linear;
+/* The forward's group executor (fx-dit-linear.h): its hooks and dense
+ * linear, borrowed from f. */
+struct fx_dit_linear *fx_qwen_linear(struct fx_qwen *f);
+
 /* out: (ni, 4·out_channels) velocity in the packed layout. Activation
  * buffers are kept in f between calls (grown when a larger input comes). */
 int fx_qwen_forward(struct fx_qwen *f, const struct fx_qwen_input *in, float *out,

@@ -14,7 +14,7 @@
 #include "fx-blocks.h"
 #include "fx-file.h"
 #include "fx-family.h"
-#include "fx-sampler.h"   /* fx_rng */
+#include "fx-dit-sampler.h"   /* fx_rng */
 #include "fx-lora.h"
 #include "fx-model.h"
 #include "fx-stage.h"
