@@ -241,6 +241,10 @@ int fx_model_build_member(struct fx_model *m, struct fx_group *g, const char *na
 struct json_t;
 int fx_json_int(struct json_t *o, const char *key, int def, int lo, int hi, int *v,
 		const char *path, struct fx_err *err);
+/* A list of 3 integers 0..4096 (RoPE axes): 1 read into axes, 0 absent or
+ * null (axes untouched), < 0 malformed. */
+int fx_json_axes(struct json_t *o, const char *key, int axes[3], const char *path,
+		 struct fx_err *err);
 
 /* fx_model_open and fx_model_open_loras with the given families (NULL-
  * terminated, detection order); the registry (tools/lib/fx-families.c)

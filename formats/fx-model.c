@@ -266,6 +266,29 @@ int fx_json_int(struct json_t *o, const char *key, int def, int lo, int hi, int 
 	return 0;
 }
 
+int fx_json_axes(struct json_t *o, const char *key, int axes[3], const char *path,
+		 struct fx_err *err)
+{
+	json_t *j = json_object_get(o, key);
+	size_t i;
+
+	if (!j || json_is_null(j))
+		return 0;
+	if (!json_is_array(j) || json_array_size(j) != 3)
+		goto bad;
+	for (i = 0; i < 3; i++) {
+		json_t *e = json_array_get(j, i);
+
+		if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > 4096)
+			goto bad;
+		axes[i] = (int)json_integer_value(e);
+	}
+	return 1;
+bad:
+	return fx_error(err, FX_E_FORMAT, "config key '%s' is not a list of 3 integers (in '%s')",
+			key, path);
+}
+
 /* ---- paths and config ------------------------------------------------ */
 
 /* "<stem>-00001-of-00003.safetensors" -> index "<stem>.safetensors.index.json"

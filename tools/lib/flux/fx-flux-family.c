@@ -144,31 +144,10 @@ static int parse_config(struct fx_model *m, const char *text, const char *p, str
 	c->guidance = j && json_is_true(j);
 	c->hidden = c->heads * c->head_dim;
 	c->mlp_hidden = 4 * c->hidden;
-	j = json_object_get(o, "axes_dims_rope");
-	if (!j || json_is_null(j)) {
+	if ((ret = fx_json_axes(o, "axes_dims_rope", c->axes, p, err)) == 0)
 		default_axes(c->head_dim, c->axes);
-	} else {
-		size_t i;
-
-		if (!json_is_array(j) || json_array_size(j) != 3) {
-			ret = fx_error(err, FX_E_FORMAT,
-				       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')",
-				       p);
-			goto out;
-		}
-		for (i = 0; i < 3; i++) {
-			json_t *e = json_array_get(j, i);
-
-			if (!json_is_integer(e) || json_integer_value(e) < 0 ||
-			    json_integer_value(e) > 4096) {
-				ret = fx_error(err, FX_E_FORMAT,
-					       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')",
-					       p);
-				goto out;
-			}
-			c->axes[i] = (int)json_integer_value(e);
-		}
-	}
+	else if (ret > 0)
+		ret = 0;
 out:
 	json_decref(o);
 	return ret;

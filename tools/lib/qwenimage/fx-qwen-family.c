@@ -46,7 +46,6 @@ static int parse_config(struct fx_model *m, const char *text, const char *p, str
 	json_error_t je;
 	json_t *o = json_loads(text, 0, &je), *j;
 	int ret = 0, patch;
-	size_t i;
 
 	if (!o || !json_is_object(o)) {
 		ret = o ? fx_error(err, FX_E_FORMAT, "config is not a JSON object (in '%s')", p)
@@ -75,24 +74,10 @@ static int parse_config(struct fx_model *m, const char *text, const char *p, str
 	c->guidance = false;
 	c->hidden = c->heads * c->head_dim;
 	c->mlp_hidden = 4 * c->hidden;
-	j = json_object_get(o, "axes_dims_rope");
-	if (!j || json_is_null(j)) {
+	if ((ret = fx_json_axes(o, "axes_dims_rope", c->axes, p, err)) == 0)
 		default_axes(c->head_dim, c->axes);
-		goto out;
-	}
-	if (!json_is_array(j) || json_array_size(j) != 3)
-		goto bad_axes;
-	for (i = 0; i < 3; i++) {
-		json_t *e = json_array_get(j, i);
-
-		if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > 4096)
-			goto bad_axes;
-		c->axes[i] = (int)json_integer_value(e);
-	}
-	goto out;
-bad_axes:
-	ret = fx_error(err, FX_E_FORMAT,
-		       "config key 'axes_dims_rope' is not a list of 3 integers (in '%s')", p);
+	else if (ret > 0)
+		ret = 0;
 out:
 	json_decref(o);
 	return ret;
