@@ -22,16 +22,22 @@
  * then (α,1−α) for α = (G−1)/G .. 1/G (G = grid; 20 gives 39 candidates as
  * DeepCompressor's num_grids 20). The order walks neighbouring candidates
  * so the randomized SVD can start from the previous candidate's subspace.
- * s = xmax^α / wmax^β (wmax: column absmax of W), zeros → 1, any NaN/Inf →
- * all ones, then rounded to BF16 (what the packed checkpoint stores, so the
- * evaluated s is the one the runtime uses).
+ * s = xspan^α / wmax^β (wmax: column absmax of W; xspan the input absmax,
+ * plus c for a shifted group: the span of what it quantizes, x + c), zeros
+ * → 1, any NaN/Inf → all ones, then rounded to BF16 (what the packed
+ * checkpoint stores, so the evaluated s is the one the runtime uses).
  *
- * The search ranks candidates on `search_rows` evenly spaced rows of X
- * (time is dominated by passes over W; fewer rows make the error GEMM
- * cheaper); the chosen candidate's branch is then recomputed with the full
- * method, refined for up to `iters` rounds (branch from the SVD of
- * W·diag(s) − Rdq; stop at the first round that does not lower the error),
- * and every reported error uses all m rows.
+ * The search ranks every candidate on `search_rows` evenly spaced rows of X
+ * (time is dominated by passes over W and the error GEMM; fewer rows make
+ * the latter cheaper), each with the branch of a warm-started randomized
+ * SVD (no power iteration). The `finalists` best-ranked candidates are then
+ * finished: branch recomputed with the full method, refined for up to
+ * `iters` rounds (branch from the SVD of W·diag(s) − Rdq, `refine_power`
+ * power iterations from the previous round's subspace; stop at the first
+ * round that does not lower the error on the search rows; a refinement that
+ * does not lower the all-row error is undone). The finalist with the
+ * lowest refined error wins: the smoothing that is best before refinement
+ * is often not best after it. Reported errors use all m rows.
  */
 #ifndef FX_LOWRANK_H
 #define FX_LOWRANK_H
@@ -42,6 +48,11 @@
 #define FX_LOWRANK_SHIFT 0.171875f      /* INT4 *_fc2 activation shift (spec §2.3.3) */
 #define FX_LOWRANK_MAX_MEMBERS 4
 #define FX_LOWRANK_MAX_GRID 100
+#define FX_LOWRANK_MAX_FINALISTS 16
+/* Bumped when the search changes what it returns for the same options
+ * (recorded in fx.params and the layer recipes, so older branches are not
+ * reused): 2 = smoothing span x + c for shifted groups, finalists. */
+#define FX_LOWRANK_SEARCH_VERSION 2
 
 enum fx_lowrank_method {
 	FX_LOWRANK_RSVD,   /* randomized SVD with power iterations (default) */
@@ -71,10 +82,12 @@ struct fx_lowrank_opts {
 	int oversample;                /* rsvd: l = rank + oversample */
 	int power;                     /* rsvd: power iterations from a cold start */
 	uint64_t seed;                 /* rsvd start vectors */
+	int refine_power;              /* rsvd: power iterations of a (warm) refinement round */
+	int finalists;                 /* best-ranked candidates refined, 1..MAX_FINALISTS */
 };
 
-/* Defaults: rank 32, grid 20, iters 2, rsvd, 128 search rows, oversample
- * 16, power 2, seed 1. */
+/* Defaults: rank 32, grid 20, iters 100 (early stop), 3 finalists, rsvd,
+ * 128 search rows, oversample 16, power 2, refine_power 0, seed 1. */
 void fx_lowrank_opts_init(struct fx_lowrank_opts *o);
 
 /* What the search found. smooth, down, up are caller-allocated: k, rank·k,

@@ -6,6 +6,7 @@
 #include "fx-cli.h"
 #include "fx-io.h"
 #include "fx-log.h"
+#include "fx-lowrank.h"
 #include "fx-lora.h"
 #include "fx-search.h"
 #include "fx-stage.h"
@@ -13,8 +14,8 @@
 #include "fx-merge.h"
 #include "fx-file.h"
 
-enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_METHOD,
-       OPT_BLOCKS, OPT_MERGE };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_FINALISTS,
+       OPT_METHOD, OPT_BLOCKS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -23,7 +24,8 @@ static const struct fx_opt opts[] = {
 	{ "rank", 0, FX_OPT_REQ, "R", "rank of the low-rank branch, a multiple of 16 (default 32)", OPT_RANK },
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "quantization the search measures (default fp4)", OPT_PRECISION },
 	{ "alpha-grid", 0, FX_OPT_REQ, "N", "smoothing exponents i/N, 2N-1 candidates (default 20)", OPT_GRID },
-	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 2)", OPT_ITERS },
+	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 100)", OPT_ITERS },
+	{ "finalists", 0, FX_OPT_REQ, "F", "best-ranked smoothings refined to the end (default 3)", OPT_FINALISTS },
 	{ "method", 0, FX_OPT_REQ, "svd|rsvd", "LAPACK SVD or randomized SVD (default rsvd)", OPT_METHOD },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
 	{ "merge", 0, FX_OPT_NONE, NULL, "merge the block-shard files given as arguments into -o", OPT_MERGE },
@@ -33,7 +35,7 @@ static const struct fx_opt opts[] = {
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--method svd|rsvd] [--blocks A-B] -o branch.safetensors",
+		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--method svd|rsvd] [--blocks A-B] -o branch.safetensors",
 		.summary = "Search the smoothing and the low-rank branch of every fused layer (fx.branch).",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
@@ -79,6 +81,12 @@ int main(int argc, char **argv)
 			if (!fx_parse_int(arg, 0, 1000, &v))
 				return fx_cli_usage_error(&cli, "--iters wants 0..1000, not '%s'", arg);
 			o.iters = (int)v;
+			break;
+		case OPT_FINALISTS:
+			if (!fx_parse_int(arg, 1, FX_LOWRANK_MAX_FINALISTS, &v))
+				return fx_cli_usage_error(&cli, "--finalists wants 1..%d, not '%s'",
+							  FX_LOWRANK_MAX_FINALISTS, arg);
+			o.finalists = (int)v;
 			break;
 		case OPT_METHOD:
 			if (strcmp(arg, "svd") && strcmp(arg, "rsvd"))

@@ -39,12 +39,14 @@ void fx_lowrank_opts_init(struct fx_lowrank_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->rank = 32;
 	o->grid = 20;
-	o->iters = 2;
+	o->iters = 100;
 	o->method = FX_LOWRANK_RSVD;
 	o->search_rows = 128;
 	o->oversample = 16;
 	o->power = 2;
+	o->refine_power = 0;
 	o->seed = 1;
+	o->finalists = 3;
 }
 
 int fx_lowrank_candidates(float *alpha, float *beta, int cap, int grid, struct fx_err *err)
@@ -696,10 +698,10 @@ struct lr {
 	float *rbuf, *abuf;        /* (n,k) residual / refinement target */
 	float *y, *ys, *xs;        /* X·Wᵀ (m,n), its search rows (ms,n), their X (ms,k) */
 	float *xq, *e, *t, *ds;    /* (m,k), (m,n), (m,r), (r,k) */
-	float *rowmax, *cs, *wmax, *s;
+	float *rowmax, *cs, *wmax, *s, *xspan;
 	double *rowsum;
 	double ynorm, ysnorm;
-	float *up, *down, *bup, *bdown, *basis, *bbasis;
+	float *up, *down, *bup, *bdown, *b0up, *b0down, *basis;
 	struct rsvd_ws rw;
 };
 
@@ -708,7 +710,7 @@ static void lr_free(struct lr *c)
 	free(c->rbuf); free(c->abuf); free(c->y); free(c->ys); free(c->xs); free(c->xq);
 	free(c->e); free(c->t); free(c->ds); free(c->rowmax); free(c->cs); free(c->wmax);
 	free(c->s); free(c->rowsum); free(c->up); free(c->down); free(c->bup); free(c->bdown);
-	free(c->basis); free(c->bbasis);
+	free(c->b0up); free(c->b0down); free(c->basis); free(c->xspan);
 	rsvd_ws_free(&c->rw);
 }
 
@@ -785,7 +787,8 @@ static int lr_check(const struct fx_lowrank_problem *p, const struct fx_lowrank_
 		return fx_error(err, FX_E_ARG, "rank %d out of range 1-%lld for a %lldx%lld layer",
 				o->rank, (long long)min64(p->n, p->k), (long long)p->n, (long long)p->k);
 	if (o->grid < 1 || o->grid > FX_LOWRANK_MAX_GRID || o->iters < 0 ||
-	    o->method < 0 || o->method >= FX_LOWRANK_METHOD_COUNT || o->search_rows < 0)
+	    o->method < 0 || o->method >= FX_LOWRANK_METHOD_COUNT || o->search_rows < 0 ||
+	    o->finalists < 1 || o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0)
 		return fx_error(err, FX_E_ARG, "bad low-rank options");
 	if ((int64_t)p->n * p->k > INT32_MAX || (int64_t)p->m * p->n > INT32_MAX)
 		return fx_error(err, FX_E_ARG, "layer too large for 32-bit BLAS indices");
@@ -820,20 +823,29 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 	c->cs = malloc((size_t)k * sizeof(float));
 	c->wmax = calloc((size_t)k, sizeof(float));
 	c->s = malloc((size_t)k * sizeof(float));
+	c->xspan = malloc((size_t)k * sizeof(float));
 	c->rowsum = malloc((size_t)m * sizeof(double));
 	c->up = malloc((size_t)n * r * sizeof(float));
 	c->down = malloc((size_t)r * k * sizeof(float));
 	c->bup = malloc((size_t)n * r * sizeof(float));
 	c->bdown = malloc((size_t)r * k * sizeof(float));
+	c->b0up = malloc((size_t)n * r * sizeof(float));
+	c->b0down = malloc((size_t)r * k * sizeof(float));
 	c->basis = calloc((size_t)k * l, sizeof(float));
-	c->bbasis = calloc((size_t)k * l, sizeof(float));
 	if (!c->rbuf || (o->iters > 0 && !c->abuf) || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
-	    !c->ds || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->rowsum || !c->up ||
-	    !c->down || !c->bup || !c->bdown || !c->basis || !c->bbasis)
+	    !c->ds || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->xspan || !c->rowsum || !c->up ||
+	    !c->down || !c->bup || !c->bdown || !c->b0up || !c->b0down || !c->basis)
 		return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer with %lld rows",
 				(long long)n, (long long)k, (long long)m);
 	if (rsvd_ws_init(&c->rw, n, k, l, err) < 0)
 		return FX_E_NOMEM;
+	/* the smoothing span: the absmax of what the layer quantizes, so of
+	 * x + c for a shifted group (GELU outputs >= -c: max(x) + c, which
+	 * absmax(x) + c is wherever the absmax is a positive value). Without
+	 * the shift, channels that are never active would get s ≈ 0 and
+	 * (x + c)/s would swamp their quantization groups. */
+	for (int64_t j = 0; j < k; j++)
+		c->xspan[j] = p->xmax[j] + (p->shift ? FX_LOWRANK_SHIFT : 0.0f);
 
 	/* column absmax of W; max is order-free, so threads don't matter */
 #pragma omp parallel if(BIG(n * k))
@@ -912,15 +924,88 @@ out:
 	return ret;
 }
 
+/* One finalist: the branch of candidate (alpha, beta) with the full method
+ * (from its search subspace, or its saved SVD branch), then refined for up
+ * to o->iters rounds, each judged on the search rows (the finalists are
+ * compared there too: *score). *err_branch and *err_final are on all rows;
+ * a refinement that does not lower the all-row error is undone. Leaves the
+ * branch in c->bup/c->bdown and the smoothing in c->s. */
+static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, float beta,
+		  double *score, double *err_branch, double *err_final, int *rounds,
+		  struct fx_err *err)
+{
+	const struct fx_lowrank_problem *p = c->p;
+	const int64_t n = c->n, k = c->k;
+	const int r = c->r;
+	const bool few = c->ms < c->m;
+	const size_t bup = (size_t)n * r * sizeof(float), bdown = (size_t)r * k * sizeof(float);
+	double best, e;
+	int ret;
+
+	fx_lowrank_smooth(c->s, c->xspan, c->wmax, k, alpha, beta);
+	if (o->method != FX_LOWRANK_SVD &&
+	    (ret = lr_branch(c, o, p->w, c->s, true, o->power, err)) < 0)
+		return ret;
+	lr_residual(c, c->s, c->up, c->down, r);
+	best = rel(lr_eval(c, c->xs, c->ys, c->ms, c->s, c->up, c->down, r), c->ysnorm);
+	*err_branch = few ? rel(lr_eval(c, p->x, c->y, p->m, c->s, c->up, c->down, r), c->ynorm)
+			  : best;
+	memcpy(c->bup, c->up, bup);
+	memcpy(c->bdown, c->down, bdown);
+	if (few) {          /* the unrefined branch, should refinement not carry over */
+		memcpy(c->b0up, c->up, bup);
+		memcpy(c->b0down, c->down, bdown);
+	}
+	*rounds = 0;
+	/* refinement: the branch of W·diag(s) − Rdq, kept while the error falls
+	 * (Rdq, in c->rbuf, belongs to the last branch evaluated, the kept one) */
+	for (int it = 0; it < o->iters; it++) {
+#pragma omp parallel for schedule(static) if(BIG(n * k))
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j < k; j++)
+				c->abuf[i * k + j] = p->w[i * k + j] * c->s[j] - c->rbuf[i * k + j];
+		if ((ret = lr_branch(c, o, c->abuf, NULL, true, o->refine_power, err)) < 0)
+			return ret;
+		lr_residual(c, c->s, c->up, c->down, r);
+		e = rel(lr_eval(c, c->xs, c->ys, c->ms, c->s, c->up, c->down, r), c->ysnorm);
+		if (!(e < best))
+			break;
+		best = e;
+		(*rounds)++;
+		memcpy(c->bup, c->up, bup);
+		memcpy(c->bdown, c->down, bdown);
+	}
+	*score = best;
+	*err_final = *err_branch;
+	if (!*rounds)
+		return 0;
+	if (!few) {
+		*err_final = best;
+		return 0;
+	}
+	lr_residual(c, c->s, c->bup, c->bdown, r);
+	e = rel(lr_eval(c, p->x, c->y, p->m, c->s, c->bup, c->bdown, r), c->ynorm);
+	if (e < *err_branch) {
+		*err_final = e;
+		return 0;
+	}
+	memcpy(c->bup, c->b0up, bup);
+	memcpy(c->bdown, c->b0down, bdown);
+	*rounds = 0;
+	return 0;
+}
+
 int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_problem *p,
 			 const struct fx_lowrank_opts *o, struct fx_err *err)
 {
 	float alpha[2 * FX_LOWRANK_MAX_GRID], beta[2 * FX_LOWRANK_MAX_GRID];
 	const int64_t n = p->n, k = p->k;
 	const int r = o->rank;
-	size_t bytes_basis;
-	double best = INFINITY, e;
-	int ret, ncand, bi = 0;
+	const size_t nu = (size_t)n * r, nd = (size_t)r * k;
+	size_t nb;
+	double ferr[FX_LOWRANK_MAX_FINALISTS], best = INFINITY, e, eb = 0, ef = 0, sc = 0;
+	int fidx[FX_LOWRANK_MAX_FINALISTS], nf = 0, nfin, ret, ncand, rounds = 0;
+	float *fbasis = NULL, *fup = NULL, *fdown = NULL;
 	struct lr c;
 	int blas = -1;
 
@@ -929,76 +1014,88 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)FX_ARRAY_SIZE(alpha), o->grid, err)) < 0)
 		return ret;
 	ncand = ret;
+	nfin = o->finalists < ncand ? o->finalists : ncand;
 	blas = fx_ops_blas_single();
 	if ((ret = lr_init(&c, p, o, err)) < 0)
 		goto out;
-	bytes_basis = (size_t)k * c.rw.l * sizeof(float);
+	nb = (size_t)k * c.rw.l;
+	fbasis = malloc(nfin * nb * sizeof(float));
+	if (o->method == FX_LOWRANK_SVD) {
+		fup = malloc(nfin * nu * sizeof(float));
+		fdown = malloc(nfin * nd * sizeof(float));
+	}
+	if (!fbasis || (o->method == FX_LOWRANK_SVD && (!fup || !fdown))) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for %d finalists", nfin);
+		goto out;
+	}
 
 	/* plain round to nearest: s = 1, no branch */
 	lr_residual(&c, NULL, NULL, NULL, 0);
 	res->err_rtn = rel(lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0), c.ynorm);
 
+	/* rank every candidate on the search rows; keep the nfin best (ties:
+	 * the earlier candidate) with what their branch needs to be redone */
 	for (int i = 0; i < ncand; i++) {
-		fx_lowrank_smooth(c.s, p->xmax, c.wmax, k, alpha[i], beta[i]);
+		int at;
+
+		fx_lowrank_smooth(c.s, c.xspan, c.wmax, k, alpha[i], beta[i]);
 		/* later candidates start from the previous one's subspace */
 		if ((ret = lr_branch(&c, o, p->w, c.s, i > 0, i > 0 ? 0 : o->power, err)) < 0)
 			goto out;
 		lr_residual(&c, c.s, c.up, c.down, r);
 		e = rel(lr_eval(&c, c.xs, c.ys, c.ms, c.s, c.up, c.down, r), c.ysnorm);
-		if (e < best) {
-			best = e;
-			bi = i;
-			memcpy(c.bbasis, c.basis, bytes_basis);
+		for (at = nf; at > 0 && e < ferr[at - 1]; at--)
+			;
+		if (at >= nfin)
+			continue;
+		nf = nf < nfin ? nf + 1 : nf;
+		for (int j = nf - 1; j > at; j--) {
+			ferr[j] = ferr[j - 1];
+			fidx[j] = fidx[j - 1];
+			memcpy(fbasis + j * nb, fbasis + (j - 1) * nb, nb * sizeof(float));
 			if (o->method == FX_LOWRANK_SVD) {
-				memcpy(c.bup, c.up, (size_t)n * r * sizeof(float));
-				memcpy(c.bdown, c.down, (size_t)r * k * sizeof(float));
+				memcpy(fup + j * nu, fup + (j - 1) * nu, nu * sizeof(float));
+				memcpy(fdown + j * nd, fdown + (j - 1) * nd, nd * sizeof(float));
 			}
+		}
+		ferr[at] = e;
+		fidx[at] = i;
+		memcpy(fbasis + at * nb, c.basis, nb * sizeof(float));
+		if (o->method == FX_LOWRANK_SVD) {
+			memcpy(fup + at * nu, c.up, nu * sizeof(float));
+			memcpy(fdown + at * nd, c.down, nd * sizeof(float));
 		}
 	}
 	res->candidates = ncand;
-	res->alpha = alpha[bi];
-	res->beta = beta[bi];
 
-	/* the chosen candidate with the full SVD effort (an exact SVD is
-	 * already exact), on all rows */
-	fx_lowrank_smooth(c.s, p->xmax, c.wmax, k, alpha[bi], beta[bi]);
-	memcpy(c.basis, c.bbasis, bytes_basis);
-	if (o->method == FX_LOWRANK_SVD) {
-		memcpy(c.up, c.bup, (size_t)n * r * sizeof(float));
-		memcpy(c.down, c.bdown, (size_t)r * k * sizeof(float));
-	} else if ((ret = lr_branch(&c, o, p->w, c.s, true, o->power, err)) < 0) {
-		goto out;
-	}
-	lr_residual(&c, c.s, c.up, c.down, r);
-	best = rel(lr_eval(&c, p->x, c.y, p->m, c.s, c.up, c.down, r), c.ynorm);
-	res->err_branch = best;
-	memcpy(c.bup, c.up, (size_t)n * r * sizeof(float));
-	memcpy(c.bdown, c.down, (size_t)r * k * sizeof(float));
-	res->rounds = 0;
-
-	/* refinement: branch from W·diag(s) − Rdq, keep while the error falls */
-	for (int it = 0; it < o->iters; it++) {
-#pragma omp parallel for schedule(static) if(BIG(n * k))
-		for (int64_t i = 0; i < n; i++)
-			for (int64_t j = 0; j < k; j++)
-				c.abuf[i * k + j] = p->w[i * k + j] * c.s[j] - c.rbuf[i * k + j];
-		if ((ret = lr_branch(&c, o, c.abuf, NULL, true, 1, err)) < 0)
+	/* each finalist finished and refined; the lowest refined error on the
+	 * search rows wins (ties: the better-ranked one) */
+	for (int f = 0; f < nf; f++) {
+		memcpy(c.basis, fbasis + f * nb, nb * sizeof(float));
+		if (o->method == FX_LOWRANK_SVD) {
+			memcpy(c.up, fup + f * nu, nu * sizeof(float));
+			memcpy(c.down, fdown + f * nd, nd * sizeof(float));
+		}
+		if ((ret = finish(&c, o, alpha[fidx[f]], beta[fidx[f]], &sc, &eb, &ef, &rounds,
+				  err)) < 0)
 			goto out;
-		lr_residual(&c, c.s, c.up, c.down, r);
-		e = rel(lr_eval(&c, p->x, c.y, p->m, c.s, c.up, c.down, r), c.ynorm);
-		if (!(e < best))
-			break;
-		best = e;
-		res->rounds++;
-		memcpy(c.bup, c.up, (size_t)n * r * sizeof(float));
-		memcpy(c.bdown, c.down, (size_t)r * k * sizeof(float));
+		if (f > 0 && !(sc < best))
+			continue;
+		best = sc;
+		res->alpha = alpha[fidx[f]];
+		res->beta = beta[fidx[f]];
+		res->err_branch = eb;
+		res->err_final = ef;
+		res->rounds = rounds;
+		memcpy(res->smooth, c.s, (size_t)k * sizeof(float));
+		memcpy(res->up, c.bup, nu * sizeof(float));
+		memcpy(res->down, c.bdown, nd * sizeof(float));
 	}
-	res->err_final = best;
-	memcpy(res->smooth, c.s, (size_t)k * sizeof(float));
-	memcpy(res->up, c.bup, (size_t)n * r * sizeof(float));
-	memcpy(res->down, c.bdown, (size_t)r * k * sizeof(float));
 	ret = 0;
 out:
+	free(fbasis);
+	free(fup);
+	free(fdown);
 	lr_free(&c);
 	if (blas > 0)
 		fx_ops_blas_restore(blas);

@@ -271,12 +271,12 @@ struct gctx {
 	cusolverDnHandle_t cs;
 	// device
 	float *w, *x, *xs, *y, *ys, *e, *xq, *t, *ds, *rbuf, *abuf, *s, *rowmax, *rowt;
-	float *up, *bup, *bdown, *om, *yl, *z, *basis, *bbasis, *small, *work;
+	float *up, *bup, *bdown, *b0up, *b0down, *om, *yl, *z, *basis, *fbasis, *fup, *small, *work;
 	double *rowsum;
 	int *info;
 	int lwork;
 	// host
-	float *h_wmax, *h_s, *h_rowmax, *h_rowt, *h_small, *h_m, *h_vr, *h_su, *h_sd;
+	float *h_wmax, *h_xspan, *h_s, *h_rowmax, *h_rowt, *h_small, *h_m, *h_vr, *h_su, *h_sd;
 	double *h_rowsum;
 	double ynorm, ysnorm;
 };
@@ -294,7 +294,8 @@ static void ctx_free(struct gctx *g)
 {
 	float **d[] = { &g->w, &g->x, &g->xs, &g->y, &g->ys, &g->e, &g->xq, &g->t, &g->ds,
 			&g->rbuf, &g->abuf, &g->s, &g->rowmax, &g->rowt, &g->up, &g->bup,
-			&g->bdown, &g->om, &g->yl, &g->z, &g->basis, &g->bbasis, &g->small, &g->work };
+			&g->bdown, &g->b0up, &g->b0down, &g->om, &g->yl, &g->z, &g->basis, &g->fbasis,
+			&g->fup, &g->small, &g->work };
 
 	for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++)
 		cudaFree(*d[i]);
@@ -304,7 +305,7 @@ static void ctx_free(struct gctx *g)
 		cublasDestroy(g->cb);
 	if (g->cs)
 		cusolverDnDestroy(g->cs);
-	free(g->h_wmax); free(g->h_s); free(g->h_rowmax); free(g->h_rowt); free(g->h_small);
+	free(g->h_wmax); free(g->h_xspan); free(g->h_s); free(g->h_rowmax); free(g->h_rowt); free(g->h_small);
 	free(g->h_m); free(g->h_vr); free(g->h_su); free(g->h_sd); free(g->h_rowsum);
 }
 
@@ -589,11 +590,14 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	DALLOC(g->up, n * g->r);
 	DALLOC(g->bup, n * g->r);
 	DALLOC(g->bdown, (int64_t)g->r * k);
+	DALLOC(g->b0up, n * g->r);
+	DALLOC(g->b0down, (int64_t)g->r * k);
 	DALLOC(g->om, k * g->l);
 	DALLOC(g->yl, n * g->l);
 	DALLOC(g->z, k * g->l);
 	DALLOC(g->basis, k * g->l);
-	DALLOC(g->bbasis, k * g->l);
+	DALLOC(g->fbasis, (int64_t)o->finalists * k * g->l);
+	DALLOC(g->fup, (int64_t)o->finalists * n * g->r);
 	DALLOC(g->small, (int64_t)g->l * g->l);
 	DALLOC(g->rowsum, m);
 	DALLOC(g->info, 1);
@@ -607,6 +611,7 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	DALLOC(g->work, g->lwork > 0 ? g->lwork : 1);
 #undef DALLOC
 	g->h_wmax = (float *)calloc((size_t)k, sizeof(float));
+	g->h_xspan = (float *)malloc((size_t)k * sizeof(float));
 	g->h_s = (float *)malloc((size_t)k * sizeof(float));
 	g->h_rowmax = (float *)malloc((size_t)n * sizeof(float));
 	g->h_rowt = (float *)malloc((size_t)n * sizeof(float));
@@ -615,7 +620,7 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	g->h_su = (float *)malloc((size_t)g->l * g->l * sizeof(float));
 	g->h_sd = (float *)malloc((size_t)g->l * g->l * sizeof(float));
 	g->h_rowsum = (double *)malloc((size_t)m * sizeof(double));
-	if (!g->h_wmax || !g->h_s || !g->h_rowmax || !g->h_rowt || !g->h_small || !g->h_m ||
+	if (!g->h_wmax || !g->h_xspan || !g->h_s || !g->h_rowmax || !g->h_rowt || !g->h_small || !g->h_m ||
 	    !g->h_su || !g->h_sd || !g->h_rowsum) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
@@ -625,6 +630,9 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 			float a = fabsf(p->w[i * k + j]);
 			g->h_wmax[j] = a > g->h_wmax[j] ? a : g->h_wmax[j];
 		}
+	// the smoothing span: absmax of what the layer quantizes (x + c if shifted)
+	for (int64_t j = 0; j < k; j++)
+		g->h_xspan[j] = p->xmax[j] + (p->shift ? FX_LOWRANK_SHIFT : 0.0f);
 	CK(cudaMemcpy(g->w, p->w, (size_t)n * k * sizeof(float), cudaMemcpyHostToDevice));
 	CK(cudaMemcpy(g->x, p->x, (size_t)m * k * sizeof(float), cudaMemcpyHostToDevice));
 	CB(rm_gemm(g->cb, false, true, m, n, k, 1.0f, g->x, k, g->w, k, 0.0f, g->y, n));
@@ -651,8 +659,77 @@ static int set_smooth(struct gctx *g, float alpha, float beta, struct fx_err *er
 {
 	int ret = 0;
 
-	fx_lowrank_smooth(g->h_s, g->p->xmax, g->h_wmax, g->k, alpha, beta);
+	fx_lowrank_smooth(g->h_s, g->h_xspan, g->h_wmax, g->k, alpha, beta);
 	CK(cudaMemcpy(g->s, g->h_s, (size_t)g->k * sizeof(float), cudaMemcpyHostToDevice));
+out:
+	return ret;
+}
+
+// One finalist, as finish() in kernels/cpu/lowrank.c: the branch of
+// (alpha, beta) with the full method (from the finalist's subspace, already
+// in g->basis, or its saved SVD branch in g->up/g->basis), refined for up to
+// o->iters rounds judged on the search rows; a refinement that does not
+// lower the all-row error is undone. Leaves the branch in g->bup/g->bdown.
+static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, float beta,
+		  double *score, double *err_branch, double *err_final, int *rounds,
+		  struct fx_err *err)
+{
+	const bool few = g->ms < g->m;
+	const size_t bytes_up = (size_t)g->n * g->r * sizeof(float);
+	const size_t bytes_down = (size_t)g->r * g->k * sizeof(float);
+	double best, e;
+	int ret = 0;
+
+	TRY(set_smooth(g, alpha, beta, err));
+	if (o->method != FX_LOWRANK_SVD)
+		TRY(branch(g, o, g->w, true, true, o->power, err));
+	TRY(residual(g, g->s, g->r, err));
+	TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
+	best = rel(e, g->ysnorm);
+	*err_branch = best;
+	if (few) {
+		TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, err));
+		*err_branch = rel(e, g->ynorm);
+		CK(cudaMemcpy(g->b0up, g->up, bytes_up, cudaMemcpyDeviceToDevice));
+		CK(cudaMemcpy(g->b0down, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
+	}
+	CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
+	CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
+	*rounds = 0;
+	for (int it = 0; it < o->iters; it++) {
+		k_target<<<nblocks(g->n * g->k, 256), 256>>>(g->abuf, g->w, g->s, g->rbuf, g->n, g->k);
+		KCHECK();
+		TRY(branch(g, o, g->abuf, false, true, o->refine_power, err));
+		TRY(residual(g, g->s, g->r, err));
+		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
+		e = rel(e, g->ysnorm);
+		if (!(e < best))
+			break;
+		best = e;
+		(*rounds)++;
+		CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
+		CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
+	}
+	*score = best;
+	*err_final = *err_branch;
+	if (!*rounds)
+		goto out;
+	if (!few) {
+		*err_final = best;
+		goto out;
+	}
+	CK(cudaMemcpy(g->up, g->bup, bytes_up, cudaMemcpyDeviceToDevice));
+	CK(cudaMemcpy(g->basis, g->bdown, bytes_down, cudaMemcpyDeviceToDevice));
+	TRY(residual(g, g->s, g->r, err));
+	TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, err));
+	e = rel(e, g->ynorm);
+	if (e < *err_branch) {
+		*err_final = e;
+		goto out;
+	}
+	CK(cudaMemcpy(g->bup, g->b0up, bytes_up, cudaMemcpyDeviceToDevice));
+	CK(cudaMemcpy(g->bdown, g->b0down, bytes_down, cudaMemcpyDeviceToDevice));
+	*rounds = 0;
 out:
 	return ret;
 }
@@ -662,23 +739,26 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 				     const struct fx_lowrank_opts *o, struct fx_err *err)
 {
 	float alpha[2 * FX_LOWRANK_MAX_GRID], beta[2 * FX_LOWRANK_MAX_GRID];
+	double ferr[FX_LOWRANK_MAX_FINALISTS], best = INFINITY, e, eb = 0, ef = 0, sc = 0;
+	int fidx[FX_LOWRANK_MAX_FINALISTS], nf = 0, nfin, rounds = 0;
 	struct gctx gc, *g = &gc;
 	size_t bytes_basis, bytes_up, bytes_down;
-	double best = INFINITY, e;
-	int ret, ncand, bi = 0;
+	int ret, ncand;
 
 	memset(g, 0, sizeof(*g));
 	g->dev = device;
 	if (p->prec != FX_QPREC_NVFP4 && p->prec != FX_QPREC_INT4)
 		return fx_error(err, FX_E_ARG, "low-rank search supports nvfp4 and int4 only");
 	if (p->n <= 0 || p->k <= 0 || p->k % 64 || p->m <= 0 || o->rank < 1 || o->rank > p->n ||
-	    o->rank > p->k || o->iters < 0)
+	    o->rank > p->k || o->iters < 0 || o->finalists < 1 ||
+	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0)
 		return fx_error(err, FX_E_ARG, "bad low-rank problem (n %lld, k %lld, m %lld, rank %d)",
 				(long long)p->n, (long long)p->k, (long long)p->m, o->rank);
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)(sizeof(alpha) / sizeof(alpha[0])),
 					 o->grid, err)) < 0)
 		return ret;
 	ncand = ret;
+	nfin = o->finalists < ncand ? o->finalists : ncand;
 	ret = 0;
 	TRY(ctx_init(g, device, p, o, err));
 	bytes_basis = (size_t)g->k * g->l * sizeof(float);
@@ -689,59 +769,59 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 	TRY(eval(g, g->x, g->y, g->m, NULL, 0, &e, err));
 	res->err_rtn = rel(e, g->ynorm);
 
+	// rank every candidate on the search rows; keep the nfin best (ties:
+	// the earlier one) with their subspace (SVD: their branch)
 	for (int i = 0; i < ncand; i++) {
+		int at;
+
 		TRY(set_smooth(g, alpha[i], beta[i], err));
 		TRY(branch(g, o, g->w, true, i > 0, i > 0 ? 0 : o->power, err));
 		TRY(residual(g, g->s, g->r, err));
 		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
 		e = rel(e, g->ysnorm);
-		if (e < best) {
-			best = e;
-			bi = i;
-			CK(cudaMemcpy(g->bbasis, g->basis, bytes_basis, cudaMemcpyDeviceToDevice));
-			if (o->method == FX_LOWRANK_SVD) {
-				CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
-				CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
-			}
+		for (at = nf; at > 0 && e < ferr[at - 1]; at--)
+			;
+		if (at >= nfin)
+			continue;
+		nf = nf < nfin ? nf + 1 : nf;
+		for (int j = nf - 1; j > at; j--) {
+			ferr[j] = ferr[j - 1];
+			fidx[j] = fidx[j - 1];
+			CK(cudaMemcpy(g->fbasis + (size_t)j * bytes_basis / 4,
+				      g->fbasis + (size_t)(j - 1) * bytes_basis / 4, bytes_basis,
+				      cudaMemcpyDeviceToDevice));
+			CK(cudaMemcpy(g->fup + (size_t)j * bytes_up / 4,
+				      g->fup + (size_t)(j - 1) * bytes_up / 4, bytes_up,
+				      cudaMemcpyDeviceToDevice));
 		}
+		ferr[at] = e;
+		fidx[at] = i;
+		CK(cudaMemcpy(g->fbasis + (size_t)at * bytes_basis / 4, g->basis, bytes_basis,
+			      cudaMemcpyDeviceToDevice));
+		CK(cudaMemcpy(g->fup + (size_t)at * bytes_up / 4, g->up, bytes_up,
+			      cudaMemcpyDeviceToDevice));
 	}
 	res->candidates = ncand;
-	res->alpha = alpha[bi];
-	res->beta = beta[bi];
 
-	TRY(set_smooth(g, alpha[bi], beta[bi], err));
-	CK(cudaMemcpy(g->basis, g->bbasis, bytes_basis, cudaMemcpyDeviceToDevice));
-	if (o->method == FX_LOWRANK_SVD) {
-		CK(cudaMemcpy(g->up, g->bup, bytes_up, cudaMemcpyDeviceToDevice));
-		CK(cudaMemcpy(g->basis, g->bdown, bytes_down, cudaMemcpyDeviceToDevice));
-	} else {
-		TRY(branch(g, o, g->w, true, true, o->power, err));
+	// the finalists, each finished; the lowest refined error wins
+	for (int f = 0; f < nf; f++) {
+		CK(cudaMemcpy(g->basis, g->fbasis + (size_t)f * bytes_basis / 4, bytes_basis,
+			      cudaMemcpyDeviceToDevice));
+		CK(cudaMemcpy(g->up, g->fup + (size_t)f * bytes_up / 4, bytes_up,
+			      cudaMemcpyDeviceToDevice));
+		TRY(finish(g, o, alpha[fidx[f]], beta[fidx[f]], &sc, &eb, &ef, &rounds, err));
+		if (f > 0 && !(sc < best))
+			continue;
+		best = sc;
+		res->alpha = alpha[fidx[f]];
+		res->beta = beta[fidx[f]];
+		res->err_branch = eb;
+		res->err_final = ef;
+		res->rounds = rounds;
+		memcpy(res->smooth, g->h_s, (size_t)g->k * sizeof(float));
+		CK(cudaMemcpy(res->up, g->bup, bytes_up, cudaMemcpyDeviceToHost));
+		CK(cudaMemcpy(res->down, g->bdown, bytes_down, cudaMemcpyDeviceToHost));
 	}
-	TRY(residual(g, g->s, g->r, err));
-	TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, err));
-	best = rel(e, g->ynorm);
-	res->err_branch = best;
-	res->rounds = 0;
-	CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
-	CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
-	for (int it = 0; it < o->iters; it++) {
-		k_target<<<nblocks(g->n * g->k, 256), 256>>>(g->abuf, g->w, g->s, g->rbuf, g->n, g->k);
-		KCHECK();
-		TRY(branch(g, o, g->abuf, false, true, 1, err));
-		TRY(residual(g, g->s, g->r, err));
-		TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, err));
-		e = rel(e, g->ynorm);
-		if (!(e < best))
-			break;
-		best = e;
-		res->rounds++;
-		CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
-		CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
-	}
-	res->err_final = best;
-	memcpy(res->smooth, g->h_s, (size_t)g->k * sizeof(float));
-	CK(cudaMemcpy(res->up, g->bup, bytes_up, cudaMemcpyDeviceToHost));
-	CK(cudaMemcpy(res->down, g->bdown, bytes_down, cudaMemcpyDeviceToHost));
 out:
 	ctx_free(g);
 	return ret;

@@ -67,7 +67,7 @@ assert meta["fx.format"] == "fx.branch"
 assert json.loads(meta["fx.model"]) == {"num_double": 2, "num_single": 2, "hidden": 256, "mlp_hidden": 1024}
 p = json.loads(meta["fx.params"])
 assert (p["rank"], p["precision"], p["grid"], p["iters"], p["method"], p["blocks"]) == \
-    (32, "fp4", 4, 2, "rsvd", "0-3"), p
+    (32, "fp4", 4, 100, "rsvd", "0-3"), p
 D, F, r = 256, 1024, 32
 want = {}
 shape = {"qkv_proj": (3 * D, D, 3), "qkv_proj_context": (3 * D, D, 3), "out_proj": (D, D, 1),

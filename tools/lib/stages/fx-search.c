@@ -26,7 +26,8 @@ void fx_lowrank_stage_opts_init(struct fx_lowrank_stage_opts *o)
 	o->rank = 32;
 	o->precision = "fp4";
 	o->grid = 20;
-	o->iters = 2;
+	o->iters = 100;
+	o->finalists = 3;
 	o->method = "rsvd";
 	o->first_block = -1;
 	o->last_block = -1;
@@ -320,9 +321,13 @@ static int parse_opts(const struct fx_lowrank_stage_opts *o, struct fx_lowrank_o
 				o->grid);
 	if (o->iters < 0)
 		return fx_error(err, FX_E_ARG, "iterations must be >= 0, not %d", o->iters);
+	if (o->finalists < 1 || o->finalists > FX_LOWRANK_MAX_FINALISTS)
+		return fx_error(err, FX_E_ARG, "finalists must be 1-%d, not %d",
+				FX_LOWRANK_MAX_FINALISTS, o->finalists);
 	ko->rank = o->rank;
 	ko->grid = o->grid;
 	ko->iters = o->iters;
+	ko->finalists = o->finalists;
 	return 0;
 }
 
@@ -332,9 +337,11 @@ static char *layer_params(const struct fx_lowrank_stage_opts *o, const struct fx
 {
 	char *s = NULL;
 
-	if (asprintf(&s, "{\"grid\":%d,\"iters\":%d,\"method\":\"%s\",\"oversample\":%d,\"power\":%d,"
-		     "\"precision\":\"%s\",\"rank\":%d,\"search_rows\":%lld,\"seed\":%llu}",
-		     ko->grid, ko->iters, o->method, ko->oversample, ko->power, o->precision, ko->rank,
+	if (asprintf(&s, "{\"finalists\":%d,\"grid\":%d,\"iters\":%d,\"method\":\"%s\","
+		     "\"oversample\":%d,\"power\":%d,\"precision\":\"%s\",\"rank\":%d,"
+		     "\"refine_power\":%d,\"search\":%d,\"search_rows\":%lld,\"seed\":%llu}",
+		     ko->finalists, ko->grid, ko->iters, o->method, ko->oversample, ko->power,
+		     o->precision, ko->rank, ko->refine_power, FX_LOWRANK_SEARCH_VERSION,
 		     (long long)ko->search_rows, (unsigned long long)ko->seed) < 0)
 		return NULL;
 	return s;
@@ -385,11 +392,14 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 	fx_stage_param_str(s, "precision", o->precision);
 	fx_stage_param_int(s, "grid", ko.grid);
 	fx_stage_param_int(s, "iters", ko.iters);
+	fx_stage_param_int(s, "finalists", ko.finalists);
 	fx_stage_param_str(s, "method", o->method);
 	fx_stage_param_str(s, "blocks", blocks);
 	fx_stage_param_int(s, "search_rows", ko.search_rows);
 	fx_stage_param_int(s, "oversample", ko.oversample);
 	fx_stage_param_int(s, "power", ko.power);
+	fx_stage_param_int(s, "refine_power", ko.refine_power);
+	fx_stage_param_int(s, "search", FX_LOWRANK_SEARCH_VERSION);
 	fx_stage_param_int(s, "seed", (long long)ko.seed);
 	if ((ret = fx_stage_check(s, o->force, err)) < 0)
 		goto out;

@@ -37,7 +37,8 @@ struct fx_lowrank_stage_opts {
 	int rank;                /* 32 */
 	const char *precision;   /* "fp4" (default) | "int4" */
 	int grid;                /* 20: 39 smoothing candidates */
-	int iters;               /* 2 */
+	int iters;               /* 100, with early stop */
+	int finalists;           /* 3: best-ranked candidates refined to the end */
 	const char *method;      /* "rsvd" (default) | "svd" */
 	int first_block, last_block;   /* global numbering (fx-blocks.h); -1: all */
 	const char *device;      /* "cpu" | "cuda[:N]"; no GPU: CPU with a warning */
