@@ -11,6 +11,12 @@
 #                   of the sampling at 4G, 7 at 16G, 2 at 64G)
 #        [PROMPTS_FILE=pipelines/prompts/calib-128.txt [T5=] [CLIP=] [MAX_LEN=]]  (instead of COND)
 #
+#   make -f pipelines/flux-svdq.mk ... compare [EVAL_STEPS=4] [EVAL_RES=256x256] [EVAL_SEED=1000]
+#        samples with the checkpoint, the same branch with round-to-nearest codes
+#        (SVDQ without GPTQ) and plain RTN (no smoothing, no branch) against the
+#        source weights (fx-eval) and writes OUT/compare-<precision>_r<rank>-<name>.txt;
+#        EVAL_SEED differs from the calibration's seeds so the rows are held out
+#
 # Writes OUT/calib.safetensors, OUT/branch-r<rank>-<precision>.safetensors,
 # OUT/quant-r<rank>-<precision>.safetensors, the checkpoint
 # OUT/svdq-<precision>_r<rank>-<name>.safetensors and its audit
@@ -79,3 +85,6 @@ meta: pack
 
 verify: meta
 	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
+
+
+include $(PIPELINES_DIR)compare.mk

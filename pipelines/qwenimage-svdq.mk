@@ -4,6 +4,9 @@
 #   make -f pipelines/qwenimage-svdq.mk MODEL=~/Qwen-Image COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
 #        [CFG=4.0] [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=qwen-image] [GPTQ=1 [HESSIAN_MEM=16G]]
+#   make -f pipelines/qwenimage-svdq.mk ... compare [EVAL_STEPS=4] [EVAL_RES=256x256] [EVAL_SEED=1000]
+#        fx-eval of the checkpoint (and, with GPTQ=1, the same branch without
+#        GPTQ) against plain RTN: OUT/compare-<precision>_r<rank>-<name>.txt
 #
 # GPTQ is off by default here (flux-svdq.mk has it on): a Qwen-Image block's
 # XᵀX sums take ~3 GiB in f64 (two K=12288 MLP down-projections), so
@@ -74,3 +77,5 @@ meta: pack
 
 verify: meta
 	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
+
+include $(PIPELINES_DIR)compare.mk

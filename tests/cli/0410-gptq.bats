@@ -216,3 +216,22 @@ PY
 	run -1 fx-verify --model "$T/m" --calib "$T/c128.st" "$T/bad.st"
 	assert_output --partial "mlp_fc2 (single block 1): does not reproduce the source layer"
 }
+
+@test "a W4A4 layer whose XᵀX has fewer rows than inputs is named in a warning" {
+	# 64x64, 1 step: 16 image rows a layer (context layers: 16 tokens)
+	fx-calib -q --model "$T/m" --cond "$T/cond.st" --steps 1 --res 64x64 --samples 16 --hessian -o "$T/thin.st"
+	run --separate-stderr fx-quant --model "$T/m" --calib "$T/thin.st" --precision fp4 --gptq -o "$T/q.st"
+	assert_success
+	[[ $stderr == *"24 layers' XᵀX come from fewer rows than inputs (fewest: "*"_fc2, 16 rows for 1024 inputs)"* ]] ||
+		{ echo "$stderr"; return 1; }
+	# the setup's 512x512, 2 steps: 2048 image rows, more than any K; the
+	# 8 context-stream layers see 16 tokens a pass, 32 rows
+	run --separate-stderr fx-quant --model "$T/m" --calib "$T/calib.st" --precision fp4 --gptq -o "$T/q.st"
+	assert_success
+	[[ $stderr == *"8 layers' XᵀX come from fewer rows than inputs (fewest: transformer_blocks.0.mlp_context_fc2, 32 rows for 1024 inputs)"* ]] ||
+		{ echo "$stderr"; return 1; }
+	# without --gptq nothing is said
+	run --separate-stderr fx-quant --model "$T/m" --calib "$T/thin.st" --precision fp4 -o "$T/q.st"
+	assert_success
+	[[ $stderr != *"fewer rows"* ]]
+}

@@ -158,3 +158,26 @@ PY
 	[[ "$stderr" == *"blocks 2-2 are in no shard"* ]]
 	[ ! -e "$BATS_TEST_TMPDIR/x.safetensors" ]
 }
+
+@test "compare: fx-eval of the checkpoint, the same branch without GPTQ and plain RTN, in one report" {
+	pipeline compare EVAL_STEPS=2 EVAL_RES=64x64
+	r=$O/compare-int4_r32-model.txt
+	[ -s "$r" ]
+	[ ! -e "$r.tmp" ]
+	for f in svdq-int4_r32-model svdq-nogptq-int4_r32-model rtn-int4-model; do
+		grep -q "^$O/$f.safetensors  *[0-9.-]* *[0-9.]*$" "$r" || { cat "$r"; return 1; }
+	done
+	# the extra checkpoint's codes are RTN's of the same branch
+	run -0 fx-verify "$O/quant-r32-int4-nogptq.safetensors"
+	assert_output --partial '"search":0}'
+	refute_output --partial '"gptq"'
+	# GPTQ=0: the checkpoint is the one without GPTQ; RTN beside it
+	rm -rf "$O"
+	pipeline compare GPTQ=0 EVAL_STEPS=2 EVAL_RES=64x64
+	[ "$(grep -c '^/' "$r")" = 2 ]
+	[ ! -e "$O/svdq-nogptq-int4_r32-model.safetensors" ]
+	# shards are refused: compare needs the whole model
+	run make -s -f "$MK/flux-svdq.mk" "${VARS[@]}" BLOCKS=0-1 compare
+	assert_failure
+	assert_output --partial "compare samples with the whole model"
+}

@@ -539,6 +539,37 @@ out:
 	return ret;
 }
 
+/* GPTQ fits the rows its XᵀX came from: a W4A4 layer whose XᵀX has fewer
+ * rows than inputs (a singular H) gets codes that follow those rows rather
+ * than the model. Counts such layers; *worst keeps the thinnest one. */
+struct thin_rows {
+	int count;
+	const struct fx_group *worst;
+	int64_t rows;
+};
+
+static void note_rows(struct thin_rows *t, const struct fx_group *g, const struct fx_st *calib)
+{
+	char name[160];
+	const struct fx_tensor *tn;
+	int64_t n;
+
+	if (g->kind == FX_GROUP_ADALN)   /* one row a pass by nature */
+		return;
+	snprintf(name, sizeof(name), "%s.nrows", g->name);
+	tn = fx_st_find(calib, name);
+	if (!tn || tn->dtype != FX_I64 || tn->nbytes != sizeof(n))
+		return;
+	memcpy(&n, tn->data, sizeof(n));
+	if (n >= g->k)
+		return;
+	t->count++;
+	if (!t->worst || (double)n / g->k < (double)t->rows / t->worst->k) {
+		t->worst = g;
+		t->rows = n;
+	}
+}
+
 static int quantize_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
 			  const struct fx_st *branch, const struct fx_st *calib, bool fp4,
 			  const struct fx_quantize_opts *o, struct bufs *b, struct fx_err *err)
@@ -716,6 +747,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	struct fx_stage *s = NULL;
 	const struct fx_model_config *c;
 	struct bufs b = {0};
+	struct thin_rows thin = {0};
 	struct fx_progress prog;
 	char model_id[65], blocks[32], lparams[160], *modeljs = NULL;
 	bool fp4 = !strcmp(o->precision, "fp4");
@@ -793,8 +825,16 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 			continue;
 		if ((ret = check_shapes(g, err)) < 0 || (ret = declare(s, g, fp4, err)) < 0)
 			goto out;
+		if (o->gptq)
+			note_rows(&thin, g, calib);
 		ngroups++;
 	}
+	if (thin.count)
+		fx_log_warn("%d layer%s' XᵀX come%s from fewer rows than inputs (fewest: %s, %lld rows "
+			    "for %lld inputs): GPTQ will fit those rows rather than the model; "
+			    "calibrate with more rows (fx-calib --prompts, --steps, --res)",
+			    thin.count, thin.count > 1 ? "s" : "", thin.count > 1 ? "" : "s",
+			    thin.worst->name, (long long)thin.rows, (long long)thin.worst->k);
 	if (!(modeljs = fx_model_brief_json(c))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
