@@ -34,31 +34,17 @@ ifneq ($(PROMPTS_FILE),)
 COND := $(OUT)/cond.safetensors
 endif
 COND  ?= $(error COND=<conditioning .safetensors> or PROMPTS_FILE=<prompts.txt> is required)
-RANK  ?= 32
 GPTQ  ?= 1
-HESSIAN_MEM ?=
-ifeq ($(filter 0 1,$(GPTQ)),)
-$(error GPTQ must be 0 or 1, not '$(GPTQ)')
-endif
-NAME  ?= $(call model_name,$(MODEL))
 PROMPTS ?=
 STEPS ?=
 RES   ?=
 SAMPLES ?=
-GRID  ?=
-
-CALIB  := $(OUT)/calib.safetensors
-BRANCH := $(OUT)/branch-r$(RANK)-$(PRECISION).safetensors
-QUANT  := $(OUT)/quant-r$(RANK)-$(PRECISION).safetensors
-FINAL  := $(OUT)/svdq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
-AUDIT  := $(FINAL:.safetensors=.audit.txt)
 
 CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
 	$(if $(RES),--res $(RES)) $(if $(SAMPLES),--samples $(SAMPLES)) \
 	$(if $(filter 1,$(GPTQ)),--hessian $(if $(HESSIAN_MEM),--hessian-mem $(HESSIAN_MEM)))
 
-.PHONY: all encode calib lowrank quant pack meta verify
-all: verify
+.PHONY: encode calib
 
 encode: | $(OUT)
 ifneq ($(PROMPTS_FILE),)
@@ -69,22 +55,4 @@ endif
 calib: encode | $(OUT)
 	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
 
-lowrank: calib
-	$(FX)/fx-lowrank $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --calib $(CALIB) --rank $(RANK) \
-		--precision $(PRECISION) $(if $(GRID),--alpha-grid $(GRID)) $(BLOCKS_OPT) -o $(BRANCH)
-
-quant: lowrank
-	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
-		$(if $(filter 1,$(GPTQ)),--calib $(CALIB) --gptq) $(BLOCKS_OPT) -o $(QUANT)
-
-pack: quant
-	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
-
-meta: pack
-	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) $(FINAL)
-
-verify: meta
-	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
-
-
-include $(PIPELINES_DIR)compare.mk
+include $(PIPELINES_DIR)svdq.mk

@@ -30,52 +30,20 @@ include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 
 MODEL ?= $(error MODEL=<Qwen-Image pipeline or transformer folder, or file> is required)
 COND  ?= $(error COND=<conditioning .safetensors> is required (see fx-calib(1)))
-RANK  ?= 32
 GPTQ  ?= 0
-NAME  ?= $(call model_name,$(MODEL))
 PROMPTS ?=
 STEPS ?=
 RES   ?=
 CFG   ?=
 SAMPLES ?=
-GRID  ?=
-
-CALIB  := $(OUT)/calib.safetensors
-BRANCH := $(OUT)/branch-r$(RANK)-$(PRECISION).safetensors
-QUANT  := $(OUT)/quant-r$(RANK)-$(PRECISION).safetensors
-FINAL  := $(OUT)/svdq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
-AUDIT  := $(FINAL:.safetensors=.audit.txt)
-
-HESSIAN_MEM ?=
-ifeq ($(filter 0 1,$(GPTQ)),)
-$(error GPTQ must be 0 or 1, not '$(GPTQ)')
-endif
 
 CALIB_OPTS = $(if $(PROMPTS),--prompts $(PROMPTS)) $(if $(STEPS),--steps $(STEPS)) \
 	$(if $(RES),--res $(RES)) $(if $(CFG),--guidance $(CFG)) $(if $(SAMPLES),--samples $(SAMPLES)) \
 	$(if $(filter 1,$(GPTQ)),--hessian $(if $(HESSIAN_MEM),--hessian-mem $(HESSIAN_MEM)))
 
-.PHONY: all calib lowrank quant pack meta verify
-all: verify
+.PHONY: calib
 
 calib: | $(OUT)
 	$(FX)/fx-calib $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --cond $(COND) $(CALIB_OPTS) -o $(CALIB)
 
-lowrank: calib
-	$(FX)/fx-lowrank $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --calib $(CALIB) --rank $(RANK) \
-		--precision $(PRECISION) $(if $(GRID),--alpha-grid $(GRID)) $(BLOCKS_OPT) -o $(BRANCH)
-
-quant: lowrank
-	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
-		$(if $(filter 1,$(GPTQ)),--calib $(CALIB) --gptq) $(BLOCKS_OPT) -o $(QUANT)
-
-pack: quant
-	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
-
-meta: pack
-	$(FX)/fx-meta $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) $(FINAL)
-
-verify: meta
-	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
-
-include $(PIPELINES_DIR)compare.mk
+include $(PIPELINES_DIR)svdq.mk

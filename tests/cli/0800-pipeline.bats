@@ -113,12 +113,23 @@ PY
 }
 
 @test "block shards run with make -j merge into a byte-identical checkpoint" {
-	# sharded.mk quantizes with round-to-nearest codes: GPTQ=0 here
+	# GPTQ (default): each shard calibrates its blocks with --hessian
+	pipeline
+	run -0 make -s -j3 -f "$MK/sharded.mk" "${VARS[@]}" OUT="$BATS_TEST_TMPDIR/sh" SHARDS="0-0 1-2 3-3" FXFLAGS=
+	cmp "$O/svdq-int4_r32-model.safetensors" "$BATS_TEST_TMPDIR/sh/svdq-int4_r32-model.safetensors"
+	run -0 fx-verify "$BATS_TEST_TMPDIR/sh/quant-r32-int4.b1-2.safetensors"
+	assert_output --partial '"gptq":1'
+	run -0 fx-verify "$BATS_TEST_TMPDIR/sh/calib.b1-2.safetensors"
+	assert_output --partial '"hessian":1'
+	[ ! -e "$BATS_TEST_TMPDIR/sh/calib.safetensors" ]
+	# GPTQ=0: one calibration, round-to-nearest codes
 	pipeline GPTQ=0
 	run -0 fx-verify "$O/quant-r32-int4.safetensors"
 	refute_output --partial '"gptq"'
-	run -0 make -s -j3 -f "$MK/sharded.mk" "${VARS[@]}" OUT="$BATS_TEST_TMPDIR/sh" SHARDS="0-0 1-2 3-3" FXFLAGS=
-	cmp "$O/svdq-int4_r32-model.safetensors" "$BATS_TEST_TMPDIR/sh/svdq-int4_r32-model.safetensors"
+	run -0 make -s -j3 -f "$MK/sharded.mk" "${VARS[@]}" OUT="$BATS_TEST_TMPDIR/sh0" SHARDS="0-0 1-2 3-3" FXFLAGS= GPTQ=0
+	cmp "$O/svdq-int4_r32-model.safetensors" "$BATS_TEST_TMPDIR/sh0/svdq-int4_r32-model.safetensors"
+	run -2 make -s -f "$MK/sharded.mk" "${VARS[@]}" SHARDS=0-3 GPTQ=2
+	assert_output --partial "GPTQ must be 0 or 1"
 	run -2 make -s -f "$MK/flux-svdq.mk" "${VARS[@]}" GPTQ=yes
 	assert_output --partial "GPTQ must be 0 or 1"
 }
