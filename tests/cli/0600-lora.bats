@@ -104,9 +104,10 @@ same_tensors() {  # same_tensors A B: every tensor's dtype, shape and bytes
 
 @test "block shards with LoRAs: the same checkpoint, the merged shard files keep fx.loras" {
 	mklora make "$M" "$T/l.safetensors" kohya
-	# sharded.mk quantizes with round-to-nearest codes: GPTQ=0 here
+	# round-to-nearest codes, one calibration: the branch shards share their
+	# inputs, so fx-lowrank --merge joins them (GPTQ shards: 0800)
 	pipeline flux-svdq.mk OUT="$T/a" LORA="$T/l.safetensors:0.5" GPTQ=0
-	pipeline sharded.mk OUT="$T/b" LORA="$T/l.safetensors:0.5" SHARDS="0-1 2-3"
+	pipeline sharded.mk OUT="$T/b" LORA="$T/l.safetensors:0.5" SHARDS="0-1 2-3" GPTQ=0
 	same_tensors "$T/a/svdq-int4_r32-model.safetensors" "$T/b/svdq-int4_r32-model.safetensors"
 	fx-lowrank -q --merge -o "$T/q.safetensors" "$T"/b/branch-r32-int4.b*.safetensors
 	run -0 fx-verify --model "$M" --lora "$T/l.safetensors:0.5" "$T/q.safetensors"
