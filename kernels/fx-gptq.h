@@ -27,6 +27,9 @@
 #include "fx-quant.h"
 
 #define FX_GPTQ_DAMP 0.01
+/* for a layer whose XᵀX has fewer rows than inputs (H singular): the
+ * codes then fit those rows; more damping keeps them nearer the weights */
+#define FX_GPTQ_THIN_DAMP 1.0
 #define FX_GPTQ_BLOCK 128
 #define FX_GPTQ_PANEL 128   /* rows swept together */
 

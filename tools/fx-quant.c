@@ -13,7 +13,7 @@
 #include "fx-merge.h"
 #include "fx-file.h"
 
-enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_GPTQ, OPT_GPTQ_DAMP, OPT_GPTQ_BLOCK, OPT_BLOCKS, OPT_MERGE };
+enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_BRANCH, OPT_CALIB, OPT_PRECISION, OPT_SEARCH, OPT_GPTQ, OPT_GPTQ_DAMP, OPT_GPTQ_THIN_DAMP, OPT_GPTQ_BLOCK, OPT_BLOCKS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -24,6 +24,7 @@ static const struct fx_opt opts[] = {
 	{ "search", 0, FX_OPT_NONE, NULL, "clip search of group scales on the calibration samples", OPT_SEARCH },
 	{ "gptq", 0, FX_OPT_NONE, NULL, "GPTQ codes against the calib file's XᵀX (its hessian, see fx-calib(1))", OPT_GPTQ },
 	{ "gptq-damp", 0, FX_OPT_REQ, "D", "GPTQ damping, a fraction of mean(diag H) (default 0.01)", OPT_GPTQ_DAMP },
+	{ "gptq-thin-damp", 0, FX_OPT_REQ, "D", "GPTQ damping of layers whose XᵀX has fewer rows than inputs (default 1)", OPT_GPTQ_THIN_DAMP },
 	{ "gptq-block", 0, FX_OPT_REQ, "B", "GPTQ columns per deferred update (default 128)", OPT_GPTQ_BLOCK },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
 	{ "merge", 0, FX_OPT_NONE, NULL, "merge the block-shard files given as arguments into -o", OPT_MERGE },
@@ -33,7 +34,7 @@ static const struct fx_opt opts[] = {
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-quant --model M [--branch B] [--calib C] --precision fp4|int4 [--search] [--gptq [--gptq-damp D] [--gptq-block B]] [--blocks A-B] -o quant.safetensors",
+		.synopsis = "fx-quant --model M [--branch B] [--calib C] --precision fp4|int4 [--search] [--gptq [--gptq-damp D] [--gptq-thin-damp D] [--gptq-block B]] [--blocks A-B] -o quant.safetensors",
 		.summary = "Quantize the residual of every fused layer into an fx.quant file.",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS,
@@ -69,6 +70,14 @@ int main(int argc, char **argv)
 				return fx_cli_usage_error(&cli, "--gptq-damp wants a number in (0, 10], not '%s'", arg);
 			break;
 		}
+		case OPT_GPTQ_THIN_DAMP: {
+			char *end;
+
+			o.gptq_thin_damp = strtod(arg, &end);
+			if (*end || end == arg || !(o.gptq_thin_damp > 0.0 && o.gptq_thin_damp <= 10.0))
+				return fx_cli_usage_error(&cli, "--gptq-thin-damp wants a number in (0, 10], not '%s'", arg);
+			break;
+		}
 		case OPT_GPTQ_BLOCK: {
 			long v;
 
@@ -96,8 +105,8 @@ int main(int argc, char **argv)
 		return fx_cli_usage_error(&cli, "--search needs --calib");
 	if (o.gptq && !o.calib)
 		return fx_cli_usage_error(&cli, "--gptq needs --calib (made with fx-calib --hessian)");
-	if ((o.gptq_damp > 0 || o.gptq_block > 0) && !o.gptq)
-		return fx_cli_usage_error(&cli, "--gptq-damp and --gptq-block go with --gptq");
+	if ((o.gptq_damp > 0 || o.gptq_thin_damp > 0 || o.gptq_block > 0) && !o.gptq)
+		return fx_cli_usage_error(&cli, "--gptq-damp, --gptq-thin-damp and --gptq-block go with --gptq");
 	o.output = cli.c.output;
 	o.force = cli.c.force;
 

@@ -486,6 +486,66 @@ static int gptq_hessian(double *h, const struct fx_group *g, const struct fx_st 
 	return 0;
 }
 
+/* The rows a layer's XᵀX was summed over (nrows), -1 when the calib file
+ * does not say (an earlier fx-calib). */
+static int64_t calib_rows(const struct fx_group *g, const struct fx_st *calib)
+{
+	char name[160];
+	const struct fx_tensor *tn;
+	int64_t n;
+
+	snprintf(name, sizeof(name), "%s.nrows", g->name);
+	tn = fx_st_find(calib, name);
+	if (!tn || tn->dtype != FX_I64 || tn->nbytes != sizeof(n))
+		return -1;
+	memcpy(&n, tn->data, sizeof(n));
+	return n;
+}
+
+/* GPTQ fits the rows its XᵀX came from: a W4A4 layer whose XᵀX has fewer
+ * rows than inputs (a singular H) gets codes that follow those rows rather
+ * than the model, so it is damped more (opts gptq_thin_damp). adaLN layers
+ * see one row a pass by nature and are left alone. */
+static bool thin_layer(const struct fx_group *g, const struct fx_st *calib)
+{
+	int64_t n;
+
+	if (!calib || g->kind == FX_GROUP_ADALN)
+		return false;
+	n = calib_rows(g, calib);
+	return n >= 0 && n < g->k;
+}
+
+/* The damping of a layer: the thin one where it is larger. */
+static double layer_damp(const struct fx_quantize_opts *o, bool thin)
+{
+	double d = o->gptq_damp > 0 ? o->gptq_damp : FX_GPTQ_DAMP;
+	double t = o->gptq_thin_damp > 0 ? o->gptq_thin_damp : FX_GPTQ_THIN_DAMP;
+
+	return thin && t > d ? t : d;
+}
+
+/* Thin layers, counted for one warning; *worst is the thinnest. */
+struct thin_rows {
+	int count;
+	const struct fx_group *worst;
+	int64_t rows;
+};
+
+static void note_rows(struct thin_rows *t, const struct fx_group *g, const struct fx_st *calib)
+{
+	int64_t n;
+
+	if (!thin_layer(g, calib))
+		return;
+	n = calib_rows(g, calib);
+	t->count++;
+	if (!t->worst || (double)n / g->k < (double)t->rows / t->worst->k) {
+		t->worst = g;
+		t->rows = n;
+	}
+}
+
 /* GPTQ codes for the layer whose RTN scales b holds: R (all n rows, in the
  * order of the codes) swept against H with those scales fixed. */
 static int gptq_group(const struct fx_model *m, const struct fx_group *g,
@@ -510,7 +570,7 @@ static int gptq_group(const struct fx_model *m, const struct fx_group *g,
 	if ((ret = gptq_hessian(h, g, calib, adaln ? NULL : br,
 				!adaln && !fp4 && g->gelu_input, x, msamp, err)) < 0)
 		goto out;
-	if ((ret = fx_gptq_new(&gq, h, k, o->gptq_damp > 0 ? o->gptq_damp : FX_GPTQ_DAMP,
+	if ((ret = fx_gptq_new(&gq, h, k, layer_damp(o, thin_layer(g, calib)),
 			       o->gptq_block > 0 ? o->gptq_block : FX_GPTQ_BLOCK, err)) < 0) {
 		fx_error_prefix(err, "layer '%s'", g->name);
 		goto out;
@@ -537,37 +597,6 @@ out:
 	free(gs);
 	free(gz);
 	return ret;
-}
-
-/* GPTQ fits the rows its XᵀX came from: a W4A4 layer whose XᵀX has fewer
- * rows than inputs (a singular H) gets codes that follow those rows rather
- * than the model. Counts such layers; *worst keeps the thinnest one. */
-struct thin_rows {
-	int count;
-	const struct fx_group *worst;
-	int64_t rows;
-};
-
-static void note_rows(struct thin_rows *t, const struct fx_group *g, const struct fx_st *calib)
-{
-	char name[160];
-	const struct fx_tensor *tn;
-	int64_t n;
-
-	if (g->kind == FX_GROUP_ADALN)   /* one row a pass by nature */
-		return;
-	snprintf(name, sizeof(name), "%s.nrows", g->name);
-	tn = fx_st_find(calib, name);
-	if (!tn || tn->dtype != FX_I64 || tn->nbytes != sizeof(n))
-		return;
-	memcpy(&n, tn->data, sizeof(n));
-	if (n >= g->k)
-		return;
-	t->count++;
-	if (!t->worst || (double)n / g->k < (double)t->rows / t->worst->k) {
-		t->worst = g;
-		t->rows = n;
-	}
 }
 
 static int quantize_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
@@ -749,7 +778,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	struct bufs b = {0};
 	struct thin_rows thin = {0};
 	struct fx_progress prog;
-	char model_id[65], blocks[32], lparams[160], *modeljs = NULL;
+	char model_id[65], blocks[32], lparams[160], lthin[160], *modeljs = NULL;
 	bool fp4 = !strcmp(o->precision, "fp4");
 	int first, last, ret;
 	size_t i, ngroups = 0;
@@ -800,15 +829,22 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	snprintf(lparams, sizeof(lparams), "{\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
 		 fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision, o->search && calib);
 	if (o->gptq) {
-		double damp = o->gptq_damp > 0 ? o->gptq_damp : FX_GPTQ_DAMP;
+		double damp = layer_damp(o, false), thin = layer_damp(o, true);
 		int blk = o->gptq_block > 0 ? o->gptq_block : FX_GPTQ_BLOCK;
 
 		fx_stage_param_int(s, "gptq", 1);
 		fx_stage_param_real(s, "gptq_damp", damp);
+		fx_stage_param_real(s, "gptq_thin_damp", thin);
 		fx_stage_param_int(s, "gptq_block", blk);
 		snprintf(lparams, sizeof(lparams), "{\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
 			 damp, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
 			 o->search && calib);
+		/* a thin layer's recipe names the damping it gets */
+		snprintf(lthin, sizeof(lthin), "{\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
+			 thin, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
+			 o->search && calib);
+	} else {
+		memcpy(lthin, lparams, sizeof(lthin));
 	}
 	ret = fx_stage_check(s, o->force, err);
 	if (ret < 0)
@@ -831,10 +867,11 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	}
 	if (thin.count)
 		fx_log_warn("%d layer%s' XᵀX come%s from fewer rows than inputs (fewest: %s, %lld rows "
-			    "for %lld inputs): GPTQ will fit those rows rather than the model; "
-			    "calibrate with more rows (fx-calib --prompts, --steps, --res)",
+			    "for %lld inputs): GPTQ fits those rows rather than the model, so they get "
+			    "damping %g; calibrate with more rows (fx-calib --prompts, --steps, --res)",
 			    thin.count, thin.count > 1 ? "s" : "", thin.count > 1 ? "" : "s",
-			    thin.worst->name, (long long)thin.rows, (long long)thin.worst->k);
+			    thin.worst->name, (long long)thin.rows, (long long)thin.worst->k,
+			    layer_damp(o, true));
 	if (!(modeljs = fx_model_brief_json(c))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory");
 		goto out;
@@ -850,7 +887,8 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 
 		if (!fx_group_in_range(c, g, first, last))
 			continue;
-		layer_recipe(lr, g, branch, calib, lparams);
+		layer_recipe(lr, g, branch, calib,
+			     o->gptq && thin_layer(g, calib) ? lthin : lparams);
 		reuse = fx_stage_reusable(s, g->name, lr);
 		ret = reuse ? copy_group(s, g, fp4, err)
 			    : quantize_group(s, m, g, branch, calib, fp4, o, &b, err);

@@ -16,6 +16,7 @@ struct fx_quantize_opts {
 	bool search;
 	bool gptq;               /* GPTQ codes against the calib file's XᵀX */
 	double gptq_damp;        /* fraction of mean(diag H); 0: FX_GPTQ_DAMP */
+	double gptq_thin_damp;   /* for layers with fewer XᵀX rows than inputs; 0: FX_GPTQ_THIN_DAMP */
 	int gptq_block;          /* columns per deferred update; 0: FX_GPTQ_BLOCK */
 	int first_block, last_block;   /* global numbering, fx-blocks.h; -1: all */
 	bool force;
