@@ -668,10 +668,12 @@ out:
 // One finalist, as finish() in kernels/cpu/lowrank.c: the branch of
 // (alpha, beta) with the full method (from the finalist's subspace, already
 // in g->basis, or its saved SVD branch in g->up/g->basis), refined for up to
-// o->iters rounds judged on the search rows; a refinement that does not
-// lower the all-row error is undone. Leaves the branch in g->bup/g->bdown.
+// o->iters rounds judged on the search rows (given up after two rounds
+// while more than o->abandon above `bound`, the best finalist so far); a
+// refinement that does not lower the all-row error is undone. Leaves the
+// branch in g->bup/g->bdown.
 static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, float beta,
-		  double *score, double *err_branch, double *err_final, int *rounds,
+		  double bound, double *score, double *err_branch, double *err_final, int *rounds,
 		  struct fx_err *err)
 {
 	const bool few = g->ms < g->m;
@@ -709,6 +711,8 @@ static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, 
 		(*rounds)++;
 		CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
 		CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
+		if (*rounds >= 2 && best > bound * (1.0 + o->abandon))
+			break;
 	}
 	*score = best;
 	*err_final = *err_branch;
@@ -751,7 +755,7 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 		return fx_error(err, FX_E_ARG, "low-rank search supports nvfp4 and int4 only");
 	if (p->n <= 0 || p->k <= 0 || p->k % 64 || p->m <= 0 || o->rank < 1 || o->rank > p->n ||
 	    o->rank > p->k || o->iters < 0 || o->finalists < 1 ||
-	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0)
+	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0 || !(o->abandon >= 0.0))
 		return fx_error(err, FX_E_ARG, "bad low-rank problem (n %lld, k %lld, m %lld, rank %d)",
 				(long long)p->n, (long long)p->k, (long long)p->m, o->rank);
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)(sizeof(alpha) / sizeof(alpha[0])),
@@ -809,7 +813,7 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 			      cudaMemcpyDeviceToDevice));
 		CK(cudaMemcpy(g->up, g->fup + (size_t)f * bytes_up / 4, bytes_up,
 			      cudaMemcpyDeviceToDevice));
-		TRY(finish(g, o, alpha[fidx[f]], beta[fidx[f]], &sc, &eb, &ef, &rounds, err));
+		TRY(finish(g, o, alpha[fidx[f]], beta[fidx[f]], best, &sc, &eb, &ef, &rounds, err));
 		if (f > 0 && !(sc < best))
 			continue;
 		best = sc;
