@@ -1098,17 +1098,59 @@ static void settle(struct lr *c, struct fx_lowrank_result *res, const float *b0u
 	res->rounds = 0;
 }
 
+/* The finalists so far, best first. */
+struct fins {
+	double err[FX_LOWRANK_MAX_FINALISTS];
+	int idx[FX_LOWRANK_MAX_FINALISTS], n, cap;
+	float *basis, *up, *down;       /* cap·nb; SVD: cap·nu, cap·nd */
+	size_t nb, nu, nd;
+};
+
+/* Candidate i with error e into place `at` (< cap), with its subspace (SVD:
+ * its branch). */
+static void fins_insert(struct fins *fl, const struct lr *c, bool svd, int at, double e, int i)
+{
+	fl->n = fl->n < fl->cap ? fl->n + 1 : fl->n;
+	for (int j = fl->n - 1; j > at; j--) {
+		fl->err[j] = fl->err[j - 1];
+		fl->idx[j] = fl->idx[j - 1];
+		memcpy(fl->basis + j * fl->nb, fl->basis + (j - 1) * fl->nb, fl->nb * sizeof(float));
+		if (svd) {
+			memcpy(fl->up + j * fl->nu, fl->up + (j - 1) * fl->nu, fl->nu * sizeof(float));
+			memcpy(fl->down + j * fl->nd, fl->down + (j - 1) * fl->nd, fl->nd * sizeof(float));
+		}
+	}
+	fl->err[at] = e;
+	fl->idx[at] = i;
+	memcpy(fl->basis + at * fl->nb, c->basis, fl->nb * sizeof(float));
+	if (svd) {
+		memcpy(fl->up + at * fl->nu, c->up, fl->nu * sizeof(float));
+		memcpy(fl->down + at * fl->nd, c->down, fl->nd * sizeof(float));
+	}
+}
+
+static bool listed(const int *v, int n, int x)
+{
+	for (int i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
+}
+
 int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_problem *p,
 			 const struct fx_lowrank_opts *o, struct fx_err *err)
 {
 	float alpha[2 * FX_LOWRANK_MAX_GRID], beta[2 * FX_LOWRANK_MAX_GRID];
+	int todo[2 * FX_LOWRANK_MAX_GRID], seed[2 * FX_LOWRANK_MAX_GRID];
 	const int64_t n = p->n, k = p->k;
 	const int r = o->rank;
+	const bool svd = o->method == FX_LOWRANK_SVD;
 	const size_t nu = (size_t)n * r, nd = (size_t)r * k;
 	size_t nb;
-	double ferr[FX_LOWRANK_MAX_FINALISTS], best = INFINITY, e, sc = 0, sc0 = 0, w0 = 0;
-	int fidx[FX_LOWRANK_MAX_FINALISTS], nf = 0, nfin, ret, ncand, rounds = 0;
-	float *fbasis = NULL, *fup = NULL, *fdown = NULL, *wup = NULL, *wdown = NULL;
+	double best = INFINITY, e, sc = 0, sc0 = 0, w0 = 0;
+	int ret, ncand, ntodo = 0, ncoarse, rounds = 0;
+	float *sbasis = NULL, *wup = NULL, *wdown = NULL;
+	struct fins fl = {0};
 	struct lr c;
 	int blas = -1;
 
@@ -1117,20 +1159,23 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)FX_ARRAY_SIZE(alpha), o->grid, err)) < 0)
 		return ret;
 	ncand = ret;
-	nfin = o->finalists < ncand ? o->finalists : ncand;
+	fl.cap = o->finalists < ncand ? o->finalists : ncand;
 	blas = fx_ops_blas_single();
 	if ((ret = lr_init(&c, p, o, err)) < 0)
 		goto out;
-	nb = (size_t)k * c.rw.l;
-	fbasis = malloc(nfin * nb * sizeof(float));
+	nb = fl.nb = (size_t)k * c.rw.l;
+	fl.nu = nu;
+	fl.nd = nd;
+	fl.basis = malloc(fl.cap * nb * sizeof(float));
+	sbasis = malloc(fl.cap * nb * sizeof(float));
 	wup = malloc(nu * sizeof(float));
 	wdown = malloc(nd * sizeof(float));
-	if (o->method == FX_LOWRANK_SVD) {
-		fup = malloc(nfin * nu * sizeof(float));
-		fdown = malloc(nfin * nd * sizeof(float));
+	if (svd) {
+		fl.up = malloc(fl.cap * nu * sizeof(float));
+		fl.down = malloc(fl.cap * nd * sizeof(float));
 	}
-	if (!fbasis || !wup || !wdown || (o->method == FX_LOWRANK_SVD && (!fup || !fdown))) {
-		ret = fx_error(err, FX_E_NOMEM, "out of memory for %d finalists", nfin);
+	if (!fl.basis || !sbasis || !wup || !wdown || (svd && (!fl.up || !fl.down))) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for %d finalists", fl.cap);
 		goto out;
 	}
 
@@ -1138,58 +1183,64 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	lr_residual(&c, NULL, NULL, NULL, 0);
 	res->err_rtn = rel(lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0), c.ynorm);
 
-	/* rank every candidate on the search rows; keep the nfin best (ties:
-	 * the earlier candidate) with what their branch needs to be redone */
-	for (int i = 0; i < ncand; i++) {
-		int at;
+	/* rank the candidates on the search rows: every other one, then the
+	 * skipped neighbours of the best of those (neighbours differ little,
+	 * and the best ones are rarely between two poor ones); keep the
+	 * fl.cap best (ties: the earlier evaluated) with what their branch
+	 * needs to be redone */
+	for (int i = 0; i < ncand; i += 2) {
+		seed[ntodo] = -1;
+		todo[ntodo++] = i;
+	}
+	ncoarse = ntodo;
+	for (int t = 0; t < ntodo; t++) {
+		int at, i = todo[t];
 
 		fx_lowrank_smooth(c.s, c.xspan, c.wmax, k, alpha[i], beta[i]);
-		/* later candidates start from the previous one's subspace */
-		if ((ret = lr_branch(&c, o, p->w, c.s, i > 0, i > 0 ? 0 : o->power, err)) < 0)
+		/* later candidates start from the previous one's subspace, a
+		 * neighbour from that of the coarse candidate next to it */
+		if (seed[t] >= 0)
+			memcpy(c.basis, sbasis + seed[t] * nb, nb * sizeof(float));
+		if ((ret = lr_branch(&c, o, p->w, c.s, t > 0, t > 0 ? 0 : o->power, err)) < 0)
 			goto out;
 		lr_residual(&c, c.s, c.up, c.down, r);
 		e = rel(lr_eval(&c, c.xs, c.ys, c.ms, c.s, c.up, c.down, r), c.ysnorm);
-		for (at = nf; at > 0 && e < ferr[at - 1]; at--)
+		for (at = fl.n; at > 0 && e < fl.err[at - 1]; at--)
 			;
-		if (at >= nfin)
+		if (at < fl.cap)
+			fins_insert(&fl, &c, svd, at, e, i);
+		if (t != ncoarse - 1)
 			continue;
-		nf = nf < nfin ? nf + 1 : nf;
-		for (int j = nf - 1; j > at; j--) {
-			ferr[j] = ferr[j - 1];
-			fidx[j] = fidx[j - 1];
-			memcpy(fbasis + j * nb, fbasis + (j - 1) * nb, nb * sizeof(float));
-			if (o->method == FX_LOWRANK_SVD) {
-				memcpy(fup + j * nu, fup + (j - 1) * nu, nu * sizeof(float));
-				memcpy(fdown + j * nd, fdown + (j - 1) * nd, nd * sizeof(float));
+		memcpy(sbasis, fl.basis, (size_t)fl.n * nb * sizeof(float));
+		for (int f = 0, nc = fl.n; f < nc; f++)
+			for (int d = -1; d <= 1; d += 2) {
+				int j = fl.idx[f] + d;
+
+				if (j < 0 || j >= ncand || listed(todo, ntodo, j))
+					continue;
+				seed[ntodo] = f;
+				todo[ntodo++] = j;
 			}
-		}
-		ferr[at] = e;
-		fidx[at] = i;
-		memcpy(fbasis + at * nb, c.basis, nb * sizeof(float));
-		if (o->method == FX_LOWRANK_SVD) {
-			memcpy(fup + at * nu, c.up, nu * sizeof(float));
-			memcpy(fdown + at * nd, c.down, nd * sizeof(float));
-		}
 	}
-	res->candidates = ncand;
+	res->candidates = ntodo;
 
 	/* each finalist finished and refined; the lowest refined error on the
 	 * search rows wins (ties: the better-ranked one) */
-	for (int f = 0; f < nf; f++) {
-		memcpy(c.basis, fbasis + f * nb, nb * sizeof(float));
-		if (o->method == FX_LOWRANK_SVD) {
-			memcpy(c.up, fup + f * nu, nu * sizeof(float));
-			memcpy(c.down, fdown + f * nd, nd * sizeof(float));
+	for (int f = 0; f < fl.n; f++) {
+		memcpy(c.basis, fl.basis + f * nb, nb * sizeof(float));
+		if (svd) {
+			memcpy(c.up, fl.up + f * nu, nu * sizeof(float));
+			memcpy(c.down, fl.down + f * nd, nd * sizeof(float));
 		}
-		if ((ret = finish(&c, o, alpha[fidx[f]], beta[fidx[f]], best, &sc, &sc0, &rounds,
+		if ((ret = finish(&c, o, alpha[fl.idx[f]], beta[fl.idx[f]], best, &sc, &sc0, &rounds,
 				  err)) < 0)
 			goto out;
 		if (f > 0 && !(sc < best))
 			continue;
 		best = sc;
 		w0 = sc0;
-		res->alpha = alpha[fidx[f]];
-		res->beta = beta[fidx[f]];
+		res->alpha = alpha[fl.idx[f]];
+		res->beta = beta[fl.idx[f]];
 		res->rounds = rounds;
 		memcpy(res->smooth, c.s, (size_t)k * sizeof(float));
 		memcpy(res->up, c.bup, nu * sizeof(float));
@@ -1200,11 +1251,12 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	settle(&c, res, wup, wdown, w0, best);
 	ret = 0;
 out:
-	free(fbasis);
+	free(fl.basis);
+	free(fl.up);
+	free(fl.down);
+	free(sbasis);
 	free(wup);
 	free(wdown);
-	free(fup);
-	free(fdown);
 	lr_free(&c);
 	if (blas > 0)
 		fx_ops_blas_restore(blas);
