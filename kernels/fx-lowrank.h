@@ -51,6 +51,7 @@
 #define FX_LOWRANK_MAX_MEMBERS 4
 #define FX_LOWRANK_MAX_GRID 100
 #define FX_LOWRANK_MAX_FINALISTS 16
+#define FX_LOWRANK_SEEDS 5              /* coarse candidates whose neighbours are ranked */
 /* Bumped when the search changes what it returns for the same options
  * (recorded in fx.params and the layer recipes, so older branches are not
  * reused): 2 = smoothing span x + c for shifted groups, finalists;

@@ -1149,8 +1149,8 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	size_t nb;
 	double best = INFINITY, e, sc = 0, sc0 = 0, w0 = 0;
 	int ret, ncand, ntodo = 0, ncoarse, rounds = 0;
-	float *sbasis = NULL, *wup = NULL, *wdown = NULL;
-	struct fins fl = {0};
+	float *wup = NULL, *wdown = NULL;
+	struct fins fl = {0}, co = {0};
 	struct lr c;
 	int blas = -1;
 
@@ -1167,14 +1167,16 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	fl.nu = nu;
 	fl.nd = nd;
 	fl.basis = malloc(fl.cap * nb * sizeof(float));
-	sbasis = malloc(fl.cap * nb * sizeof(float));
+	co.cap = FX_LOWRANK_SEEDS;
+	co.nb = nb;
+	co.basis = malloc(co.cap * nb * sizeof(float));
 	wup = malloc(nu * sizeof(float));
 	wdown = malloc(nd * sizeof(float));
 	if (svd) {
 		fl.up = malloc(fl.cap * nu * sizeof(float));
 		fl.down = malloc(fl.cap * nd * sizeof(float));
 	}
-	if (!fl.basis || !sbasis || !wup || !wdown || (svd && (!fl.up || !fl.down))) {
+	if (!fl.basis || !co.basis || !wup || !wdown || (svd && (!fl.up || !fl.down))) {
 		ret = fx_error(err, FX_E_NOMEM, "out of memory for %d finalists", fl.cap);
 		goto out;
 	}
@@ -1184,10 +1186,10 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	res->err_rtn = rel(lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0), c.ynorm);
 
 	/* rank the candidates on the search rows: every other one, then the
-	 * skipped neighbours of the best of those (neighbours differ little,
-	 * and the best ones are rarely between two poor ones); keep the
-	 * fl.cap best (ties: the earlier evaluated) with what their branch
-	 * needs to be redone */
+	 * skipped neighbours of the FX_LOWRANK_SEEDS best of those (co:
+	 * neighbours differ little, and the best ones are rarely between two
+	 * poor ones); keep the fl.cap best (ties: the earlier evaluated) with
+	 * what their branch needs to be redone */
 	for (int i = 0; i < ncand; i += 2) {
 		seed[ntodo] = -1;
 		todo[ntodo++] = i;
@@ -1200,7 +1202,7 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 		/* later candidates start from the previous one's subspace, a
 		 * neighbour from that of the coarse candidate next to it */
 		if (seed[t] >= 0)
-			memcpy(c.basis, sbasis + seed[t] * nb, nb * sizeof(float));
+			memcpy(c.basis, co.basis + seed[t] * nb, nb * sizeof(float));
 		if ((ret = lr_branch(&c, o, p->w, c.s, t > 0, t > 0 ? 0 : o->power, err)) < 0)
 			goto out;
 		lr_residual(&c, c.s, c.up, c.down, r);
@@ -1209,12 +1211,17 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 			;
 		if (at < fl.cap)
 			fins_insert(&fl, &c, svd, at, e, i);
+		if (t >= ncoarse)
+			continue;
+		for (at = co.n; at > 0 && e < co.err[at - 1]; at--)
+			;
+		if (at < co.cap)
+			fins_insert(&co, &c, false, at, e, i);
 		if (t != ncoarse - 1)
 			continue;
-		memcpy(sbasis, fl.basis, (size_t)fl.n * nb * sizeof(float));
-		for (int f = 0, nc = fl.n; f < nc; f++)
+		for (int f = 0; f < co.n; f++)
 			for (int d = -1; d <= 1; d += 2) {
-				int j = fl.idx[f] + d;
+				int j = co.idx[f] + d;
 
 				if (j < 0 || j >= ncand || listed(todo, ntodo, j))
 					continue;
@@ -1254,7 +1261,7 @@ out:
 	free(fl.basis);
 	free(fl.up);
 	free(fl.down);
-	free(sbasis);
+	free(co.basis);
 	free(wup);
 	free(wdown);
 	lr_free(&c);

@@ -597,7 +597,7 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	DALLOC(g->z, k * g->l);
 	DALLOC(g->basis, k * g->l);
 	DALLOC(g->fbasis, (int64_t)o->finalists * k * g->l);
-	DALLOC(g->sbasis, (int64_t)o->finalists * k * g->l);
+	DALLOC(g->sbasis, (int64_t)FX_LOWRANK_SEEDS * k * g->l);
 	DALLOC(g->fup, (int64_t)o->finalists * n * g->r);
 	DALLOC(g->small, (int64_t)g->l * g->l);
 	DALLOC(g->rowsum, m);
@@ -773,6 +773,8 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 	double ferr[FX_LOWRANK_MAX_FINALISTS], best = INFINITY, e, eb = 0, ef = 0, sc = 0;
 	int fidx[FX_LOWRANK_MAX_FINALISTS], nf = 0, nfin, rounds = 0;
 	int todo[2 * FX_LOWRANK_MAX_GRID], seed[2 * FX_LOWRANK_MAX_GRID], ntodo = 0, ncoarse;
+	double cerr[FX_LOWRANK_SEEDS];
+	int cidx[FX_LOWRANK_SEEDS], nc = 0;
 	struct gctx gc, *g = &gc;
 	size_t bytes_basis, bytes_up, bytes_down;
 	int ret, ncand;
@@ -802,9 +804,9 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 	res->err_rtn = rel(e, g->ynorm);
 
 	// rank the candidates on the search rows, as the CPU does: every other
-	// one, then the skipped neighbours of the nfin best of those (each
-	// from its coarse neighbour's subspace); keep the nfin best (ties: the
-	// earlier evaluated) with their subspace (SVD: their branch)
+	// one, then the skipped neighbours of the FX_LOWRANK_SEEDS best of those
+	// (each from its coarse neighbour's subspace); keep the nfin best (ties:
+	// the earlier evaluated) with their subspace (SVD: their branch)
 	for (int i = 0; i < ncand; i += 2) {
 		seed[ntodo] = -1;
 		todo[ntodo++] = i;
@@ -825,12 +827,29 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 			;
 		if (at < nfin)
 			TRY(insert(g, ferr, fidx, &nf, nfin, at, e, i, bytes_basis, bytes_up, err));
+		if (t >= ncoarse)
+			continue;
+		for (at = nc; at > 0 && e < cerr[at - 1]; at--)
+			;
+		if (at < FX_LOWRANK_SEEDS) {
+			nc = nc < FX_LOWRANK_SEEDS ? nc + 1 : nc;
+			for (int j = nc - 1; j > at; j--) {
+				cerr[j] = cerr[j - 1];
+				cidx[j] = cidx[j - 1];
+				CK(cudaMemcpy(g->sbasis + (size_t)j * bytes_basis / 4,
+					      g->sbasis + (size_t)(j - 1) * bytes_basis / 4, bytes_basis,
+					      cudaMemcpyDeviceToDevice));
+			}
+			cerr[at] = e;
+			cidx[at] = i;
+			CK(cudaMemcpy(g->sbasis + (size_t)at * bytes_basis / 4, g->basis, bytes_basis,
+				      cudaMemcpyDeviceToDevice));
+		}
 		if (t != ncoarse - 1)
 			continue;
-		CK(cudaMemcpy(g->sbasis, g->fbasis, (size_t)nf * bytes_basis, cudaMemcpyDeviceToDevice));
-		for (int f = 0, nc = nf; f < nc; f++)
+		for (int f = 0; f < nc; f++)
 			for (int d = -1; d <= 1; d += 2) {
-				int j = fidx[f] + d;
+				int j = cidx[f] + d;
 				bool seen = false;
 
 				for (int q = 0; q < ntodo; q++)
