@@ -94,6 +94,15 @@ for rank in 32 128; do
 		# kept for bench/run.sh gptq's post-calibration projection
 		[[ $rank == 32 ]] && printf '%s measured %s\n' "$total" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
 			>"$CACHE/lowrank-r32-dev.txt"
+		# with GPTQ + fx-quant/fx-pack on idle cores: bench/run.sh gptq's
+		# last projection (it reads this run's fx-lowrank figure itself)
+		if [[ $rank == 32 ]]; then
+			gq=${FX_BENCH_GPTQ_DEV_S:-} gq_from="FX_BENCH_GPTQ_DEV_S"
+			[[ -z $gq && -s $CACHE/gptq-quantpack-dev.txt ]] &&
+				read -r gq gq_from <"$CACHE/gptq-quantpack-dev.txt" && gq_from="bench/run.sh gptq, $gq_from"
+			[[ -z $gq ]] && gq=900 gq_from="not measured here: 15 min, fx-quant(1)'s figure"
+			note "r32 rsvd + GPTQ + fx-quant/fx-pack ($gq_from): $(secs_h "$total") + $(secs_h "$gq") = $(secs_h "$(calc "$total + $gq")") projected FLUX.1-dev post-calibration (target < 60 min): $(awk -v p="$(calc "$total + $gq")" 'BEGIN { print (p < 3600 ? "PASS" : "FAIL") }')"
+		fi
 		row "fx-lowrank r$rank rsvd" "4 groups, default grid" "$(calc "$LR_SEC / $GROUPS_PER_RUN" '%.1f') s/group" \
 			"dev total $(secs_h "$total")" "$(calc "3600 / $total" '%.2f')" "60 min target / projected" "$LR_RSS" \
 			"$([[ $rank == 32 ]] && echo ">= 1 (< 60 min)" || echo "-")"

@@ -437,6 +437,9 @@ bench_gptq() {
 	gw=$(calc "$total * $ratio") gi=$(calc "$totalc / 2 * $ratioc")
 	post=$(calc "$lr + $gw + $qp_dev") posti=$(calc "$lr + $gi + $qp_idle")
 	verdict=$(awk -v p="$posti" 'BEGIN { print (p < 3600 ? "PASS" : "FAIL") }')
+	# kept for bench/lowrank.sh's post-calibration line
+	printf '%s measured %s\n' "$(calc "$gi + $qp_idle")" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+		>"$CACHE/gptq-quantpack-dev.txt"
 	note "fx-lowrank FLUX.1-dev: $(secs_h "$lr") ($lr_from)"
 	note "projected FLUX.1-dev post-calibration, this run's speed: fx-lowrank $(secs_h "$lr") + GPTQ $(secs_h "$gw") + fx-quant/fx-pack $(secs_h "$qp_dev") = $(secs_h "$post")"
 	note "projected FLUX.1-dev post-calibration, idle cores (GPTQ CPU time / 2, fx-quant/fx-pack CPU time): fx-lowrank $(secs_h "$lr") + GPTQ $(secs_h "$gi") + fx-quant/fx-pack $(secs_h "$qp_idle") = $(secs_h "$posti") (target < 60 min): $verdict"

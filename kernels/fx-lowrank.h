@@ -34,10 +34,12 @@
  * finished: branch recomputed with the full method, refined for up to
  * `iters` rounds (branch from the SVD of W·diag(s) − Rdq, `refine_power`
  * power iterations from the previous round's subspace; stop at the first
- * round that does not lower the error on the search rows; a refinement that
- * does not lower the all-row error is undone). The finalist with the
- * lowest refined error wins: the smoothing that is best before refinement
- * is often not best after it. Reported errors use all m rows.
+ * round that does not lower the error on the search rows; a finalist whose
+ * error is still more than `abandon` above the best finished one after two
+ * rounds is given up). The finalist with the lowest refined error wins: the
+ * smoothing that is best before refinement is often not best after it. Its
+ * refinement is undone if it does not lower the error on all rows too.
+ * Reported errors use all m rows.
  */
 #ifndef FX_LOWRANK_H
 #define FX_LOWRANK_H
@@ -49,10 +51,12 @@
 #define FX_LOWRANK_MAX_MEMBERS 4
 #define FX_LOWRANK_MAX_GRID 100
 #define FX_LOWRANK_MAX_FINALISTS 16
+#define FX_LOWRANK_SEEDS 5              /* coarse candidates whose neighbours are ranked */
 /* Bumped when the search changes what it returns for the same options
  * (recorded in fx.params and the layer recipes, so older branches are not
- * reused): 2 = smoothing span x + c for shifted groups, finalists. */
-#define FX_LOWRANK_SEARCH_VERSION 2
+ * reused): 2 = smoothing span x + c for shifted groups, finalists;
+ * 3 = 64 search rows, finalists given up (abandon). */
+#define FX_LOWRANK_SEARCH_VERSION 3
 
 enum fx_lowrank_method {
 	FX_LOWRANK_RSVD,   /* randomized SVD with power iterations (default) */
@@ -84,10 +88,13 @@ struct fx_lowrank_opts {
 	uint64_t seed;                 /* rsvd start vectors */
 	int refine_power;              /* rsvd: power iterations of a (warm) refinement round */
 	int finalists;                 /* best-ranked candidates refined, 1..MAX_FINALISTS */
+	double abandon;                /* a finalist this far (relative) above the best after
+					* two rounds is given up; >= 0 */
 };
 
 /* Defaults: rank 32, grid 20, iters 100 (early stop), 3 finalists, rsvd,
- * 128 search rows, oversample 16, power 2, refine_power 0, seed 1. */
+ * 64 search rows, oversample 16, power 2, refine_power 0, seed 1,
+ * abandon 0.1. */
 void fx_lowrank_opts_init(struct fx_lowrank_opts *o);
 
 /* What the search found. smooth, down, up are caller-allocated: k, rank·k,

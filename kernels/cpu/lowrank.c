@@ -41,12 +41,13 @@ void fx_lowrank_opts_init(struct fx_lowrank_opts *o)
 	o->grid = 20;
 	o->iters = 100;
 	o->method = FX_LOWRANK_RSVD;
-	o->search_rows = 128;
+	o->search_rows = 64;
 	o->oversample = 16;
 	o->power = 2;
 	o->refine_power = 0;
 	o->seed = 1;
 	o->finalists = 3;
+	o->abandon = 0.1;
 }
 
 int fx_lowrank_candidates(float *alpha, float *beta, int cap, int grid, struct fx_err *err)
@@ -258,6 +259,77 @@ static inline float e4m3_val_bl(uint32_t c)
  * marks an all-zero group. */
 #define QCHUNK 256
 
+/* The group maxima and scales in vector form: the compiler left both
+ * passes scalar (a 16-wide horizontal max, branches in e4m3_code_bl), and
+ * they took more time than the elements. Same operations, same bytes. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* macros, not functions: a vector return value outside the AVX clones
+ * changes the ABI */
+#define VLD(v, p) memcpy(&(v), (p), sizeof(v))
+/* mask ? a : b, for masks of all ones or zeros */
+#define VSEL(mask, a, b) (((v8u)(mask) & (a)) | (~(v8u)(mask) & (b)))
+
+/* max |v| of g floats (g a multiple of 8), as the scalar
+ * m = |v| > m ? |v| : m from 0 (max is order-free) */
+__attribute__((always_inline)) static inline float gmax(const float *w, int g)
+{
+	const v8u abs = (v8u){ 0 } + 0x7fffffffu;
+	v8u a, b;
+	v8f m;
+	float r = 0.0f;
+
+	VLD(a, w);
+	a &= abs;
+	for (int i = 8; i < g; i += 8) {
+		VLD(b, w + i);
+		b &= abs;
+		a = VSEL((v8f)b > (v8f)a, b, a);
+	}
+	m = (v8f)a;
+	for (int i = 0; i < 8; i++)
+		r = m[i] > r ? m[i] : r;
+	return r;
+}
+
+/* gs[g] <- the E4M3 group scale of maximum gs[g] (0 for 0), tensor scale
+ * t, for 8 groups: e4m3_val_bl(e4m3_code_bl(bf16r((m / 6) / t)) or 1). */
+__attribute__((always_inline)) static inline void gscale8_fp4(float *gs, float t)
+{
+	v8f m, f;
+	v8u a, e, mant, rem, cn, qi, cs, code, u;
+	v8f fc, q, r2, vs;
+
+	VLD(m, gs);
+	f = (m / 6.0f) / t;
+	a = (v8u)f;
+	a += 0x7fffu + ((a >> 16) & 1u);            /* bf16r */
+	a &= 0xffff0000u;
+	fc = (v8f)VSEL((v8f)a < 448.0f, a, (v8u){ 0 } + 0x43e00000u);
+	q = fc * 512.0f;
+	e = (a >> 23) - 120u;
+	mant = a & 0x7fffffu;
+	rem = mant & 0xfffffu;
+	cn = (e << 3) | (mant >> 20);
+	cn += ((v8u)(rem > 0x80000u) | ((v8u)(rem == 0x80000u) & (cn & 1u))) & 1u;
+	cn = VSEL((v8i)(cn > 0x7eu), (v8u){ 0 } + 0x7eu, cn);
+	qi = (v8u)__builtin_convertvector(q, v8i);
+	r2 = q - __builtin_convertvector((v8i)qi, v8f);
+	cs = qi + (((v8u)(r2 > 0.5f) | ((v8u)(r2 == 0.5f) & (qi & 1u))) & 1u);
+	code = VSEL((v8i)(a >= 0x43e00000u), (v8u){ 0 } + 0x7eu,
+		    VSEL((v8i)(a < 0x3c800000u), cs, cn));
+	code = VSEL((v8i)(code == 0u), (v8u){ 0 } + 1u, code);
+	e = (code >> 3) & 0xfu;
+	mant = code & 7u;
+	u = ((e + 120u) << 23) | (mant << 20);
+	vs = __builtin_convertvector((v8i)mant, v8f) * (1.0f / 512.0f);
+	u = VSEL((v8i)(e == 0u), (v8u)vs, u);
+	u = VSEL(m > 0.0f, u, (v8u){ 0 });
+	memcpy(gs, &u, sizeof(u));
+}
+
 /* One residual row, NVFP4 round to nearest with tensor scale t. */
 ROWK static void resq_row_fp4(float *w, int64_t k, float t)
 {
@@ -267,14 +339,13 @@ ROWK static void resq_row_fp4(float *w, int64_t k, float t)
 		int ng = (int)((k - c0) / 16 < QCHUNK ? (k - c0) / 16 : QCHUNK);
 		float *wc = w + c0;
 
-		for (int g = 0; g < ng; g++) {
-			float m = 0.0f;
-			for (int i = 0; i < 16; i++)
-				m = fabsf(wc[g * 16 + i]) > m ? fabsf(wc[g * 16 + i]) : m;
-			gs[g] = m;
-		}
-#pragma omp simd
-		for (int g = 0; g < ng; g++) {
+		int g8 = ng & ~7;
+
+		for (int g = 0; g < ng; g++)
+			gs[g] = gmax(wc + g * 16, 16);
+		for (int g = 0; g < g8; g += 8)
+			gscale8_fp4(gs + g, t);
+		for (int g = g8; g < ng; g++) {
 			uint32_t sf = e4m3_code_bl(bf16r((gs[g] / 6.0f) / t));
 			float sv = e4m3_val_bl(sf ? sf : 1u);
 			gs[g] = gs[g] > 0.0f ? sv : 0.0f;
@@ -304,12 +375,8 @@ ROWK static void resq_row_int4(float *w, int64_t k)
 		int ng = (int)((k - c0) / 64 < QCHUNK ? (k - c0) / 64 : QCHUNK);
 		float *wc = w + c0;
 
-		for (int g = 0; g < ng; g++) {
-			float m = 0.0f;
-			for (int i = 0; i < 64; i++)
-				m = fabsf(wc[g * 64 + i]) > m ? fabsf(wc[g * 64 + i]) : m;
-			gs[g] = m;
-		}
+		for (int g = 0; g < ng; g++)
+			gs[g] = gmax(wc + g * 64, 64);
 #pragma omp simd
 		for (int g = 0; g < ng; g++) {
 			float sc = bf16r(gs[g] / 7.0f);
@@ -695,6 +762,7 @@ struct lr {
 	const struct fx_lowrank_problem *p;
 	int64_t n, k, m, ms;
 	int r;
+	bool xq_ok;                /* c->xq holds the search rows' Xq for c->s */
 	float *rbuf, *abuf;        /* (n,k) residual / refinement target */
 	float *y, *ys, *xs;        /* X·Wᵀ (m,n), its search rows (ms,n), their X (ms,k) */
 	float *xq, *e, *t, *ds;    /* (m,k), (m,n), (m,r), (r,k) */
@@ -714,22 +782,25 @@ static void lr_free(struct lr *c)
 	rsvd_ws_free(&c->rw);
 }
 
-/* ‖Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ‖² over mm rows; Rdq in c->rbuf. */
-static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, const float *s,
-		      const float *up, const float *down, int r)
+/* ‖Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ‖² over mm rows; Rdq in c->rbuf. keep:
+ * c->xq already holds Xq of these rows for s (a finalist's rounds). */
+static double lr_eval_q(struct lr *c, const float *x, const float *y, int64_t mm, const float *s,
+			const float *up, const float *down, int r, bool keep)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 	const float cc = p->shift ? FX_LOWRANK_SHIFT : 0.0f;
 	double tot = 0.0;
 
-	if (p->shift)
+	if (p->shift && !keep)
 		for (int64_t i = 0; i < k; i++)
 			c->cs[i] = s ? cc / s[i] : cc;
+	if (!keep) {
 #pragma omp parallel for schedule(static) if(BIG(mm * k))
-	for (int64_t i = 0; i < mm; i++)
-		actq_row(c->xq + i * k, x + i * k, s, p->shift ? c->cs : NULL, cc, k,
-			 p->prec == FX_QPREC_NVFP4, p->shift);
+		for (int64_t i = 0; i < mm; i++)
+			actq_row(c->xq + i * k, x + i * k, s, p->shift ? c->cs : NULL, cc, k,
+				 p->prec == FX_QPREC_NVFP4, p->shift);
+	}
 	memcpy(c->e, y, (size_t)mm * n * sizeof(float));
 	if (r > 0) {
 #pragma omp parallel for schedule(static) if(BIG((int64_t)r * k))
@@ -746,6 +817,23 @@ static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, 
 	for (int64_t i = 0; i < mm; i++)   /* fixed order: independent of threads */
 		tot += c->rowsum[i];
 	return tot;
+}
+
+static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, const float *s,
+		      const float *up, const float *down, int r)
+{
+	c->xq_ok = false;
+	return lr_eval_q(c, x, y, mm, s, up, down, r, false);
+}
+
+/* The same on the search rows for the smoothing c->s, whose Xq is then
+ * kept for the next call: it is fixed while a finalist is refined. */
+static double lr_eval_search(struct lr *c, const float *up, const float *down, int r)
+{
+	double e = lr_eval_q(c, c->xs, c->ys, c->ms, c->s, up, down, r, c->xq_ok);
+
+	c->xq_ok = true;
+	return e;
 }
 
 /* rbuf = deq(Q(W·diag(s) − up·down)). */
@@ -788,7 +876,8 @@ static int lr_check(const struct fx_lowrank_problem *p, const struct fx_lowrank_
 				o->rank, (long long)min64(p->n, p->k), (long long)p->n, (long long)p->k);
 	if (o->grid < 1 || o->grid > FX_LOWRANK_MAX_GRID || o->iters < 0 ||
 	    o->method < 0 || o->method >= FX_LOWRANK_METHOD_COUNT || o->search_rows < 0 ||
-	    o->finalists < 1 || o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0)
+	    o->finalists < 1 || o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0 ||
+	    !(o->abandon >= 0.0))
 		return fx_error(err, FX_E_ARG, "bad low-rank options");
 	if ((int64_t)p->n * p->k > INT32_MAX || (int64_t)p->m * p->n > INT32_MAX)
 		return fx_error(err, FX_E_ARG, "layer too large for 32-bit BLAS indices");
@@ -927,35 +1016,32 @@ out:
 /* One finalist: the branch of candidate (alpha, beta) with the full method
  * (from its search subspace, or its saved SVD branch), then refined for up
  * to o->iters rounds, each judged on the search rows (the finalists are
- * compared there too: *score). *err_branch and *err_final are on all rows;
- * a refinement that does not lower the all-row error is undone. Leaves the
- * branch in c->bup/c->bdown and the smoothing in c->s. */
+ * compared there too: *score; *score0 before refinement). A finalist still
+ * more than o->abandon above `bound` (the best finalist so far) after two
+ * rounds is given up: it was never seen to catch up from there. Leaves the
+ * refined branch in c->bup/c->bdown, the unrefined one in c->b0up/c->b0down
+ * and the smoothing in c->s. */
 static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, float beta,
-		  double *score, double *err_branch, double *err_final, int *rounds,
-		  struct fx_err *err)
+		  double bound, double *score, double *score0, int *rounds, struct fx_err *err)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 	const int r = c->r;
-	const bool few = c->ms < c->m;
 	const size_t bup = (size_t)n * r * sizeof(float), bdown = (size_t)r * k * sizeof(float);
 	double best, e;
 	int ret;
 
 	fx_lowrank_smooth(c->s, c->xspan, c->wmax, k, alpha, beta);
+	c->xq_ok = false;
 	if (o->method != FX_LOWRANK_SVD &&
 	    (ret = lr_branch(c, o, p->w, c->s, true, o->power, err)) < 0)
 		return ret;
 	lr_residual(c, c->s, c->up, c->down, r);
-	best = rel(lr_eval(c, c->xs, c->ys, c->ms, c->s, c->up, c->down, r), c->ysnorm);
-	*err_branch = few ? rel(lr_eval(c, p->x, c->y, p->m, c->s, c->up, c->down, r), c->ynorm)
-			  : best;
+	best = *score0 = rel(lr_eval_search(c, c->up, c->down, r), c->ysnorm);
 	memcpy(c->bup, c->up, bup);
 	memcpy(c->bdown, c->down, bdown);
-	if (few) {          /* the unrefined branch, should refinement not carry over */
-		memcpy(c->b0up, c->up, bup);
-		memcpy(c->b0down, c->down, bdown);
-	}
+	memcpy(c->b0up, c->up, bup);
+	memcpy(c->b0down, c->down, bdown);
 	*rounds = 0;
 	/* refinement: the branch of W·diag(s) − Rdq, kept while the error falls
 	 * (Rdq, in c->rbuf, belongs to the last branch evaluated, the kept one) */
@@ -967,45 +1053,104 @@ static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, fl
 		if ((ret = lr_branch(c, o, c->abuf, NULL, true, o->refine_power, err)) < 0)
 			return ret;
 		lr_residual(c, c->s, c->up, c->down, r);
-		e = rel(lr_eval(c, c->xs, c->ys, c->ms, c->s, c->up, c->down, r), c->ysnorm);
+		e = rel(lr_eval_search(c, c->up, c->down, r), c->ysnorm);
 		if (!(e < best))
 			break;
 		best = e;
 		(*rounds)++;
 		memcpy(c->bup, c->up, bup);
 		memcpy(c->bdown, c->down, bdown);
+		if (*rounds >= 2 && best > bound * (1.0 + o->abandon))
+			break;
 	}
 	*score = best;
-	*err_final = *err_branch;
-	if (!*rounds)
-		return 0;
-	if (!few) {
-		*err_final = best;
-		return 0;
-	}
-	lr_residual(c, c->s, c->bup, c->bdown, r);
-	e = rel(lr_eval(c, p->x, c->y, p->m, c->s, c->bup, c->bdown, r), c->ynorm);
-	if (e < *err_branch) {
-		*err_final = e;
-		return 0;
-	}
-	memcpy(c->bup, c->b0up, bup);
-	memcpy(c->bdown, c->b0down, bdown);
-	*rounds = 0;
 	return 0;
+}
+
+/* The winner's errors on all rows (res->smooth/up/down hold its refined
+ * branch, b0up/b0down its unrefined one): a refinement that does not lower
+ * the all-row error is undone. score0/score: its search-row errors. */
+static void settle(struct lr *c, struct fx_lowrank_result *res, const float *b0up,
+		   const float *b0down, double score0, double score)
+{
+	const struct fx_lowrank_problem *p = c->p;
+	const int r = c->r;
+	double e;
+
+	if (c->ms == c->m) {
+		res->err_branch = score0;
+		res->err_final = res->rounds ? score : score0;
+		return;
+	}
+	lr_residual(c, res->smooth, b0up, b0down, r);
+	res->err_branch = rel(lr_eval(c, p->x, c->y, p->m, res->smooth, b0up, b0down, r), c->ynorm);
+	res->err_final = res->err_branch;
+	if (!res->rounds)
+		return;
+	lr_residual(c, res->smooth, res->up, res->down, r);
+	e = rel(lr_eval(c, p->x, c->y, p->m, res->smooth, res->up, res->down, r), c->ynorm);
+	if (e < res->err_branch) {
+		res->err_final = e;
+		return;
+	}
+	memcpy(res->up, b0up, (size_t)c->n * r * sizeof(float));
+	memcpy(res->down, b0down, (size_t)r * c->k * sizeof(float));
+	res->rounds = 0;
+}
+
+/* The finalists so far, best first. */
+struct fins {
+	double err[FX_LOWRANK_MAX_FINALISTS];
+	int idx[FX_LOWRANK_MAX_FINALISTS], n, cap;
+	float *basis, *up, *down;       /* cap·nb; SVD: cap·nu, cap·nd */
+	size_t nb, nu, nd;
+};
+
+/* Candidate i with error e into place `at` (< cap), with its subspace (SVD:
+ * its branch). */
+static void fins_insert(struct fins *fl, const struct lr *c, bool svd, int at, double e, int i)
+{
+	fl->n = fl->n < fl->cap ? fl->n + 1 : fl->n;
+	for (int j = fl->n - 1; j > at; j--) {
+		fl->err[j] = fl->err[j - 1];
+		fl->idx[j] = fl->idx[j - 1];
+		memcpy(fl->basis + j * fl->nb, fl->basis + (j - 1) * fl->nb, fl->nb * sizeof(float));
+		if (svd) {
+			memcpy(fl->up + j * fl->nu, fl->up + (j - 1) * fl->nu, fl->nu * sizeof(float));
+			memcpy(fl->down + j * fl->nd, fl->down + (j - 1) * fl->nd, fl->nd * sizeof(float));
+		}
+	}
+	fl->err[at] = e;
+	fl->idx[at] = i;
+	memcpy(fl->basis + at * fl->nb, c->basis, fl->nb * sizeof(float));
+	if (svd) {
+		memcpy(fl->up + at * fl->nu, c->up, fl->nu * sizeof(float));
+		memcpy(fl->down + at * fl->nd, c->down, fl->nd * sizeof(float));
+	}
+}
+
+static bool listed(const int *v, int n, int x)
+{
+	for (int i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
 }
 
 int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_problem *p,
 			 const struct fx_lowrank_opts *o, struct fx_err *err)
 {
 	float alpha[2 * FX_LOWRANK_MAX_GRID], beta[2 * FX_LOWRANK_MAX_GRID];
+	int todo[2 * FX_LOWRANK_MAX_GRID], seed[2 * FX_LOWRANK_MAX_GRID];
 	const int64_t n = p->n, k = p->k;
 	const int r = o->rank;
+	const bool svd = o->method == FX_LOWRANK_SVD;
 	const size_t nu = (size_t)n * r, nd = (size_t)r * k;
 	size_t nb;
-	double ferr[FX_LOWRANK_MAX_FINALISTS], best = INFINITY, e, eb = 0, ef = 0, sc = 0;
-	int fidx[FX_LOWRANK_MAX_FINALISTS], nf = 0, nfin, ret, ncand, rounds = 0;
-	float *fbasis = NULL, *fup = NULL, *fdown = NULL;
+	double best = INFINITY, e, sc = 0, sc0 = 0, w0 = 0;
+	int ret, ncand, ntodo = 0, ncoarse, rounds = 0;
+	float *wup = NULL, *wdown = NULL;
+	struct fins fl = {0}, co = {0};
 	struct lr c;
 	int blas = -1;
 
@@ -1014,18 +1159,25 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)FX_ARRAY_SIZE(alpha), o->grid, err)) < 0)
 		return ret;
 	ncand = ret;
-	nfin = o->finalists < ncand ? o->finalists : ncand;
+	fl.cap = o->finalists < ncand ? o->finalists : ncand;
 	blas = fx_ops_blas_single();
 	if ((ret = lr_init(&c, p, o, err)) < 0)
 		goto out;
-	nb = (size_t)k * c.rw.l;
-	fbasis = malloc(nfin * nb * sizeof(float));
-	if (o->method == FX_LOWRANK_SVD) {
-		fup = malloc(nfin * nu * sizeof(float));
-		fdown = malloc(nfin * nd * sizeof(float));
+	nb = fl.nb = (size_t)k * c.rw.l;
+	fl.nu = nu;
+	fl.nd = nd;
+	fl.basis = malloc(fl.cap * nb * sizeof(float));
+	co.cap = FX_LOWRANK_SEEDS;
+	co.nb = nb;
+	co.basis = malloc(co.cap * nb * sizeof(float));
+	wup = malloc(nu * sizeof(float));
+	wdown = malloc(nd * sizeof(float));
+	if (svd) {
+		fl.up = malloc(fl.cap * nu * sizeof(float));
+		fl.down = malloc(fl.cap * nd * sizeof(float));
 	}
-	if (!fbasis || (o->method == FX_LOWRANK_SVD && (!fup || !fdown))) {
-		ret = fx_error(err, FX_E_NOMEM, "out of memory for %d finalists", nfin);
+	if (!fl.basis || !co.basis || !wup || !wdown || (svd && (!fl.up || !fl.down))) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory for %d finalists", fl.cap);
 		goto out;
 	}
 
@@ -1033,69 +1185,85 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	lr_residual(&c, NULL, NULL, NULL, 0);
 	res->err_rtn = rel(lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0), c.ynorm);
 
-	/* rank every candidate on the search rows; keep the nfin best (ties:
-	 * the earlier candidate) with what their branch needs to be redone */
-	for (int i = 0; i < ncand; i++) {
-		int at;
+	/* rank the candidates on the search rows: every other one, then the
+	 * skipped neighbours of the FX_LOWRANK_SEEDS best of those (co:
+	 * neighbours differ little, and the best ones are rarely between two
+	 * poor ones); keep the fl.cap best (ties: the earlier evaluated) with
+	 * what their branch needs to be redone */
+	for (int i = 0; i < ncand; i += 2) {
+		seed[ntodo] = -1;
+		todo[ntodo++] = i;
+	}
+	ncoarse = ntodo;
+	for (int t = 0; t < ntodo; t++) {
+		int at, i = todo[t];
 
 		fx_lowrank_smooth(c.s, c.xspan, c.wmax, k, alpha[i], beta[i]);
-		/* later candidates start from the previous one's subspace */
-		if ((ret = lr_branch(&c, o, p->w, c.s, i > 0, i > 0 ? 0 : o->power, err)) < 0)
+		/* later candidates start from the previous one's subspace, a
+		 * neighbour from that of the coarse candidate next to it */
+		if (seed[t] >= 0)
+			memcpy(c.basis, co.basis + seed[t] * nb, nb * sizeof(float));
+		if ((ret = lr_branch(&c, o, p->w, c.s, t > 0, t > 0 ? 0 : o->power, err)) < 0)
 			goto out;
 		lr_residual(&c, c.s, c.up, c.down, r);
 		e = rel(lr_eval(&c, c.xs, c.ys, c.ms, c.s, c.up, c.down, r), c.ysnorm);
-		for (at = nf; at > 0 && e < ferr[at - 1]; at--)
+		for (at = fl.n; at > 0 && e < fl.err[at - 1]; at--)
 			;
-		if (at >= nfin)
+		if (at < fl.cap)
+			fins_insert(&fl, &c, svd, at, e, i);
+		if (t >= ncoarse)
 			continue;
-		nf = nf < nfin ? nf + 1 : nf;
-		for (int j = nf - 1; j > at; j--) {
-			ferr[j] = ferr[j - 1];
-			fidx[j] = fidx[j - 1];
-			memcpy(fbasis + j * nb, fbasis + (j - 1) * nb, nb * sizeof(float));
-			if (o->method == FX_LOWRANK_SVD) {
-				memcpy(fup + j * nu, fup + (j - 1) * nu, nu * sizeof(float));
-				memcpy(fdown + j * nd, fdown + (j - 1) * nd, nd * sizeof(float));
+		for (at = co.n; at > 0 && e < co.err[at - 1]; at--)
+			;
+		if (at < co.cap)
+			fins_insert(&co, &c, false, at, e, i);
+		if (t != ncoarse - 1)
+			continue;
+		for (int f = 0; f < co.n; f++)
+			for (int d = -1; d <= 1; d += 2) {
+				int j = co.idx[f] + d;
+
+				if (j < 0 || j >= ncand || listed(todo, ntodo, j))
+					continue;
+				seed[ntodo] = f;
+				todo[ntodo++] = j;
 			}
-		}
-		ferr[at] = e;
-		fidx[at] = i;
-		memcpy(fbasis + at * nb, c.basis, nb * sizeof(float));
-		if (o->method == FX_LOWRANK_SVD) {
-			memcpy(fup + at * nu, c.up, nu * sizeof(float));
-			memcpy(fdown + at * nd, c.down, nd * sizeof(float));
-		}
 	}
-	res->candidates = ncand;
+	res->candidates = ntodo;
 
 	/* each finalist finished and refined; the lowest refined error on the
 	 * search rows wins (ties: the better-ranked one) */
-	for (int f = 0; f < nf; f++) {
-		memcpy(c.basis, fbasis + f * nb, nb * sizeof(float));
-		if (o->method == FX_LOWRANK_SVD) {
-			memcpy(c.up, fup + f * nu, nu * sizeof(float));
-			memcpy(c.down, fdown + f * nd, nd * sizeof(float));
+	for (int f = 0; f < fl.n; f++) {
+		memcpy(c.basis, fl.basis + f * nb, nb * sizeof(float));
+		if (svd) {
+			memcpy(c.up, fl.up + f * nu, nu * sizeof(float));
+			memcpy(c.down, fl.down + f * nd, nd * sizeof(float));
 		}
-		if ((ret = finish(&c, o, alpha[fidx[f]], beta[fidx[f]], &sc, &eb, &ef, &rounds,
+		if ((ret = finish(&c, o, alpha[fl.idx[f]], beta[fl.idx[f]], best, &sc, &sc0, &rounds,
 				  err)) < 0)
 			goto out;
 		if (f > 0 && !(sc < best))
 			continue;
 		best = sc;
-		res->alpha = alpha[fidx[f]];
-		res->beta = beta[fidx[f]];
-		res->err_branch = eb;
-		res->err_final = ef;
+		w0 = sc0;
+		res->alpha = alpha[fl.idx[f]];
+		res->beta = beta[fl.idx[f]];
 		res->rounds = rounds;
 		memcpy(res->smooth, c.s, (size_t)k * sizeof(float));
 		memcpy(res->up, c.bup, nu * sizeof(float));
 		memcpy(res->down, c.bdown, nd * sizeof(float));
+		memcpy(wup, c.b0up, nu * sizeof(float));
+		memcpy(wdown, c.b0down, nd * sizeof(float));
 	}
+	settle(&c, res, wup, wdown, w0, best);
 	ret = 0;
 out:
-	free(fbasis);
-	free(fup);
-	free(fdown);
+	free(fl.basis);
+	free(fl.up);
+	free(fl.down);
+	free(co.basis);
+	free(wup);
+	free(wdown);
 	lr_free(&c);
 	if (blas > 0)
 		fx_ops_blas_restore(blas);

@@ -271,7 +271,7 @@ struct gctx {
 	cusolverDnHandle_t cs;
 	// device
 	float *w, *x, *xs, *y, *ys, *e, *xq, *t, *ds, *rbuf, *abuf, *s, *rowmax, *rowt;
-	float *up, *bup, *bdown, *b0up, *b0down, *om, *yl, *z, *basis, *fbasis, *fup, *small, *work;
+	float *up, *bup, *bdown, *b0up, *b0down, *om, *yl, *z, *basis, *fbasis, *sbasis, *fup, *small, *work;
 	double *rowsum;
 	int *info;
 	int lwork;
@@ -295,7 +295,7 @@ static void ctx_free(struct gctx *g)
 	float **d[] = { &g->w, &g->x, &g->xs, &g->y, &g->ys, &g->e, &g->xq, &g->t, &g->ds,
 			&g->rbuf, &g->abuf, &g->s, &g->rowmax, &g->rowt, &g->up, &g->bup,
 			&g->bdown, &g->b0up, &g->b0down, &g->om, &g->yl, &g->z, &g->basis, &g->fbasis,
-			&g->fup, &g->small, &g->work };
+			&g->sbasis, &g->fup, &g->small, &g->work };
 
 	for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++)
 		cudaFree(*d[i]);
@@ -597,6 +597,7 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	DALLOC(g->z, k * g->l);
 	DALLOC(g->basis, k * g->l);
 	DALLOC(g->fbasis, (int64_t)o->finalists * k * g->l);
+	DALLOC(g->sbasis, (int64_t)FX_LOWRANK_SEEDS * k * g->l);
 	DALLOC(g->fup, (int64_t)o->finalists * n * g->r);
 	DALLOC(g->small, (int64_t)g->l * g->l);
 	DALLOC(g->rowsum, m);
@@ -668,10 +669,12 @@ out:
 // One finalist, as finish() in kernels/cpu/lowrank.c: the branch of
 // (alpha, beta) with the full method (from the finalist's subspace, already
 // in g->basis, or its saved SVD branch in g->up/g->basis), refined for up to
-// o->iters rounds judged on the search rows; a refinement that does not
-// lower the all-row error is undone. Leaves the branch in g->bup/g->bdown.
+// o->iters rounds judged on the search rows (given up after two rounds
+// while more than o->abandon above `bound`, the best finalist so far); a
+// refinement that does not lower the all-row error is undone. Leaves the
+// branch in g->bup/g->bdown.
 static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, float beta,
-		  double *score, double *err_branch, double *err_final, int *rounds,
+		  double bound, double *score, double *err_branch, double *err_final, int *rounds,
 		  struct fx_err *err)
 {
 	const bool few = g->ms < g->m;
@@ -709,6 +712,8 @@ static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, 
 		(*rounds)++;
 		CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
 		CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
+		if (*rounds >= 2 && best > bound * (1.0 + o->abandon))
+			break;
 	}
 	*score = best;
 	*err_final = *err_branch;
@@ -734,6 +739,32 @@ out:
 	return ret;
 }
 
+// Candidate i with error e into place `at` of the finalists (< nfin),
+// with its subspace (SVD: its branch).
+static int insert(struct gctx *g, double *ferr, int *fidx, int *nf, int nfin, int at, double e,
+		  int i, size_t bytes_basis, size_t bytes_up, struct fx_err *err)
+{
+	int ret = 0;
+
+	*nf = *nf < nfin ? *nf + 1 : *nf;
+	for (int j = *nf - 1; j > at; j--) {
+		ferr[j] = ferr[j - 1];
+		fidx[j] = fidx[j - 1];
+		CK(cudaMemcpy(g->fbasis + (size_t)j * bytes_basis / 4,
+			      g->fbasis + (size_t)(j - 1) * bytes_basis / 4, bytes_basis,
+			      cudaMemcpyDeviceToDevice));
+		CK(cudaMemcpy(g->fup + (size_t)j * bytes_up / 4, g->fup + (size_t)(j - 1) * bytes_up / 4,
+			      bytes_up, cudaMemcpyDeviceToDevice));
+	}
+	ferr[at] = e;
+	fidx[at] = i;
+	CK(cudaMemcpy(g->fbasis + (size_t)at * bytes_basis / 4, g->basis, bytes_basis,
+		      cudaMemcpyDeviceToDevice));
+	CK(cudaMemcpy(g->fup + (size_t)at * bytes_up / 4, g->up, bytes_up, cudaMemcpyDeviceToDevice));
+out:
+	return ret;
+}
+
 extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 				     const struct fx_lowrank_problem *p,
 				     const struct fx_lowrank_opts *o, struct fx_err *err)
@@ -741,6 +772,9 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 	float alpha[2 * FX_LOWRANK_MAX_GRID], beta[2 * FX_LOWRANK_MAX_GRID];
 	double ferr[FX_LOWRANK_MAX_FINALISTS], best = INFINITY, e, eb = 0, ef = 0, sc = 0;
 	int fidx[FX_LOWRANK_MAX_FINALISTS], nf = 0, nfin, rounds = 0;
+	int todo[2 * FX_LOWRANK_MAX_GRID], seed[2 * FX_LOWRANK_MAX_GRID], ntodo = 0, ncoarse;
+	double cerr[FX_LOWRANK_SEEDS];
+	int cidx[FX_LOWRANK_SEEDS], nc = 0;
 	struct gctx gc, *g = &gc;
 	size_t bytes_basis, bytes_up, bytes_down;
 	int ret, ncand;
@@ -751,7 +785,7 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 		return fx_error(err, FX_E_ARG, "low-rank search supports nvfp4 and int4 only");
 	if (p->n <= 0 || p->k <= 0 || p->k % 64 || p->m <= 0 || o->rank < 1 || o->rank > p->n ||
 	    o->rank > p->k || o->iters < 0 || o->finalists < 1 ||
-	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0)
+	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0 || !(o->abandon >= 0.0))
 		return fx_error(err, FX_E_ARG, "bad low-rank problem (n %lld, k %lld, m %lld, rank %d)",
 				(long long)p->n, (long long)p->k, (long long)p->m, o->rank);
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)(sizeof(alpha) / sizeof(alpha[0])),
@@ -769,39 +803,64 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 	TRY(eval(g, g->x, g->y, g->m, NULL, 0, &e, err));
 	res->err_rtn = rel(e, g->ynorm);
 
-	// rank every candidate on the search rows; keep the nfin best (ties:
-	// the earlier one) with their subspace (SVD: their branch)
-	for (int i = 0; i < ncand; i++) {
-		int at;
+	// rank the candidates on the search rows, as the CPU does: every other
+	// one, then the skipped neighbours of the FX_LOWRANK_SEEDS best of those
+	// (each from its coarse neighbour's subspace); keep the nfin best (ties:
+	// the earlier evaluated) with their subspace (SVD: their branch)
+	for (int i = 0; i < ncand; i += 2) {
+		seed[ntodo] = -1;
+		todo[ntodo++] = i;
+	}
+	ncoarse = ntodo;
+	for (int t = 0; t < ntodo; t++) {
+		int at, i = todo[t];
 
 		TRY(set_smooth(g, alpha[i], beta[i], err));
-		TRY(branch(g, o, g->w, true, i > 0, i > 0 ? 0 : o->power, err));
+		if (seed[t] >= 0)
+			CK(cudaMemcpy(g->basis, g->sbasis + (size_t)seed[t] * bytes_basis / 4, bytes_basis,
+				      cudaMemcpyDeviceToDevice));
+		TRY(branch(g, o, g->w, true, t > 0, t > 0 ? 0 : o->power, err));
 		TRY(residual(g, g->s, g->r, err));
 		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
 		e = rel(e, g->ysnorm);
 		for (at = nf; at > 0 && e < ferr[at - 1]; at--)
 			;
-		if (at >= nfin)
+		if (at < nfin)
+			TRY(insert(g, ferr, fidx, &nf, nfin, at, e, i, bytes_basis, bytes_up, err));
+		if (t >= ncoarse)
 			continue;
-		nf = nf < nfin ? nf + 1 : nf;
-		for (int j = nf - 1; j > at; j--) {
-			ferr[j] = ferr[j - 1];
-			fidx[j] = fidx[j - 1];
-			CK(cudaMemcpy(g->fbasis + (size_t)j * bytes_basis / 4,
-				      g->fbasis + (size_t)(j - 1) * bytes_basis / 4, bytes_basis,
-				      cudaMemcpyDeviceToDevice));
-			CK(cudaMemcpy(g->fup + (size_t)j * bytes_up / 4,
-				      g->fup + (size_t)(j - 1) * bytes_up / 4, bytes_up,
+		for (at = nc; at > 0 && e < cerr[at - 1]; at--)
+			;
+		if (at < FX_LOWRANK_SEEDS) {
+			nc = nc < FX_LOWRANK_SEEDS ? nc + 1 : nc;
+			for (int j = nc - 1; j > at; j--) {
+				cerr[j] = cerr[j - 1];
+				cidx[j] = cidx[j - 1];
+				CK(cudaMemcpy(g->sbasis + (size_t)j * bytes_basis / 4,
+					      g->sbasis + (size_t)(j - 1) * bytes_basis / 4, bytes_basis,
+					      cudaMemcpyDeviceToDevice));
+			}
+			cerr[at] = e;
+			cidx[at] = i;
+			CK(cudaMemcpy(g->sbasis + (size_t)at * bytes_basis / 4, g->basis, bytes_basis,
 				      cudaMemcpyDeviceToDevice));
 		}
-		ferr[at] = e;
-		fidx[at] = i;
-		CK(cudaMemcpy(g->fbasis + (size_t)at * bytes_basis / 4, g->basis, bytes_basis,
-			      cudaMemcpyDeviceToDevice));
-		CK(cudaMemcpy(g->fup + (size_t)at * bytes_up / 4, g->up, bytes_up,
-			      cudaMemcpyDeviceToDevice));
+		if (t != ncoarse - 1)
+			continue;
+		for (int f = 0; f < nc; f++)
+			for (int d = -1; d <= 1; d += 2) {
+				int j = cidx[f] + d;
+				bool seen = false;
+
+				for (int q = 0; q < ntodo; q++)
+					seen = seen || todo[q] == j;
+				if (j < 0 || j >= ncand || seen)
+					continue;
+				seed[ntodo] = f;
+				todo[ntodo++] = j;
+			}
 	}
-	res->candidates = ncand;
+	res->candidates = ntodo;
 
 	// the finalists, each finished; the lowest refined error wins
 	for (int f = 0; f < nf; f++) {
@@ -809,7 +868,7 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 			      cudaMemcpyDeviceToDevice));
 		CK(cudaMemcpy(g->up, g->fup + (size_t)f * bytes_up / 4, bytes_up,
 			      cudaMemcpyDeviceToDevice));
-		TRY(finish(g, o, alpha[fidx[f]], beta[fidx[f]], &sc, &eb, &ef, &rounds, err));
+		TRY(finish(g, o, alpha[fidx[f]], beta[fidx[f]], best, &sc, &eb, &ef, &rounds, err));
 		if (f > 0 && !(sc < best))
 			continue;
 		best = sc;

@@ -416,7 +416,8 @@ static void check_gain(enum fx_qprec prec, bool shift)
 	print_message("# %s%s: rtn %.4e, alpha %.2f beta %.2f, branch %.4e, final %.4e (%d rounds)\n",
 		      prec == FX_QPREC_NVFP4 ? "nvfp4" : "int4", shift ? " shifted" : "", r32.err_rtn,
 		      r32.alpha, r32.beta, r32.err_branch, r32.err_final, r32.rounds);
-	assert_int_equal(r32.candidates, 39);
+	/* the 20 even candidates of 39, then the odd neighbours of the best 5 */
+	assert_in_range(r32.candidates, 21, 30);
 	assert_true(r32.err_final < r32.err_rtn / 3);
 	assert_true(r32.err_final <= r32.err_branch);
 	for (int64_t j = 0; j < pr.p.k; j++)

@@ -337,10 +337,10 @@ static char *layer_params(const struct fx_lowrank_stage_opts *o, const struct fx
 {
 	char *s = NULL;
 
-	if (asprintf(&s, "{\"finalists\":%d,\"grid\":%d,\"iters\":%d,\"method\":\"%s\","
+	if (asprintf(&s, "{\"abandon\":%g,\"finalists\":%d,\"grid\":%d,\"iters\":%d,\"method\":\"%s\","
 		     "\"oversample\":%d,\"power\":%d,\"precision\":\"%s\",\"rank\":%d,"
 		     "\"refine_power\":%d,\"search\":%d,\"search_rows\":%lld,\"seed\":%llu}",
-		     ko->finalists, ko->grid, ko->iters, o->method, ko->oversample, ko->power,
+		     ko->abandon, ko->finalists, ko->grid, ko->iters, o->method, ko->oversample, ko->power,
 		     o->precision, ko->rank, ko->refine_power, FX_LOWRANK_SEARCH_VERSION,
 		     (long long)ko->search_rows, (unsigned long long)ko->seed) < 0)
 		return NULL;
@@ -393,6 +393,7 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "grid", ko.grid);
 	fx_stage_param_int(s, "iters", ko.iters);
 	fx_stage_param_int(s, "finalists", ko.finalists);
+	fx_stage_param_real(s, "abandon", ko.abandon);
 	fx_stage_param_str(s, "method", o->method);
 	fx_stage_param_str(s, "blocks", blocks);
 	fx_stage_param_int(s, "search_rows", ko.search_rows);
