@@ -5,7 +5,7 @@
 #
 #   make -j4 -f pipelines/sharded.mk MODEL=... COND=... SHARDS="0-9 10-29 30-56" \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS= STEPS= RES= SAMPLES= GRID=] [LORA=...]
-#        [GPTQ=0] [HESSIAN_MEM=16G]
+#        [GPTQ=0] [HESSIAN_MEM=16G] [SCALE_SEARCH=1]
 #
 # With GPTQ (the default, as in flux-svdq.mk) each shard calibrates its own
 # blocks with fx-calib --hessian --blocks (the XᵀX of a whole FLUX.1-dev is
@@ -26,6 +26,7 @@ RES    ?=
 SAMPLES ?=
 GRID   ?=
 GPTQ   ?= 1
+SCALE_SEARCH ?= 0
 HESSIAN_MEM ?=
 ifeq ($(filter 0 1,$(GPTQ)),)
 $(error GPTQ must be 0 or 1, not '$(GPTQ)')
@@ -60,7 +61,8 @@ shard-$(1): calib
 		--precision $$(PRECISION) $$(if $$(GRID),--alpha-grid $$(GRID)) --blocks $(1) \
 		-o $$(call branch_of,$(1))
 	$$(FX)/fx-quant $$(FXFLAGS) --model $$(MODEL) $$(LORA_OPTS) --branch $$(call branch_of,$(1)) \
-		--precision $$(PRECISION) $$(if $$(filter 1,$$(GPTQ)),--calib $$(call calib_of,$(1)) --gptq) \
+		--precision $$(PRECISION) $$(if $$(filter 1,$$(GPTQ) $$(SCALE_SEARCH)),--calib $$(call calib_of,$(1))) \
+		$$(if $$(filter 1,$$(GPTQ)),--gptq) $$(if $$(filter 1,$$(SCALE_SEARCH)),--search) \
 		--blocks $(1) -o $$(call quant_of,$(1))
 endef
 $(foreach s,$(SHARDS),$(eval $(call SHARD_RULE,$(s))))

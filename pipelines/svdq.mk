@@ -6,8 +6,12 @@ RANK  ?= 32
 NAME  ?= $(call model_name,$(MODEL))
 HESSIAN_MEM ?=
 GRID  ?=
+SCALE_SEARCH ?= 0
 ifeq ($(filter 0 1,$(GPTQ)),)
 $(error GPTQ must be 0 or 1, not '$(GPTQ)')
+endif
+ifeq ($(filter 0 1,$(SCALE_SEARCH)),)
+$(error SCALE_SEARCH must be 0 or 1, not '$(SCALE_SEARCH)')
 endif
 
 CALIB  := $(OUT)/calib.safetensors
@@ -25,7 +29,8 @@ lowrank: calib
 
 quant: lowrank
 	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
-		$(if $(filter 1,$(GPTQ)),--calib $(CALIB) --gptq) $(BLOCKS_OPT) -o $(QUANT)
+		$(if $(filter 1,$(GPTQ) $(SCALE_SEARCH)),--calib $(CALIB)) $(if $(filter 1,$(GPTQ)),--gptq) \
+		$(if $(filter 1,$(SCALE_SEARCH)),--search) $(BLOCKS_OPT) -o $(QUANT)
 
 pack: quant
 	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(QUANT) --branch $(BRANCH) -o $(FINAL)
@@ -57,7 +62,7 @@ endif
 compare: verify
 ifeq ($(GPTQ),1)
 	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
-		-o $(NOGPTQ_QUANT)
+		$(if $(filter 1,$(SCALE_SEARCH)),--calib $(CALIB) --search) -o $(NOGPTQ_QUANT)
 	$(FX)/fx-pack $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --quant $(NOGPTQ_QUANT) --branch $(BRANCH) -o $(NOGPTQ)
 endif
 	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --precision $(PRECISION) -o $(RTN_QUANT)

@@ -192,3 +192,12 @@ PY
 	assert_failure
 	assert_output --partial "compare samples with the whole model"
 }
+
+@test "SCALE_SEARCH=1 searches the group scales with GPTQ" {
+	pipeline SCALE_SEARCH=1
+	run -0 fx-verify "$O/quant-r32-int4.safetensors"
+	assert_output --partial '"gptq":1'
+	assert_output --partial '"search":1'
+	run -2 make -s -f "$MK/flux-svdq.mk" "${VARS[@]}" SCALE_SEARCH=yes
+	assert_output --partial "SCALE_SEARCH must be 0 or 1"
+}
