@@ -8,6 +8,7 @@
 #include "fx-tensor.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static const float fxq_default_shrink[] = { 1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f };
 
@@ -88,19 +89,42 @@ static inline void fxq_gram_block(double *h, const float *x, int64_t m, int64_t 
 	}
 }
 
-/* e^T H_g e with e = w - deq over one group. */
-static inline double fxq_group_err(const double *hg, const float *w, const float *deq,
+typedef double fxq_v4d __attribute__((vector_size(32)));
+
+/* e^T H_g e with e = w - deq over one group. H_g is symmetric bit for bit
+ * (fxq_gram_block sums x_i x_j and x_j x_i in the same row order), so row j
+ * serves as column j: each t_i still sums over j in order, as the row-wise
+ * form does, while the loop over i vectorizes (a reduction over j would
+ * not, without reordering the sums). */
+static inline __attribute__((always_inline)) double fxq_group_err(const double *hg, const float *w, const float *deq,
 				   int64_t group)
 {
-	double e[64], acc = 0.0;
+	double e[64], t[64], acc = 0.0;
 	for (int64_t i = 0; i < group; i++)
 		e[i] = (double)w[i] - (double)deq[i];
-	for (int64_t i = 0; i < group; i++) {
-		double t = 0.0;
-		for (int64_t j = 0; j < group; j++)
-			t += hg[i * group + j] * e[j];
-		acc += e[i] * t;
+	/* 16 sums at a time in named vector registers (group is 16 or 64);
+	 * elementwise multiply, then add: the scalar form's operations */
+	for (int64_t ib = 0; ib < group; ib += 16) {
+		fxq_v4d a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, h0, h1, h2, h3;
+		for (int64_t j = 0; j < group; j++) {
+			const double *hj = hg + j * group + ib;
+			fxq_v4d ev = { e[j], e[j], e[j], e[j] };
+			memcpy(&h0, hj, sizeof(h0));
+			memcpy(&h1, hj + 4, sizeof(h1));
+			memcpy(&h2, hj + 8, sizeof(h2));
+			memcpy(&h3, hj + 12, sizeof(h3));
+			a0 += h0 * ev;
+			a1 += h1 * ev;
+			a2 += h2 * ev;
+			a3 += h3 * ev;
+		}
+		memcpy(t + ib, &a0, sizeof(a0));
+		memcpy(t + ib + 4, &a1, sizeof(a1));
+		memcpy(t + ib + 8, &a2, sizeof(a2));
+		memcpy(t + ib + 12, &a3, sizeof(a3));
 	}
+	for (int64_t i = 0; i < group; i++)
+		acc += e[i] * t[i];
 	return acc;
 }
 

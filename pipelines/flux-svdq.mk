@@ -8,7 +8,7 @@
 #                   GPTQ=0 for round-to-nearest codes and a calibration without XᵀX)
 #        [SCALE_SEARCH=1]  (fx-quant --search: group scales searched on the
 #                   calibration rows; +0.18 dB layer SNR with GPTQ on fx-synth models,
-#                   costs about as much again as GPTQ: fx-quant(1) NUMERICS)
+#                   about 4 min more for FLUX.1-dev on 2 cores: fx-quant(1) NUMERICS)
 #        [HESSIAN_MEM=16G]  (fx-calib --hessian-mem: XᵀX memory per sampling pass,
 #                   default 4G; FLUX.1-dev needs 108.7 GiB in all, so 30 passes
 #                   of the sampling at 4G, 7 at 16G, 2 at 64G)

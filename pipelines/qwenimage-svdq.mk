@@ -6,7 +6,7 @@
 #        [CFG=4.0] [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=qwen-image] [GPTQ=1 [HESSIAN_MEM=16G]]
 #        [SCALE_SEARCH=1]  (fx-quant --search: group scales searched on the
 #                   calibration rows; +0.18 dB layer SNR with GPTQ on fx-synth models,
-#                   costs about as much again as GPTQ: fx-quant(1) NUMERICS)
+#                   about 4 min more for FLUX.1-dev on 2 cores: fx-quant(1) NUMERICS)
 #   make -f pipelines/qwenimage-svdq.mk ... compare [EVAL_STEPS=4] [EVAL_RES=256x256] [EVAL_SEED=1000]
 #        fx-eval of the checkpoint (and, with GPTQ=1, the same branch without
 #        GPTQ) against plain RTN: OUT/compare-<precision>_r<rank>-<name>.txt

@@ -124,6 +124,7 @@ static inline void store_nibbles(uint8_t *restrict dst, const float *restrict q,
 /* Picks the best candidate scale of one integer group by its Gram block hg
  * (the clipping search; without one, int_row_plain); fills q and returns
  * the scale bits. zero7: W4A16 (dequant u·S + bf16(-7S), q in [-7, 8]). */
+FX_CPU_CLONES
 static uint16_t int_group_best(const float *wg, const double *hg, const float *sh, int nsh,
 			       bool zero7, float *q)
 {
@@ -504,6 +505,33 @@ int fx_quant_nvfp4_rows_cpu(uint8_t *codes, uint8_t *scales, const float *w, int
 	return 0;
 }
 
+/* The candidate scale of one NVFP4 group with the lowest error against its
+ * Gram block hg (the clipping search): fills c, returns the scale code. */
+FX_CPU_CLONES
+static uint8_t fp4_group_best(const float *wg, const double *hg, float gmax, const float *sh,
+			      int nsh, float t, uint8_t *c)
+{
+	double best = INFINITY;
+	uint8_t sf = 0x38;
+
+	for (int ci = 0; ci < nsh; ci++) {
+		uint8_t tc[16], tsf = fp4_scale(gmax, sh[ci], t);
+		float s = fx_e4m3_to_f32(tsf), deq[16];
+		double e;
+
+		fp4_codes(wg, t, s, tc);
+		for (int i = 0; i < 16; i++)
+			deq[i] = (e2m1_vals[tc[i]] * s) * t;
+		e = fxq_group_err(hg, wg, deq, 16);
+		if (ci == 0 || e < best) {
+			best = e;
+			sf = tsf;
+			memcpy(c, tc, 16);
+		}
+	}
+	return sf;
+}
+
 int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const float *w,
 		       int64_t n, int64_t k, const int64_t *member_rows, int nmember,
 		       const struct fx_qsearch *search, struct fx_err *err)
@@ -577,21 +605,7 @@ int fx_quant_nvfp4_cpu(uint8_t *codes, uint8_t *scales, float *rscale, const flo
 				if (!(gmax > 0.0f)) {
 					memset(c, 0, sizeof(c));
 				} else {
-					double best = INFINITY;
-					for (int ci = 0; ci < nsh; ci++) {
-						uint8_t tc[16], tsf = fp4_scale(gmax, sh[ci], t);
-						float s = fx_e4m3_to_f32(tsf), deq[16];
-						double e;
-						fp4_codes(wg, t, s, tc);
-						for (int i = 0; i < 16; i++)
-							deq[i] = (e2m1_vals[tc[i]] * s) * t;
-						e = fxq_group_err(h + g * G * G, wg, deq, G);
-						if (ci == 0 || e < best) {
-							best = e;
-							sf = tsf;
-							memcpy(c, tc, sizeof(c));
-						}
-					}
+					sf = fp4_group_best(wg, h + g * G * G, gmax, sh, nsh, t, c);
 				}
 				scales[r * ng + g] = sf;
 				for (int i = 0; i < 16; i += 2)
