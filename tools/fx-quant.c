@@ -31,6 +31,15 @@ static const struct fx_opt opts[] = {
 	{ 0 }
 };
 
+/* A GPTQ damping: a fraction of mean(diag H) in (0, 10]. */
+static bool parse_damp(const char *arg, double *out)
+{
+	char *end;
+
+	*out = strtod(arg, &end);
+	return !*end && end != arg && *out > 0.0 && *out <= 10.0;
+}
+
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
@@ -62,22 +71,14 @@ int main(int argc, char **argv)
 		case OPT_PRECISION: o.precision = arg; break;
 		case OPT_SEARCH: o.search = true; break;
 		case OPT_GPTQ: o.gptq = true; break;
-		case OPT_GPTQ_DAMP: {
-			char *end;
-
-			o.gptq_damp = strtod(arg, &end);
-			if (*end || end == arg || !(o.gptq_damp > 0.0 && o.gptq_damp <= 10.0))
+		case OPT_GPTQ_DAMP:
+			if (!parse_damp(arg, &o.gptq_damp))
 				return fx_cli_usage_error(&cli, "--gptq-damp wants a number in (0, 10], not '%s'", arg);
 			break;
-		}
-		case OPT_GPTQ_THIN_DAMP: {
-			char *end;
-
-			o.gptq_thin_damp = strtod(arg, &end);
-			if (*end || end == arg || !(o.gptq_thin_damp > 0.0 && o.gptq_thin_damp <= 10.0))
+		case OPT_GPTQ_THIN_DAMP:
+			if (!parse_damp(arg, &o.gptq_thin_damp))
 				return fx_cli_usage_error(&cli, "--gptq-thin-damp wants a number in (0, 10], not '%s'", arg);
 			break;
-		}
 		case OPT_GPTQ_BLOCK: {
 			long v;
 

@@ -23,6 +23,11 @@ setup() {
 	assert_output --partial "--gptq needs --calib"
 	run fx-quant --model "$T/m" --precision fp4 --gptq-damp 0.1 -o "$T/q.st"
 	assert_failure 2
+	run fx-quant --model "$T/m" --precision fp4 --gptq-thin-damp 0.5 -o "$T/q.st"
+	assert_failure 2
+	run fx-quant --model "$T/m" --calib "$T/calib.st" --precision fp4 --gptq --gptq-thin-damp 0 -o "$T/q.st"
+	assert_failure 2
+	assert_output --partial "--gptq-thin-damp wants a number in (0, 10]"
 	fx-calib -q --model "$T/m" --cond "$T/cond.st" --steps 1 --res 64x64 --samples 16 -o "$T/plain.st"
 	run fx-quant --model "$T/m" --calib "$T/plain.st" --precision fp4 --gptq -o "$T/q.st"
 	assert_failure 3
