@@ -74,6 +74,16 @@ secs_h() {
 # file_bytes FILE...: total size.
 file_bytes() { local t=0 f; for f in "$@"; do t=$((t + $(stat -c %s "$f"))); done; echo "$t"; }
 
+# cpu_of NAME: user + system seconds of the last measure NAME (GNU time), else its wall time.
+cpu_of() {
+	local tf=$BENCH_WORK/$1.time
+	if [[ -s $tf ]] && grep -q 'User time' "$tf"; then
+		awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.3f", s }' "$tf"
+	else
+		echo "$M_SEC"
+	fi
+}
+
 # measure NAME CMD...: runs CMD (stdout+stderr to $BENCH_WORK/NAME.log) and sets
 #   M_SEC     wall time in seconds
 #   M_RSS_KB  peak RSS (GNU time's maximum, or the polled VmHWM)

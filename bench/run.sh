@@ -298,15 +298,6 @@ bench_lowrank() {
 # ---------------------------------------------------------------------------
 # gptq_kv KEY FILE: a value of fx-gptq-bench's key=value line ("" if absent).
 gptq_kv() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) { print substr($i, length(k) + 2); exit } }' "$2"; }
-# cpu_of NAME: user + system seconds of the last measure NAME (GNU time), else its wall time.
-cpu_of() {
-	local tf=$BENCH_WORK/$1.time
-	if [[ -s $tf ]] && grep -q 'User time' "$tf"; then
-		awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.3f", s }' "$tf"
-	else
-		echo "$M_SEC"
-	fi
-}
 
 # GPTQ per FLUX.1-dev layer shape: name rows K count; 304 W4A4 layers (76 of
 # each: 19 double blocks x 2 streams + 38 single blocks) and 76 adaLN (W4A16).

@@ -34,6 +34,22 @@ run_tap() {  # name, command...: a crash without "not ok" still counts as a fail
 }
 
 export FX_GOLDEN="$here/golden" FX_TESTS_SRC="$here"
+
+# The fixtures' scripts need numpy (.ci/deps installs python3-numpy for the
+# system interpreter). A python3 earlier on PATH without it (pyenv, a venv)
+# would fail them: put the first python3 that has numpy in front.
+if ! python3 -c 'import numpy' 2>/dev/null; then
+	for py in /usr/bin/python3 /usr/local/bin/python3; do
+		if [ -x "$py" ] && "$py" -c 'import numpy' 2>/dev/null; then
+			pydir=$(mktemp -d)
+			ln -s "$py" "$pydir/python3"
+			trap 'rm -f "$log" "$skips"; rm -rf "$pydir"' EXIT
+			export PATH="$pydir:$PATH"
+			echo "# python3 without numpy on PATH; the tests use $py"
+			break
+		fi
+	done
+fi
 if [ "$what" = all ] || [ "$what" = unit ]; then
 	for t in "$FX_TESTS"/test-*; do
 		[ -x "$t" ] || continue

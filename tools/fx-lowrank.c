@@ -15,7 +15,7 @@
 #include "fx-file.h"
 
 enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_FINALISTS,
-       OPT_METHOD, OPT_BLOCKS, OPT_MERGE };
+       OPT_METHOD, OPT_BLOCKS, OPT_JOBS, OPT_MERGE };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -28,6 +28,7 @@ static const struct fx_opt opts[] = {
 	{ "finalists", 0, FX_OPT_REQ, "F", "best-ranked smoothings refined to the end (default 3)", OPT_FINALISTS },
 	{ "method", 0, FX_OPT_REQ, "svd|rsvd", "LAPACK SVD or randomized SVD (default rsvd)", OPT_METHOD },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
+	{ "jobs", 0, FX_OPT_REQ, "J", "layers searched at once, sharing the threads (default 2; same bytes)", OPT_JOBS },
 	{ "merge", 0, FX_OPT_NONE, NULL, "merge the block-shard files given as arguments into -o", OPT_MERGE },
 	{ 0 }
 };
@@ -35,7 +36,7 @@ static const struct fx_opt opts[] = {
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--method svd|rsvd] [--blocks A-B] -o branch.safetensors",
+		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--method svd|rsvd] [--blocks A-B] [--jobs J] -o branch.safetensors",
 		.summary = "Search the smoothing and the low-rank branch of every fused layer (fx.branch).",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
@@ -92,6 +93,11 @@ int main(int argc, char **argv)
 			if (strcmp(arg, "svd") && strcmp(arg, "rsvd"))
 				return fx_cli_usage_error(&cli, "--method wants svd or rsvd, not '%s'", arg);
 			o.method = arg;
+			break;
+		case OPT_JOBS:
+			if (!fx_parse_int(arg, 1, 256, &v))
+				return fx_cli_usage_error(&cli, "--jobs wants 1..256, not '%s'", arg);
+			o.jobs = (int)v;
 			break;
 		case OPT_MERGE: merge = true; break;
 		case OPT_BLOCKS:

@@ -576,11 +576,15 @@ int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
 			ac[i * k + j] = a[i * k + j] * (s ? s[j] : 1.0f);
 	/* row-major A (n,k) is column-major Aᵀ (k,n) = V Σ Uᵀ: no transposes */
 	/* the one large LAPACK call: give OpenBLAS every thread for it */
+	/* (not inside layer jobs: the setting is global, the other job's calls
+	 * must stay single-threaded) */
 	blas = openblas_get_num_threads();
-	openblas_set_num_threads(omp_get_max_threads());
+	if (!omp_in_parallel())
+		openblas_set_num_threads(omp_get_max_threads());
 	info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)k, (lapack_int)n, ac,
 			      (lapack_int)k, sv, uc, (lapack_int)k, vc, (lapack_int)mn);
-	openblas_set_num_threads(blas);
+	if (!omp_in_parallel())
+		openblas_set_num_threads(blas);
 	if (info) {
 		ret = lapack_fail(err, "sgesdd", info);
 		goto out;

@@ -116,9 +116,11 @@ void fx_ops_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
 	tn = (N + ln - 1) / ln;
 	/* OpenBLAS single-threaded even for one tile: its own threads split a
 	 * call by their count (inside a parallel region: the caller's thread
-	 * takes the tiles in turn, settings untouched) */
+	 * takes the tiles in turn, settings untouched, unless the caller allowed
+	 * a nested team, as fx-lowrank's layer jobs do) */
 	prev = fx_ops_blas_single();
-	#pragma omp parallel for schedule(dynamic, 1) if (tm * tn > 1 && !omp_in_parallel())
+	#pragma omp parallel for schedule(dynamic, 1) \
+		if (tm * tn > 1 && omp_get_active_level() < omp_get_max_active_levels())
 	for (int64_t t = 0; t < tm * tn; t++) {
 		int64_t i0 = t / tn * lm, j0 = t % tn * ln;
 		int64_t mb = M - i0 < lm ? M - i0 : lm, nb = N - j0 < ln ? N - j0 : ln;

@@ -217,3 +217,50 @@ PY
 	fx-lowrank -q --model "$W/m" --calib "$W/calib.safetensors" --rank 32 --precision fp4 --alpha-grid 2 --threads 2 -o "$W/b2.safetensors"
 	cmp "$W/b1.safetensors" "$W/b2.safetensors"
 }
+
+@test "--jobs: the same bytes and the same reuse for any number of layers at once; a failing job names the tensor and leaves no output" {
+	W=$BATS_TEST_TMPDIR
+	lr() { fx-lowrank -q --model "$M" --calib "$CAL" --alpha-grid 2 --iters 2 "$@"; }
+	lr --jobs 1 --threads 2 -o "$W/j1.st"
+	lr --jobs 2 --threads 2 -o "$W/j2.st"
+	lr --jobs 3 --threads 3 -o "$W/j3.st"
+	# two jobs of two threads each (nested teams)
+	lr --jobs 2 --threads 4 -o "$W/j4.st"
+	cmp "$W/j1.st" "$W/j2.st"
+	cmp "$W/j1.st" "$W/j3.st"
+	cmp "$W/j1.st" "$W/j4.st"
+	# reused layers first, between and after the searched ones: written in order
+	# (double blocks 0-1 have 8 groups each, single blocks 2-3 four)
+	for first in 0-1:16 1-2:12 2-3:8; do
+		lr --jobs 2 --blocks "${first%:*}" -o "$W/r.st" --force
+		run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 2 --iters 2 \
+			--jobs 2 --json -o "$W/r.st"
+		echo "$output" | json_get - "len(d['reused']) == ${first#*:} and len(d['computed']) == 24 - ${first#*:}" |
+			grep -q True
+		cmp "$W/j1.st" "$W/r.st"
+	done
+	# a NaN in the rows of the last group: found by a job after others ran
+	python3 - "$CAL" "$W/nan.st" <<'PY'
+import json, struct, sys, zlib
+raw = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+name = "single_transformer_blocks.1.mlp_fc2.samples"
+b, e = hdr[name]["data_offsets"]
+assert hdr[name]["dtype"] == "BF16"
+raw[8 + n + b + 40:8 + n + b + 42] = b"\xc0\x7f"          # BF16 NaN
+crc = json.loads(hdr["__metadata__"]["fx.crc32"])
+old, new = crc[name], "%08x" % zlib.crc32(bytes(raw[8 + n + b:8 + n + e]))
+q = lambda c: ('\\"%s\\":\\"%s\\"' % (name, c)).encode()   # inside the escaped fx.crc32 string
+h = bytes(raw[8:8 + n]).replace(q(old), q(new))
+assert len(h) == n and h != bytes(raw[8:8 + n])
+raw[8:8 + n] = h
+open(sys.argv[2], "wb").write(raw)
+PY
+	run --separate-stderr fx-lowrank --model "$M" --calib "$W/nan.st" --alpha-grid 2 --iters 2 --jobs 2 -o "$W/bad.st"
+	[ "$status" -ne 0 ]
+	[[ "$stderr" == *"nan.st"*"single_transformer_blocks.1.mlp_fc2.samples"*"bad value at 20"* ]]
+	[ ! -e "$W/bad.st" ]
+	# nor its temporary file
+	! ls -A "$W" | grep -q bad
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # fx(7) DETERMINISM: on one machine with one OpenBLAS kernel, fx-calib,
-# fx-lowrank (rsvd) and fx-quant give the same bytes for any --threads and
-# any fx-quant row block. Checked under every OpenBLAS kernel this CPU can
+# fx-lowrank (rsvd) and fx-quant give the same bytes for any --threads,
+# fx-lowrank --jobs and fx-quant row block. Checked under every OpenBLAS kernel this CPU can
 # run (the bytes of different kernels are not compared: they may differ).
 
 load helper
@@ -82,6 +82,13 @@ PY
 		same "$W/branch1.safetensors" "$W/branch2.safetensors" "$c: fx-lowrank --threads 1 vs 2"
 		same "$W/quant1.safetensors" "$W/quant2.safetensors" "$c: fx-quant --threads 1 vs 2"
 		same "$W/search1.safetensors" "$W/search2.safetensors" "$c: fx-quant --search --threads 1 vs 2"
+		# fx-lowrank's layer jobs: one at a time, three, two of two threads
+		for j in "1 2" "3 3" "2 4"; do
+			set -- $j
+			fx-lowrank -q --force --jobs "$1" --threads "$2" --model "$W/m" --calib "$W/calib1.safetensors" \
+				--rank 32 --precision fp4 --alpha-grid 2 --iters 1 -o "$W/jobs.safetensors"
+			same "$W/branch1.safetensors" "$W/jobs.safetensors" "$c: fx-lowrank --jobs $1 --threads $2"
+		done
 		# row blocks that straddle members and end mid-layer, on 2 and 3 threads
 		for rows in 1 7 50 128; do
 			for t in 2 3; do

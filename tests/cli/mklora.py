@@ -68,7 +68,8 @@ def rnd(rng, shape, exact, scale):
 
 def bf16_round(x):
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    one, sh = np.uint64(1), np.uint64(16)
+    u = (u + np.uint64(0x7FFF) + ((u >> sh) & one)) >> sh << sh
     return u.astype(np.uint32).view(np.float32)
 
 

@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "fx-tensor.h"
 #include "fx-device.h"
 #include "fx-lowrank.h"
+#include "fx-ops.h"
 #include "fx-audit.h"
 #include "fx-blocks.h"
 #include "fx-file.h"
@@ -190,17 +192,13 @@ static int bad_value(const struct fx_st *calib, const struct fx_tensor *t, size_
 
 /* Reads the group's weight and calibration rows into b (f32). */
 static int load_group(struct bufs *b, const struct fx_model *m, const struct fx_group *g,
-		      const struct fx_st *calib, const struct calib_entry *ce, int r,
-		      struct fx_err *err)
+		      const struct fx_st *calib, const struct calib_entry *ce, struct fx_err *err)
 {
 	size_t nk = (size_t)g->n * g->k, mk = (size_t)ce->samples->shape[0] * g->k, i;
 	int ret;
 
 	if (!grow(&b->w, &b->cap_w, nk) || !grow(&b->x, &b->cap_x, mk) ||
-	    !grow(&b->xmax, &b->cap_k, (size_t)g->k) ||
-	    !grow(&b->smooth, &b->cap_s, (size_t)g->k) ||
-	    !grow(&b->down, &b->cap_down, (size_t)r * g->k) ||
-	    !grow(&b->up, &b->cap_up, (size_t)g->n * r)) {
+	    !grow(&b->xmax, &b->cap_k, (size_t)g->k)) {
 		bufs_free(b);
 		return fx_error(err, FX_E_NOMEM, "out of memory for layer '%s' (%lldx%lld)", g->name,
 				(long long)g->n, (long long)g->k);
@@ -220,7 +218,7 @@ static int load_group(struct bufs *b, const struct fx_model *m, const struct fx_
 	return 0;
 }
 
-static int write_group(struct fx_stage *s, const struct fx_group *g, const struct bufs *b,
+static int write_group(struct fx_stage *s, const struct fx_group *g,
 		       const struct fx_lowrank_result *res, int r, struct fx_err *err)
 {
 	float stats[FX_BRANCH_STAT_COUNT];
@@ -238,13 +236,13 @@ static int write_group(struct fx_stage *s, const struct fx_group *g, const struc
 	stats[FX_BRANCH_STAT_ERR_BRANCH] = (float)res->err_branch;
 	stats[FX_BRANCH_STAT_ROUNDS] = (float)res->rounds;
 	snprintf(name, sizeof(name), "%s.smooth", g->name);
-	if ((ret = fx_stage_write(s, name, b->smooth, (size_t)g->k * 4, err)) < 0)
+	if ((ret = fx_stage_write(s, name, res->smooth, (size_t)g->k * 4, err)) < 0)
 		return ret;
 	snprintf(name, sizeof(name), "%s.down", g->name);
-	if ((ret = fx_stage_write(s, name, b->down, (size_t)r * g->k * 4, err)) < 0)
+	if ((ret = fx_stage_write(s, name, res->down, (size_t)r * g->k * 4, err)) < 0)
 		return ret;
 	snprintf(name, sizeof(name), "%s.up", g->name);
-	if ((ret = fx_stage_write(s, name, b->up, (size_t)g->n * r * 4, err)) < 0)
+	if ((ret = fx_stage_write(s, name, res->up, (size_t)g->n * r * 4, err)) < 0)
 		return ret;
 	snprintf(name, sizeof(name), "%s.splits", g->name);
 	if ((ret = fx_stage_write(s, name, splits, (size_t)(g->nmembers + 1) * 8, err)) < 0)
@@ -253,18 +251,27 @@ static int write_group(struct fx_stage *s, const struct fx_group *g, const struc
 	return fx_stage_write(s, name, stats, sizeof(stats), err);
 }
 
-static int compute_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
-			 const struct fx_st *calib, const struct calib_entry *ce,
-			 const struct fx_lowrank_opts *ko, enum fx_qprec prec,
-			 const struct fx_device *dev, struct bufs *b, struct fx_err *err)
+/* Loads a group into b and runs the search into res (res->smooth, down, up
+ * set by the caller). With `serial_load`, the model and calib reads are one
+ * at a time (layer jobs). */
+static int search_group(struct fx_lowrank_result *res, const struct fx_model *m,
+			const struct fx_group *g, const struct fx_st *calib,
+			const struct calib_entry *ce, const struct fx_lowrank_opts *ko,
+			enum fx_qprec prec, const struct fx_device *dev, struct bufs *b,
+			bool serial_load, struct fx_err *err)
 {
 	struct fx_lowrank_problem p = {0};
-	struct fx_lowrank_result res = {0};
 	int64_t rows[FX_GROUP_MAX_MEMBERS];
 	double t0 = fx_now();
 	int i, ret;
 
-	if ((ret = load_group(b, m, g, calib, ce, ko->rank, err)) < 0)
+	if (serial_load) {
+#pragma omp critical(fx_search_load)
+		ret = load_group(b, m, g, calib, ce, err);
+	} else {
+		ret = load_group(b, m, g, calib, ce, err);
+	}
+	if (ret < 0)
 		return ret;
 	for (i = 0; i < g->nmembers; i++)
 		rows[i] = g->members[i].nrows;
@@ -278,22 +285,148 @@ static int compute_group(struct fx_stage *s, const struct fx_model *m, const str
 	p.x = b->x;
 	p.xmax = b->xmax;
 	p.shift = prec == FX_QPREC_INT4 && g->gelu_input;
-	res.smooth = b->smooth;
-	res.down = b->down;
-	res.up = b->up;
 #if defined(FX_CUDA) && FX_CUDA
 	if (dev->kind == FX_DEV_CUDA)
-		ret = fx_lowrank_group_cuda(dev->index, &res, &p, ko, err);
+		ret = fx_lowrank_group_cuda(dev->index, res, &p, ko, err);
 	else
 #endif
-		ret = fx_lowrank_group_cpu(&res, &p, ko, err);
+		ret = fx_lowrank_group_cpu(res, &p, ko, err);
 	(void)dev;
 	if (ret < 0)
 		return fx_error_prefix(err, "layer '%s'", g->name);
 	fx_log_info("%s: alpha %.2f beta %.2f, output error %.3e (rtn) -> %.3e (%d refinement "
-		    "rounds), %.1f s", g->name, res.alpha, res.beta, res.err_rtn, res.err_final,
-		    res.rounds, fx_now() - t0);
-	return write_group(s, g, b, &res, ko->rank, err);
+		    "rounds), %.1f s", g->name, res->alpha, res->beta, res->err_rtn, res->err_final,
+		    res->rounds, fx_now() - t0);
+	return 0;
+}
+
+static int compute_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
+			 const struct fx_st *calib, const struct calib_entry *ce,
+			 const struct fx_lowrank_opts *ko, enum fx_qprec prec,
+			 const struct fx_device *dev, struct bufs *b, struct fx_err *err)
+{
+	struct fx_lowrank_result res = {0};
+	int ret;
+
+	/* sized before the search writes into them */
+	if (!grow(&b->smooth, &b->cap_s, (size_t)g->k) ||
+	    !grow(&b->down, &b->cap_down, (size_t)ko->rank * g->k) ||
+	    !grow(&b->up, &b->cap_up, (size_t)g->n * ko->rank)) {
+		bufs_free(b);
+		return fx_error(err, FX_E_NOMEM, "out of memory for layer '%s'", g->name);
+	}
+	res.smooth = b->smooth;
+	res.down = b->down;
+	res.up = b->up;
+	if ((ret = search_group(&res, m, g, calib, ce, ko, prec, dev, b, false, err)) < 0)
+		return ret;
+	return write_group(s, g, &res, ko->rank, err);
+}
+
+/* One group of the run: reused, or searched by a layer job. */
+struct slot {
+	const struct fx_group *g;
+	const struct calib_entry *ce;
+	char lr[65];
+	bool reuse, done;
+	struct fx_lowrank_result res;   /* its arrays owned until written */
+};
+
+struct jobs {
+	struct fx_stage *s;
+	struct slot *sl;
+	size_t n, next, flushed;
+	struct fx_progress *prog;
+	int ret;
+	struct fx_err err;
+};
+
+static void slot_free(struct slot *t)
+{
+	free(t->res.smooth);
+	free(t->res.down);
+	free(t->res.up);
+	t->res.smooth = t->res.down = t->res.up = NULL;
+}
+
+/* Writes the finished slots that are next in the file's order (called by
+ * one job at a time). */
+static int flush(struct jobs *j, int r, struct fx_err *err)
+{
+	int ret = 0;
+
+	while (j->flushed < j->n && j->sl[j->flushed].done) {
+		struct slot *t = &j->sl[j->flushed];
+
+		ret = t->reuse ? copy_group(j->s, t->g, err) : write_group(j->s, t->g, &t->res, r, err);
+		slot_free(t);
+		if (ret < 0)
+			return ret;
+		fx_stage_layer(j->s, t->g->name, t->lr, t->reuse);
+		fx_progress_step(j->prog, 1, 0);
+		j->flushed++;
+	}
+	return 0;
+}
+
+/* Searches `jobs` groups at once, each job on its share of the threads (a
+ * nested team): the parts of a search that do not split over threads (small
+ * SVDs, QR, the per-candidate bookkeeping) then overlap. The results do not
+ * depend on the threads, so the bytes are those of one job. */
+static int run_jobs(struct jobs *j, int jobs, const struct fx_model *m, const struct fx_st *calib,
+		    const struct fx_lowrank_opts *ko, enum fx_qprec prec,
+		    const struct fx_device *dev)
+{
+	int inner = omp_get_max_threads() / jobs, levels = omp_get_max_active_levels();
+	int blas = fx_ops_blas_single();   /* every job's BLAS calls single-threaded */
+
+	if (inner < 1)
+		inner = 1;
+	omp_set_max_active_levels(2);
+#pragma omp parallel num_threads(jobs)
+	{
+		struct bufs b = {0};
+		struct fx_err e = {0};
+
+		omp_set_num_threads(inner);
+		for (;;) {
+			struct slot *t = NULL;
+			int ret = 0;
+
+#pragma omp critical(fx_search_sched)
+			{
+				while (j->next < j->n && j->sl[j->next].reuse)
+					j->next++;
+				if (j->ret >= 0 && j->next < j->n)
+					t = &j->sl[j->next++];
+			}
+			if (!t)
+				break;
+			t->res.smooth = malloc((size_t)t->g->k * sizeof(float));
+			t->res.down = malloc((size_t)ko->rank * t->g->k * sizeof(float));
+			t->res.up = malloc((size_t)t->g->n * ko->rank * sizeof(float));
+			if (!t->res.smooth || !t->res.down || !t->res.up)
+				ret = fx_error(&e, FX_E_NOMEM, "out of memory for layer '%s'", t->g->name);
+			else
+				ret = search_group(&t->res, m, t->g, calib, t->ce, ko, prec, dev, &b,
+						   true, &e);
+#pragma omp critical(fx_search_sched)
+			{
+				if (ret >= 0 && j->ret >= 0) {
+					t->done = true;
+					ret = flush(j, ko->rank, &e);
+				}
+				if (ret < 0 && j->ret >= 0) {
+					j->ret = ret;
+					j->err = e;
+				}
+			}
+		}
+		bufs_free(&b);
+	}
+	omp_set_max_active_levels(levels);
+	fx_ops_blas_restore(blas);
+	return j->ret;
 }
 
 static int parse_opts(const struct fx_lowrank_stage_opts *o, struct fx_lowrank_opts *ko,
@@ -361,8 +494,9 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 	struct bufs b = {0};
 	enum fx_qprec prec = FX_QPREC_NVFP4;
 	char model_id[65], blocks[32], note[256], *modeljs = NULL, *lparams = NULL;
-	int first, last, ret;
-	size_t i, ngroups = 0;
+	struct slot *sl = NULL;
+	int first, last, jobs, ret;
+	size_t i, ngroups = 0, nsl = 0, ncompute = 0;
 
 	*up_to_date = false;
 	if (stage_out)
@@ -448,26 +582,60 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 		goto out;
 	fx_log_info("%zu layers on %s, rank %d, %s, %d smoothing candidates", ngroups, dev.desc,
 		    ko.rank, o->precision, 2 * (ko.grid - 1) + 1);
-	fx_progress_start(&prog, "fx-lowrank", ngroups, 0);
+	if (!(sl = calloc(ngroups ? ngroups : 1, sizeof(*sl)))) {
+		ret = fx_error(err, FX_E_NOMEM, "out of memory");
+		goto out;
+	}
 	for (i = 0; i < fx_model_ngroups(m); i++) {
 		const struct fx_group *g = fx_model_group(m, i);
-		char lr[65];
-		bool reuse;
+		struct slot *t = &sl[nsl];
 
 		if (g->kind != FX_GROUP_W4A4 || !fx_group_in_range(c, g, first, last))
 			continue;
-		layer_recipe(lr, g, &ce[i], lparams);
-		reuse = fx_stage_reusable(s, g->name, lr);
-		ret = reuse ? copy_group(s, g, err)
-			    : compute_group(s, m, g, calib, &ce[i], &ko, prec, &dev, &b, err);
-		if (ret < 0)
+		t->g = g;
+		t->ce = &ce[i];
+		layer_recipe(t->lr, g, &ce[i], lparams);
+		t->reuse = t->done = fx_stage_reusable(s, g->name, t->lr);
+		ncompute += !t->reuse;
+		nsl++;
+	}
+	jobs = o->jobs > 0 ? o->jobs : 2;
+	if (jobs > omp_get_max_threads())
+		jobs = omp_get_max_threads();
+	if (jobs > (int)ncompute)
+		jobs = (int)ncompute;
+	if (dev.kind != FX_DEV_CPU)
+		jobs = 1;
+	if (jobs > 1)
+		fx_log_info("%d layers at once", jobs);
+	fx_progress_start(&prog, "fx-lowrank", ngroups, 0);
+	if (jobs > 1) {
+		struct jobs j = { .s = s, .sl = sl, .n = nsl, .prog = &prog };
+
+		if ((ret = run_jobs(&j, jobs, m, calib, &ko, prec, &dev)) >= 0)
+			ret = flush(&j, ko.rank, &j.err);   /* reused groups after the last search */
+		if (ret < 0) {
+			*err = j.err;
 			goto out;
-		fx_stage_layer(s, g->name, lr, reuse);
-		fx_progress_step(&prog, 1, 0);
+		}
+	} else {
+		for (i = 0; i < nsl; i++) {
+			struct slot *t = &sl[i];
+
+			ret = t->reuse ? copy_group(s, t->g, err)
+				       : compute_group(s, m, t->g, calib, t->ce, &ko, prec, &dev, &b, err);
+			if (ret < 0)
+				goto out;
+			fx_stage_layer(s, t->g->name, t->lr, t->reuse);
+			fx_progress_step(&prog, 1, 0);
+		}
 	}
 	fx_progress_end(&prog);
 	ret = fx_stage_commit(s, err);
 out:
+	for (i = 0; sl && i < nsl; i++)
+		slot_free(&sl[i]);
+	free(sl);
 	bufs_free(&b);
 	free(ce);
 	free(lparams);

@@ -42,6 +42,9 @@ struct fx_lowrank_stage_opts {
 	const char *method;      /* "rsvd" (default) | "svd" */
 	int first_block, last_block;   /* global numbering (fx-blocks.h); -1: all */
 	const char *device;      /* "cpu" | "cuda[:N]"; no GPU: CPU with a warning */
+	int jobs;                /* layers searched at once on the CPU, each on its
+				  * share of the threads; 0: 2 (capped by the
+				  * threads); the bytes do not depend on it */
 	bool force;
 };
 
