@@ -55,8 +55,8 @@
 /* Bumped when the search changes what it returns for the same options
  * (recorded in fx.params and the layer recipes, so older branches are not
  * reused): 2 = smoothing span x + c for shifted groups, finalists;
- * 3 = 64 search rows, finalists given up (abandon). */
-#define FX_LOWRANK_SEARCH_VERSION 3
+ * 3 = 64 search rows, finalists given up (abandon); 4 = 32 search rows. */
+#define FX_LOWRANK_SEARCH_VERSION 4
 
 enum fx_lowrank_method {
 	FX_LOWRANK_RSVD,   /* randomized SVD with power iterations (default) */
@@ -93,7 +93,7 @@ struct fx_lowrank_opts {
 };
 
 /* Defaults: rank 32, grid 20, iters 100 (early stop), 3 finalists, rsvd,
- * 64 search rows, oversample 16, power 2, refine_power 0, seed 1,
+ * 32 search rows, oversample 16, power 2, refine_power 0, seed 1,
  * abandon 0.1. */
 void fx_lowrank_opts_init(struct fx_lowrank_opts *o);
 

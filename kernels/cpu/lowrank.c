@@ -41,7 +41,7 @@ void fx_lowrank_opts_init(struct fx_lowrank_opts *o)
 	o->grid = 20;
 	o->iters = 100;
 	o->method = FX_LOWRANK_RSVD;
-	o->search_rows = 64;
+	o->search_rows = 32;
 	o->oversample = 16;
 	o->power = 2;
 	o->refine_power = 0;
