@@ -9,7 +9,8 @@
 # class >= -0.45. Measured here (search 2), calibration/held-out: fp4 -0.04/-0.01,
 # int4 +0.13/+0.14, worst class -0.21 (int4 out_proj, held-out); the search
 # before fx.params search 2 gave fp4 -0.49/-0.45, int4 -0.48/-0.47, int4
-# fc2 -1.06; search 3 (30% less CPU) fp4 -0.00/+0.02, int4 +0.29/+0.32.
+# fc2 -1.06; search 3 (30% less CPU) fp4 -0.00/+0.02, int4 +0.29/+0.32;
+# search 4 (32 search rows, 12% less) fp4 +0.03/+0.08, int4 +0.30/+0.32.
 # See fx-lowrank(1) NUMERICS.
 
 load helper
