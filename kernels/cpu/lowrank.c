@@ -578,12 +578,12 @@ int fx_lowrank_svd_cpu(float *up, float *down, const float *a, const float *s,
 	/* the one large LAPACK call: give OpenBLAS every thread for it */
 	/* (not inside layer jobs: the setting is global, the other job's calls
 	 * must stay single-threaded) */
-	blas = openblas_get_num_threads();
-	if (!omp_in_parallel())
+	blas = omp_in_parallel() ? 0 : openblas_get_num_threads();
+	if (blas)
 		openblas_set_num_threads(omp_get_max_threads());
 	info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)k, (lapack_int)n, ac,
 			      (lapack_int)k, sv, uc, (lapack_int)k, vc, (lapack_int)mn);
-	if (!omp_in_parallel())
+	if (blas)
 		openblas_set_num_threads(blas);
 	if (info) {
 		ret = lapack_fail(err, "sgesdd", info);

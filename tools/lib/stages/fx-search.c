@@ -157,13 +157,13 @@ static int copy_group(struct fx_stage *s, const struct fx_group *g, struct fx_er
 }
 
 struct bufs {
-	float *w, *x, *xmax, *smooth, *down, *up;
-	size_t cap_w, cap_x, cap_k, cap_s, cap_down, cap_up;
+	float *w, *x, *xmax;
+	size_t cap_w, cap_x, cap_k;
 };
 
 static void bufs_free(struct bufs *b)
 {
-	free(b->w); free(b->x); free(b->xmax); free(b->smooth); free(b->down); free(b->up);
+	free(b->w); free(b->x); free(b->xmax);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -252,25 +252,20 @@ static int write_group(struct fx_stage *s, const struct fx_group *g,
 }
 
 /* Loads a group into b and runs the search into res (res->smooth, down, up
- * set by the caller). With `serial_load`, the model and calib reads are one
- * at a time (layer jobs). */
+ * set by the caller). The model and calib reads are one job at a time. */
 static int search_group(struct fx_lowrank_result *res, const struct fx_model *m,
 			const struct fx_group *g, const struct fx_st *calib,
 			const struct calib_entry *ce, const struct fx_lowrank_opts *ko,
 			enum fx_qprec prec, const struct fx_device *dev, struct bufs *b,
-			bool serial_load, struct fx_err *err)
+			struct fx_err *err)
 {
 	struct fx_lowrank_problem p = {0};
 	int64_t rows[FX_GROUP_MAX_MEMBERS];
 	double t0 = fx_now();
 	int i, ret;
 
-	if (serial_load) {
 #pragma omp critical(fx_search_load)
-		ret = load_group(b, m, g, calib, ce, err);
-	} else {
-		ret = load_group(b, m, g, calib, ce, err);
-	}
+	ret = load_group(b, m, g, calib, ce, err);
 	if (ret < 0)
 		return ret;
 	for (i = 0; i < g->nmembers; i++)
@@ -298,29 +293,6 @@ static int search_group(struct fx_lowrank_result *res, const struct fx_model *m,
 		    "rounds), %.1f s", g->name, res->alpha, res->beta, res->err_rtn, res->err_final,
 		    res->rounds, fx_now() - t0);
 	return 0;
-}
-
-static int compute_group(struct fx_stage *s, const struct fx_model *m, const struct fx_group *g,
-			 const struct fx_st *calib, const struct calib_entry *ce,
-			 const struct fx_lowrank_opts *ko, enum fx_qprec prec,
-			 const struct fx_device *dev, struct bufs *b, struct fx_err *err)
-{
-	struct fx_lowrank_result res = {0};
-	int ret;
-
-	/* sized before the search writes into them */
-	if (!grow(&b->smooth, &b->cap_s, (size_t)g->k) ||
-	    !grow(&b->down, &b->cap_down, (size_t)ko->rank * g->k) ||
-	    !grow(&b->up, &b->cap_up, (size_t)g->n * ko->rank)) {
-		bufs_free(b);
-		return fx_error(err, FX_E_NOMEM, "out of memory for layer '%s'", g->name);
-	}
-	res.smooth = b->smooth;
-	res.down = b->down;
-	res.up = b->up;
-	if ((ret = search_group(&res, m, g, calib, ce, ko, prec, dev, b, false, err)) < 0)
-		return ret;
-	return write_group(s, g, &res, ko->rank, err);
 }
 
 /* One group of the run: reused, or searched by a layer job. */
@@ -369,10 +341,11 @@ static int flush(struct jobs *j, int r, struct fx_err *err)
 	return 0;
 }
 
-/* Searches `jobs` groups at once, each job on its share of the threads (a
- * nested team): the parts of a search that do not split over threads (small
- * SVDs, QR, the per-candidate bookkeeping) then overlap. The results do not
- * depend on the threads, so the bytes are those of one job. */
+/* Searches the groups, `jobs` at once, each job on its share of the threads
+ * (a nested team; one job: all of them): the parts of a search that do not
+ * split over threads (small SVDs, QR, the per-candidate bookkeeping) then
+ * overlap. The results do not depend on the threads, so the bytes are those
+ * of one job. Reused groups are copied in their turn. */
 static int run_jobs(struct jobs *j, int jobs, const struct fx_model *m, const struct fx_st *calib,
 		    const struct fx_lowrank_opts *ko, enum fx_qprec prec,
 		    const struct fx_device *dev)
@@ -408,8 +381,7 @@ static int run_jobs(struct jobs *j, int jobs, const struct fx_model *m, const st
 			if (!t->res.smooth || !t->res.down || !t->res.up)
 				ret = fx_error(&e, FX_E_NOMEM, "out of memory for layer '%s'", t->g->name);
 			else
-				ret = search_group(&t->res, m, t->g, calib, t->ce, ko, prec, dev, &b,
-						   true, &e);
+				ret = search_group(&t->res, m, t->g, calib, t->ce, ko, prec, dev, &b, &e);
 #pragma omp critical(fx_search_sched)
 			{
 				if (ret >= 0 && j->ret >= 0) {
@@ -491,7 +463,7 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 	struct fx_lowrank_opts ko;
 	struct fx_device dev;
 	struct fx_progress prog;
-	struct bufs b = {0};
+	struct jobs j;
 	enum fx_qprec prec = FX_QPREC_NVFP4;
 	char model_id[65], blocks[32], note[256], *modeljs = NULL, *lparams = NULL;
 	struct slot *sl = NULL;
@@ -604,31 +576,17 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 		jobs = omp_get_max_threads();
 	if (jobs > (int)ncompute)
 		jobs = (int)ncompute;
-	if (dev.kind != FX_DEV_CPU)
+	if (jobs < 1 || dev.kind != FX_DEV_CPU)
 		jobs = 1;
 	if (jobs > 1)
 		fx_log_info("%d layers at once", jobs);
 	fx_progress_start(&prog, "fx-lowrank", ngroups, 0);
-	if (jobs > 1) {
-		struct jobs j = { .s = s, .sl = sl, .n = nsl, .prog = &prog };
-
-		if ((ret = run_jobs(&j, jobs, m, calib, &ko, prec, &dev)) >= 0)
-			ret = flush(&j, ko.rank, &j.err);   /* reused groups after the last search */
-		if (ret < 0) {
-			*err = j.err;
-			goto out;
-		}
-	} else {
-		for (i = 0; i < nsl; i++) {
-			struct slot *t = &sl[i];
-
-			ret = t->reuse ? copy_group(s, t->g, err)
-				       : compute_group(s, m, t->g, calib, t->ce, &ko, prec, &dev, &b, err);
-			if (ret < 0)
-				goto out;
-			fx_stage_layer(s, t->g->name, t->lr, t->reuse);
-			fx_progress_step(&prog, 1, 0);
-		}
+	j = (struct jobs){ .s = s, .sl = sl, .n = nsl, .prog = &prog };
+	if ((ret = run_jobs(&j, jobs, m, calib, &ko, prec, &dev)) >= 0)
+		ret = flush(&j, ko.rank, &j.err);   /* reused groups after the last search */
+	if (ret < 0) {
+		*err = j.err;
+		goto out;
 	}
 	fx_progress_end(&prog);
 	ret = fx_stage_commit(s, err);
@@ -636,7 +594,6 @@ out:
 	for (i = 0; sl && i < nsl; i++)
 		slot_free(&sl[i]);
 	free(sl);
-	bufs_free(&b);
 	free(ce);
 	free(lparams);
 	free(modeljs);
