@@ -218,17 +218,11 @@ PY
 	cmp "$W/b1.safetensors" "$W/b2.safetensors"
 }
 
-@test "--jobs: the same bytes and the same reuse for any number of layers at once; a failing job names the tensor and leaves no output" {
+@test "--jobs: the same reuse as one job at a time; a failing job names the tensor and leaves no output" {
+	# (the same bytes for any --jobs: 0920-determinism.bats)
 	W=$BATS_TEST_TMPDIR
 	lr() { fx-lowrank -q --model "$M" --calib "$CAL" --alpha-grid 2 --iters 2 "$@"; }
 	lr --jobs 1 --threads 2 -o "$W/j1.st"
-	lr --jobs 2 --threads 2 -o "$W/j2.st"
-	lr --jobs 3 --threads 3 -o "$W/j3.st"
-	# two jobs of two threads each (nested teams)
-	lr --jobs 2 --threads 4 -o "$W/j4.st"
-	cmp "$W/j1.st" "$W/j2.st"
-	cmp "$W/j1.st" "$W/j3.st"
-	cmp "$W/j1.st" "$W/j4.st"
 	# reused layers first, between and after the searched ones: written in order
 	# (double blocks 0-1 have 8 groups each, single blocks 2-3 four)
 	for first in 0-1:16 1-2:12 2-3:8; do
