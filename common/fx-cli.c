@@ -362,6 +362,22 @@ bool fx_parse_int(const char *s, long lo, long hi, long *out)
 	return true;
 }
 
+bool fx_parse_real(const char *s, double lo, double hi, double *out)
+{
+	char *end;
+	double v;
+
+	if (!s || !*s || isspace((unsigned char)*s))
+		return false;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= lo && v <= hi))
+		return false;
+	if (out)
+		*out = v;
+	return true;
+}
+
 bool fx_parse_u64(const char *s, uint64_t *out)
 {
 	uint64_t v = 0;

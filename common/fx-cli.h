@@ -53,6 +53,8 @@ void fx_cli_help(const struct fx_cli *cli, FILE *f);
 /* Parses "A-B" or "A" into [a,b]; false when malformed. */
 bool fx_parse_range(const char *s, int *a, int *b);
 bool fx_parse_int(const char *s, long lo, long hi, long *out);
+/* A finite decimal number in [lo, hi] (NaN never); false otherwise. */
+bool fx_parse_real(const char *s, double lo, double hi, double *out);
 /* Decimal digits only (no sign, no spaces), 0 to 2^64-1; false otherwise. */
 bool fx_parse_u64(const char *s, uint64_t *out);
 /* --seed of every tool: the full range of the 64-bit generators. On a bad

@@ -40,6 +40,13 @@
  * smoothing that is best before refinement is often not best after it. Its
  * refinement is undone if it does not lower the error on all rows too.
  * Reported errors use all m rows.
+ *
+ * For a residual that GPTQ will quantize (gptq_weight w > 0) candidates,
+ * finalists, rounds and the undo are judged instead by ‖Ea‖² + w·‖Ew‖²,
+ * where E = Ea + Ew, Ea = (X̃ − Xq)·Rdqᵀ (X̃ the smoothed input before
+ * activation rounding) and Ew the rest, the weight-rounding share: GPTQ
+ * removes most of Ew, so RTN-judged searches pick smoothings too easy on
+ * the weights. Reported errors stay ‖E‖² with RTN.
  */
 #ifndef FX_LOWRANK_H
 #define FX_LOWRANK_H
@@ -90,11 +97,14 @@ struct fx_lowrank_opts {
 	int finalists;                 /* best-ranked candidates refined, 1..MAX_FINALISTS */
 	double abandon;                /* a finalist this far (relative) above the best after
 					* two rounds is given up; >= 0 */
+	double gptq_weight;            /* 0: rank by the RTN output error; in (0,1]: for a
+					* residual GPTQ will quantize, by ‖Ea‖² + w·‖Ew‖²
+					* (activation / weight rounding shares of it) */
 };
 
 /* Defaults: rank 32, grid 20, iters 100 (early stop), 3 finalists, rsvd,
  * 32 search rows, oversample 16, power 2, refine_power 0, seed 1,
- * abandon 0.1. */
+ * abandon 0.1, gptq_weight 0. */
 void fx_lowrank_opts_init(struct fx_lowrank_opts *o);
 
 /* What the search found. smooth, down, up are caller-allocated: k, rank·k,

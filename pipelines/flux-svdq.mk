@@ -4,8 +4,9 @@
 #   make -f pipelines/flux-svdq.mk MODEL=~/FLUX.1-dev COND=cond.safetensors \
 #        [OUT=out] [PRECISION=fp4|int4] [RANK=32] [PROMPTS=] [STEPS=] [RES=WxH] \
 #        [SAMPLES=] [GRID=] [BLOCKS=A-B] [NAME=flux.1-dev] [LORA="a.safetensors:0.8 b.safetensors"]
-#        [GPTQ=0]   (on by default: fx-calib --hessian, fx-quant --calib --gptq;
-#                   GPTQ=0 for round-to-nearest codes and a calibration without XᵀX)
+#        [GPTQ=0]   (on by default: fx-calib --hessian, fx-lowrank --for-gptq,
+#                   fx-quant --calib --gptq; GPTQ=0 for round-to-nearest codes and
+#                   a calibration without XᵀX)
 #        [SCALE_SEARCH=1]  (fx-quant --search: group scales searched on the
 #                   calibration rows; +0.18 dB layer SNR with GPTQ on fx-synth models,
 #                   about 4 min more for FLUX.1-dev on 2 cores: fx-quant(1) NUMERICS)

@@ -11,6 +11,7 @@
 #        fx-eval of the checkpoint (and, with GPTQ=1, the same branch without
 #        GPTQ) against plain RTN: OUT/compare-<precision>_r<rank>-<name>.txt
 #
+# GPTQ=1 adds fx-calib --hessian, fx-lowrank --for-gptq and fx-quant --gptq.
 # GPTQ is off by default here (flux-svdq.mk has it on): a Qwen-Image block's
 # XᵀX sums take ~3 GiB in f64 (two K=12288 MLP down-projections), so
 # fx-calib --hessian reruns the sampling once per block or two at the

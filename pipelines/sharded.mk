@@ -9,7 +9,8 @@
 #
 # With GPTQ (the default, as in flux-svdq.mk) each shard calibrates its own
 # blocks with fx-calib --hessian --blocks (the XᵀX of a whole FLUX.1-dev is
-# ~108 GiB; a shard's file holds its share) and quantizes with --gptq;
+# ~108 GiB; a shard's file holds its share), searches with --for-gptq and
+# quantizes with --gptq;
 # GPTQ=0 calibrates once over the whole model and rounds to nearest.
 #
 # Block numbering: double blocks 0..18, then single blocks 19..56 (FLUX.1).
@@ -58,7 +59,8 @@ shard-$(1): calib
 		$$(CALIB_OPTS) --hessian $$(if $$(HESSIAN_MEM),--hessian-mem $$(HESSIAN_MEM)) --blocks $(1) \
 		-o $$(call calib_of,$(1)))
 	$$(FX)/fx-lowrank $$(FXFLAGS) --model $$(MODEL) $$(LORA_OPTS) --calib $$(call calib_of,$(1)) --rank $$(RANK) \
-		--precision $$(PRECISION) $$(if $$(GRID),--alpha-grid $$(GRID)) --blocks $(1) \
+		--precision $$(PRECISION) $$(if $$(GRID),--alpha-grid $$(GRID)) $$(if $$(filter 1,$$(GPTQ)),--for-gptq) \
+		--blocks $(1) \
 		-o $$(call branch_of,$(1))
 	$$(FX)/fx-quant $$(FXFLAGS) --model $$(MODEL) $$(LORA_OPTS) --branch $$(call branch_of,$(1)) \
 		--precision $$(PRECISION) $$(if $$(filter 1,$$(GPTQ) $$(SCALE_SEARCH)),--calib $$(call calib_of,$(1))) \

@@ -25,7 +25,8 @@ all: verify
 
 lowrank: calib
 	$(FX)/fx-lowrank $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --calib $(CALIB) --rank $(RANK) \
-		--precision $(PRECISION) $(if $(GRID),--alpha-grid $(GRID)) $(BLOCKS_OPT) -o $(BRANCH)
+		--precision $(PRECISION) $(if $(GRID),--alpha-grid $(GRID)) $(if $(filter 1,$(GPTQ)),--for-gptq) \
+		$(BLOCKS_OPT) -o $(BRANCH)
 
 quant: lowrank
 	$(FX)/fx-quant $(FXFLAGS) --model $(MODEL) $(LORA_OPTS) --branch $(BRANCH) --precision $(PRECISION) \
@@ -42,8 +43,9 @@ verify: meta
 	$(FX)/fx-verify $(VERIFYFLAGS) $(FINAL) > $(AUDIT); st=$$?; tail -n 3 $(AUDIT); exit $$st
 
 # compare: the checkpoint, the same branch with round-to-nearest codes (SVDQ
-# without GPTQ) and plain RTN (no smoothing, no branch) sampled against the
-# source weights by fx-eval, on a seed the calibration did not use
+# without GPTQ; with GPTQ=1 that branch was searched for GPTQ, so this is not
+# the best RTN checkpoint) and plain RTN (no smoothing, no branch) sampled
+# against the source weights by fx-eval, on a seed the calibration did not use
 NOGPTQ_QUANT := $(OUT)/quant-r$(RANK)-$(PRECISION)-nogptq.safetensors
 NOGPTQ := $(OUT)/svdq-nogptq-$(PRECISION)_r$(RANK)-$(NAME).safetensors
 RTN_QUANT := $(OUT)/quant-rtn-$(PRECISION).safetensors

@@ -156,11 +156,11 @@ int main(int argc, char **argv)
 				return fx_cli_usage_error(&cli, "--res wants WxH in multiples of 16, not '%s'", arg);
 			break;
 		case OPT_GUIDANCE: {
-			char *end;
+			double g;
 
-			o.guidance = strtof(arg, &end);
-			if (*end || end == arg || !(o.guidance >= 0))
-				return fx_cli_usage_error(&cli, "--guidance wants a number, not '%s'", arg);
+			if (!fx_parse_real(arg, 0.0, 1e30, &g))
+				return fx_cli_usage_error(&cli, "--guidance wants a number >= 0, not '%s'", arg);
+			o.guidance = (float)g;
 			break;
 		}
 		case OPT_PLOT: plot = arg; break;

@@ -15,7 +15,7 @@
 #include "fx-file.h"
 
 enum { OPT_MODEL = 256, OPT_LORA, OPT_LORA_IGNORE, OPT_CALIB, OPT_RANK, OPT_PRECISION, OPT_GRID, OPT_ITERS, OPT_FINALISTS,
-       OPT_METHOD, OPT_BLOCKS, OPT_JOBS, OPT_MERGE };
+       OPT_METHOD, OPT_BLOCKS, OPT_JOBS, OPT_MERGE, OPT_FOR_GPTQ, OPT_GPTQ_WEIGHT };
 
 static const struct fx_opt opts[] = {
 	{ "model", 0, FX_OPT_REQ, "M", "FLUX model (diffusers folder or single file)", OPT_MODEL },
@@ -26,6 +26,8 @@ static const struct fx_opt opts[] = {
 	{ "alpha-grid", 0, FX_OPT_REQ, "N", "smoothing exponents i/N, 2N-1 candidates (default 20)", OPT_GRID },
 	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 100)", OPT_ITERS },
 	{ "finalists", 0, FX_OPT_REQ, "F", "best-ranked smoothings refined to the end (default 3)", OPT_FINALISTS },
+	{ "for-gptq", 0, FX_OPT_NONE, NULL, "judge smoothings for a residual fx-quant --gptq will quantize", OPT_FOR_GPTQ },
+	{ "gptq-weight", 0, FX_OPT_REQ, "W", "weight-rounding share of that score, 0..1 (--for-gptq: 0.05; 0: RTN)", OPT_GPTQ_WEIGHT },
 	{ "method", 0, FX_OPT_REQ, "svd|rsvd", "LAPACK SVD or randomized SVD (default rsvd)", OPT_METHOD },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
 	{ "jobs", 0, FX_OPT_REQ, "J", "layers searched at once, sharing the threads (default 2; same bytes)", OPT_JOBS },
@@ -36,7 +38,7 @@ static const struct fx_opt opts[] = {
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--method svd|rsvd] [--blocks A-B] [--jobs J] -o branch.safetensors",
+		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--for-gptq] [--method svd|rsvd] [--blocks A-B] [--jobs J] -o branch.safetensors",
 		.summary = "Search the smoothing and the low-rank branch of every fused layer (fx.branch).",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
@@ -88,6 +90,11 @@ int main(int argc, char **argv)
 				return fx_cli_usage_error(&cli, "--finalists wants 1..%d, not '%s'",
 							  FX_LOWRANK_MAX_FINALISTS, arg);
 			o.finalists = (int)v;
+			break;
+		case OPT_FOR_GPTQ: o.gptq_weight = FX_SEARCH_GPTQ_WEIGHT; break;
+		case OPT_GPTQ_WEIGHT:
+			if (!fx_parse_real(arg, 0.0, 1.0, &o.gptq_weight))
+				return fx_cli_usage_error(&cli, "--gptq-weight wants 0..1, not '%s'", arg);
 			break;
 		case OPT_METHOD:
 			if (strcmp(arg, "svd") && strcmp(arg, "rsvd"))

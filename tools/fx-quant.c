@@ -34,10 +34,7 @@ static const struct fx_opt opts[] = {
 /* A GPTQ damping: a fraction of mean(diag H) in (0, 10]. */
 static bool parse_damp(const char *arg, double *out)
 {
-	char *end;
-
-	*out = strtod(arg, &end);
-	return !*end && end != arg && *out > 0.0 && *out <= 10.0;
+	return fx_parse_real(arg, 0.0, 10.0, out) && *out > 0.0;
 }
 
 int main(int argc, char **argv)

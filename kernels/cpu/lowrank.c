@@ -774,6 +774,9 @@ struct lr {
 	double *rowsum;
 	double ynorm, ysnorm;
 	float *up, *down, *bup, *bdown, *b0up, *b0down, *basis;
+	float *xd, *ea;            /* gw > 0: (m,k) X̃ − Xq, (m,n) its share of E */
+	double gw;                 /* weight of the weight-rounding error in the score */
+	double truth;              /* the last evaluation's ‖E‖² */
 	struct rsvd_ws rw;
 };
 
@@ -782,19 +785,35 @@ static void lr_free(struct lr *c)
 	free(c->rbuf); free(c->abuf); free(c->y); free(c->ys); free(c->xs); free(c->xq);
 	free(c->e); free(c->t); free(c->ds); free(c->rowmax); free(c->cs); free(c->wmax);
 	free(c->s); free(c->rowsum); free(c->up); free(c->down); free(c->bup); free(c->bdown);
-	free(c->b0up); free(c->b0down); free(c->basis); free(c->xspan);
+	free(c->b0up); free(c->b0down); free(c->basis); free(c->xspan); free(c->xd); free(c->ea);
 	rsvd_ws_free(&c->rw);
 }
 
-/* ‖Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ‖² over mm rows; Rdq in c->rbuf. keep:
- * c->xq already holds Xq of these rows for s (a finalist's rounds). */
+/* Row i of X̃ − Xq, X̃ = bf16(bf16(x + c)/s) − c/s the smoothed input
+ * before the runtime rounds it: the activation rounding error. */
+static void actq_err_row(float *d, const float *x, const float *xq, const float *s,
+			 const float *cs, float c, int64_t k)
+{
+	for (int64_t j = 0; j < k; j++) {
+		float t = bf16r(bf16r(x[j]) + c), xp = bf16r(s ? t / s[j] : t);
+
+		d[j] = xp - (xq[j] + (cs ? cs[j] : 0.0f));
+	}
+}
+
+/* E = Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ over mm rows (Rdq in c->rbuf); c->truth
+ * = ‖E‖². Returns ‖E‖², or with c->gw > 0 the score for a residual GPTQ
+ * will quantize: E = Ea + Ew, Ea = (X̃ − Xq)·Rdqᵀ what activation rounding
+ * costs, Ew what weight rounding costs, most of which GPTQ removes, so
+ * ‖Ea‖² + gw·‖Ew‖². keep: c->xq already holds Xq of these rows for s (a
+ * finalist's rounds). */
 static double lr_eval_q(struct lr *c, const float *x, const float *y, int64_t mm, const float *s,
 			const float *up, const float *down, int r, bool keep)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 	const float cc = p->shift ? FX_LOWRANK_SHIFT : 0.0f;
-	double tot = 0.0;
+	double tot = 0.0, score = 0.0;
 
 	if (p->shift && !keep)
 		for (int64_t i = 0; i < k; i++)
@@ -820,7 +839,28 @@ static double lr_eval_q(struct lr *c, const float *x, const float *y, int64_t mm
 		c->rowsum[i] = sumsq_row(c->e + i * n, n);
 	for (int64_t i = 0; i < mm; i++)   /* fixed order: independent of threads */
 		tot += c->rowsum[i];
-	return tot;
+	c->truth = tot;
+	if (!(c->gw > 0.0))
+		return tot;
+#pragma omp parallel for schedule(static) if(BIG(mm * k))
+	for (int64_t i = 0; i < mm; i++)
+		actq_err_row(c->xd + i * k, x + i * k, c->xq + i * k, s, p->shift ? c->cs : NULL, cc, k);
+	pgemm(false, true, mm, n, k, 1.0f, c->xd, k, c->rbuf, k, 0.0f, c->ea, n);
+#pragma omp parallel for schedule(static) if(BIG(mm * n))
+	for (int64_t i = 0; i < mm; i++) {
+		double a = 0.0, w = 0.0;
+
+		for (int64_t j = 0; j < n; j++) {
+			double ea = c->ea[i * n + j], ew = (double)c->e[i * n + j] - ea;
+
+			a += ea * ea;
+			w += ew * ew;
+		}
+		c->rowsum[i] = a + c->gw * w;
+	}
+	for (int64_t i = 0; i < mm; i++)
+		score += c->rowsum[i];
+	return score;
 }
 
 static double lr_eval(struct lr *c, const float *x, const float *y, int64_t mm, const float *s,
@@ -881,7 +921,7 @@ static int lr_check(const struct fx_lowrank_problem *p, const struct fx_lowrank_
 	if (o->grid < 1 || o->grid > FX_LOWRANK_MAX_GRID || o->iters < 0 ||
 	    o->method < 0 || o->method >= FX_LOWRANK_METHOD_COUNT || o->search_rows < 0 ||
 	    o->finalists < 1 || o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0 ||
-	    !(o->abandon >= 0.0))
+	    !(o->abandon >= 0.0) || !(o->gptq_weight >= 0.0 && o->gptq_weight <= 1.0))
 		return fx_error(err, FX_E_ARG, "bad low-rank options");
 	if ((int64_t)p->n * p->k > INT32_MAX || (int64_t)p->m * p->n > INT32_MAX)
 		return fx_error(err, FX_E_ARG, "layer too large for 32-bit BLAS indices");
@@ -925,7 +965,12 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 	c->b0up = malloc((size_t)n * r * sizeof(float));
 	c->b0down = malloc((size_t)r * k * sizeof(float));
 	c->basis = calloc((size_t)k * l, sizeof(float));
-	if (!c->rbuf || (o->iters > 0 && !c->abuf) || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
+	c->gw = o->gptq_weight;
+	if (c->gw > 0.0) {
+		c->xd = malloc((size_t)m * k * sizeof(float));
+		c->ea = malloc((size_t)m * n * sizeof(float));
+	}
+	if ((c->gw > 0.0 && (!c->xd || !c->ea)) || !c->rbuf || (o->iters > 0 && !c->abuf) || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
 	    !c->ds || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->xspan || !c->rowsum || !c->up ||
 	    !c->down || !c->bup || !c->bdown || !c->b0up || !c->b0down || !c->basis)
 		return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer with %lld rows",
@@ -1010,7 +1055,8 @@ int fx_lowrank_error_cpu(double *out, const struct fx_lowrank_problem *p, const 
 	if ((ret = lr_init(&c, p, &o, err)) < 0)
 		goto out;
 	lr_residual(&c, s, up, down, rank);
-	*out = rel(lr_eval(&c, p->x, c.y, p->m, s, up, down, rank), c.ynorm);
+	lr_eval(&c, p->x, c.y, p->m, s, up, down, rank);
+	*out = rel(c.truth, c.ynorm);
 out:
 	lr_free(&c);
 	fx_ops_blas_restore(blas);
@@ -1020,19 +1066,21 @@ out:
 /* One finalist: the branch of candidate (alpha, beta) with the full method
  * (from its search subspace, or its saved SVD branch), then refined for up
  * to o->iters rounds, each judged on the search rows (the finalists are
- * compared there too: *score; *score0 before refinement). A finalist still
+ * compared there too: *score; *truth and *truth0 the true errors after and
+ * before refinement). A finalist still
  * more than o->abandon above `bound` (the best finalist so far) after two
  * rounds is given up: it was never seen to catch up from there. Leaves the
  * refined branch in c->bup/c->bdown, the unrefined one in c->b0up/c->b0down
  * and the smoothing in c->s. */
 static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, float beta,
-		  double bound, double *score, double *score0, int *rounds, struct fx_err *err)
+		  double bound, double *score, double *truth, double *truth0,
+		  int *rounds, struct fx_err *err)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 	const int r = c->r;
 	const size_t bup = (size_t)n * r * sizeof(float), bdown = (size_t)r * k * sizeof(float);
-	double best, e;
+	double best, e, tbest;
 	int ret;
 
 	fx_lowrank_smooth(c->s, c->xspan, c->wmax, k, alpha, beta);
@@ -1041,7 +1089,8 @@ static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, fl
 	    (ret = lr_branch(c, o, p->w, c->s, true, o->power, err)) < 0)
 		return ret;
 	lr_residual(c, c->s, c->up, c->down, r);
-	best = *score0 = rel(lr_eval_search(c, c->up, c->down, r), c->ysnorm);
+	best = rel(lr_eval_search(c, c->up, c->down, r), c->ysnorm);
+	tbest = *truth0 = rel(c->truth, c->ysnorm);
 	memcpy(c->bup, c->up, bup);
 	memcpy(c->bdown, c->down, bdown);
 	memcpy(c->b0up, c->up, bup);
@@ -1061,6 +1110,7 @@ static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, fl
 		if (!(e < best))
 			break;
 		best = e;
+		tbest = rel(c->truth, c->ysnorm);
 		(*rounds)++;
 		memcpy(c->bup, c->up, bup);
 		memcpy(c->bdown, c->down, bdown);
@@ -1068,33 +1118,36 @@ static int finish(struct lr *c, const struct fx_lowrank_opts *o, float alpha, fl
 			break;
 	}
 	*score = best;
+	*truth = tbest;
 	return 0;
 }
 
 /* The winner's errors on all rows (res->smooth/up/down hold its refined
  * branch, b0up/b0down its unrefined one): a refinement that does not lower
- * the all-row error is undone. score0/score: its search-row errors. */
+ * the all-row score is undone. t0/t: its unrefined/refined true errors on
+ * the search rows. */
 static void settle(struct lr *c, struct fx_lowrank_result *res, const float *b0up,
-		   const float *b0down, double score0, double score)
+		   const float *b0down, double t0, double t)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int r = c->r;
-	double e;
+	double e0, e;
 
 	if (c->ms == c->m) {
-		res->err_branch = score0;
-		res->err_final = res->rounds ? score : score0;
+		res->err_branch = t0;
+		res->err_final = res->rounds ? t : t0;
 		return;
 	}
 	lr_residual(c, res->smooth, b0up, b0down, r);
-	res->err_branch = rel(lr_eval(c, p->x, c->y, p->m, res->smooth, b0up, b0down, r), c->ynorm);
+	e0 = lr_eval(c, p->x, c->y, p->m, res->smooth, b0up, b0down, r);
+	res->err_branch = rel(c->truth, c->ynorm);
 	res->err_final = res->err_branch;
 	if (!res->rounds)
 		return;
 	lr_residual(c, res->smooth, res->up, res->down, r);
-	e = rel(lr_eval(c, p->x, c->y, p->m, res->smooth, res->up, res->down, r), c->ynorm);
-	if (e < res->err_branch) {
-		res->err_final = e;
+	e = lr_eval(c, p->x, c->y, p->m, res->smooth, res->up, res->down, r);
+	if (e < e0) {
+		res->err_final = rel(c->truth, c->ynorm);
 		return;
 	}
 	memcpy(res->up, b0up, (size_t)c->n * r * sizeof(float));
@@ -1151,7 +1204,7 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 	const bool svd = o->method == FX_LOWRANK_SVD;
 	const size_t nu = (size_t)n * r, nd = (size_t)r * k;
 	size_t nb;
-	double best = INFINITY, e, sc = 0, sc0 = 0, w0 = 0;
+	double best = INFINITY, e, sc = 0, tr = 0, tr0 = 0, w = 0, w0 = 0;
 	int ret, ncand, ntodo = 0, ncoarse, rounds = 0;
 	float *wup = NULL, *wdown = NULL;
 	struct fins fl = {0}, co = {0};
@@ -1187,7 +1240,8 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 
 	/* plain round to nearest: s = 1, no branch */
 	lr_residual(&c, NULL, NULL, NULL, 0);
-	res->err_rtn = rel(lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0), c.ynorm);
+	lr_eval(&c, p->x, c.y, p->m, NULL, NULL, NULL, 0);
+	res->err_rtn = rel(c.truth, c.ynorm);
 
 	/* rank the candidates on the search rows: every other one, then the
 	 * skipped neighbours of the FX_LOWRANK_SEEDS best of those (co:
@@ -1243,13 +1297,14 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 			memcpy(c.up, fl.up + f * nu, nu * sizeof(float));
 			memcpy(c.down, fl.down + f * nd, nd * sizeof(float));
 		}
-		if ((ret = finish(&c, o, alpha[fl.idx[f]], beta[fl.idx[f]], best, &sc, &sc0, &rounds,
-				  err)) < 0)
+		if ((ret = finish(&c, o, alpha[fl.idx[f]], beta[fl.idx[f]], best, &sc, &tr, &tr0,
+				  &rounds, err)) < 0)
 			goto out;
 		if (f > 0 && !(sc < best))
 			continue;
 		best = sc;
-		w0 = sc0;
+		w = tr;
+		w0 = tr0;
 		res->alpha = alpha[fl.idx[f]];
 		res->beta = beta[fl.idx[f]];
 		res->rounds = rounds;
@@ -1259,7 +1314,7 @@ int fx_lowrank_group_cpu(struct fx_lowrank_result *res, const struct fx_lowrank_
 		memcpy(wup, c.b0up, nu * sizeof(float));
 		memcpy(wdown, c.b0down, nd * sizeof(float));
 	}
-	settle(&c, res, wup, wdown, w0, best);
+	settle(&c, res, wup, wdown, w0, w);
 	ret = 0;
 out:
 	free(fl.basis);

@@ -217,6 +217,44 @@ __global__ void k_actq(float *out, const float *x, const float *s, float c, int6
 	}
 }
 
+// d (m,k) = X̃ − Xq, X̃ = bf16(bf16(x + c)/s) − c/s: the activation rounding error.
+__global__ void k_actq_err(float *d, const float *x, const float *xq, const float *s, float c,
+			   int64_t m, int64_t k)
+{
+	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, col;
+	float t, xp, cs;
+
+	if (i >= m * k)
+		return;
+	col = i % k;
+	t = bf16r(__fadd_rn(bf16r(x[i]), c));
+	xp = bf16r(s ? __fdiv_rn(t, s[col]) : t);
+	cs = c != 0.0f ? (s ? __fdiv_rn(c, s[col]) : c) : 0.0f;
+	d[i] = __fsub_rn(xp, __fadd_rn(xq[i], cs));
+}
+
+// One block per row: f64 ‖ea‖² + gw·‖e − ea‖².
+__global__ void k_rowscore(double *out, const float *e, const float *ea, int64_t n, double gw)
+{
+	__shared__ double red[256];
+	const int64_t row = blockIdx.x;
+	double acc = 0.0;
+
+	for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+		double a = ea[row * n + j], w = (double)e[row * n + j] - a;
+		acc += a * a + gw * w * w;
+	}
+	red[threadIdx.x] = acc;
+	__syncthreads();
+	for (int h = blockDim.x / 2; h > 0; h >>= 1) {
+		if ((int)threadIdx.x < h)
+			red[threadIdx.x] += red[threadIdx.x + h];
+		__syncthreads();
+	}
+	if (threadIdx.x == 0)
+		out[row] = red[0];
+}
+
 // ds (r,k) = down (r,k) / s.
 __global__ void k_divcols(float *ds, const float *down, const float *s, int64_t r, int64_t k)
 {
@@ -272,6 +310,8 @@ struct gctx {
 	// device
 	float *w, *x, *xs, *y, *ys, *e, *xq, *t, *ds, *rbuf, *abuf, *s, *rowmax, *rowt;
 	float *up, *bup, *bdown, *b0up, *b0down, *om, *yl, *z, *basis, *fbasis, *sbasis, *fup, *small, *work;
+	float *xd, *ea;   // gw > 0: (m,k), (m,n)
+	double gw;
 	double *rowsum;
 	int *info;
 	int lwork;
@@ -295,7 +335,7 @@ static void ctx_free(struct gctx *g)
 	float **d[] = { &g->w, &g->x, &g->xs, &g->y, &g->ys, &g->e, &g->xq, &g->t, &g->ds,
 			&g->rbuf, &g->abuf, &g->s, &g->rowmax, &g->rowt, &g->up, &g->bup,
 			&g->bdown, &g->b0up, &g->b0down, &g->om, &g->yl, &g->z, &g->basis, &g->fbasis,
-			&g->sbasis, &g->fup, &g->small, &g->work };
+			&g->sbasis, &g->fup, &g->small, &g->work, &g->xd, &g->ea };
 
 	for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++)
 		cudaFree(*d[i]);
@@ -516,18 +556,20 @@ out:
 	return ret;
 }
 
-// ‖Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ‖² over mm rows.
+// E = Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ over mm rows: *truth = ‖E‖², *out the
+// score the search ranks by (fx-lowrank.h): ‖E‖², or with gw > 0
+// ‖Ea‖² + gw·‖E − Ea‖², Ea = (X̃ − Xq)·Rdqᵀ.
 static int eval(struct gctx *g, const float *x, const float *y, int64_t mm, const float *s, int r,
-		double *out, struct fx_err *err)
+		double *out, double *truth, struct fx_err *err)
 {
 	const struct fx_lowrank_problem *p = g->p;
 	const int64_t n = g->n, k = g->k;
 	const int fp4 = p->prec == FX_QPREC_NVFP4;
 	const int G = fp4 ? 16 : 64;
+	const float c = p->shift ? FX_LOWRANK_SHIFT : 0.0f;
 	int ret = 0;
 
-	k_actq<<<nblocks(mm * (k / G), 128), 128>>>(g->xq, x, s, p->shift ? FX_LOWRANK_SHIFT : 0.0f,
-						    mm, k, fp4, p->shift);
+	k_actq<<<nblocks(mm * (k / G), 128), 128>>>(g->xq, x, s, c, mm, k, fp4, p->shift);
 	KCHECK();
 	CK(cudaMemcpy(g->e, y, (size_t)mm * n * sizeof(float), cudaMemcpyDeviceToDevice));
 	if (r > 0) {
@@ -538,6 +580,18 @@ static int eval(struct gctx *g, const float *x, const float *y, int64_t mm, cons
 	}
 	CB(rm_gemm(g->cb, false, true, mm, n, k, -1.0f, g->xq, k, g->rbuf, k, 1.0f, g->e, n));
 	k_rowsumsq<<<(unsigned)mm, 256>>>(g->rowsum, g->e, n);
+	KCHECK();
+	CK(cudaMemcpy(g->h_rowsum, g->rowsum, (size_t)mm * sizeof(double), cudaMemcpyDeviceToHost));
+	*truth = 0.0;
+	for (int64_t i = 0; i < mm; i++)
+		*truth += g->h_rowsum[i];
+	*out = *truth;
+	if (!(g->gw > 0.0))
+		goto out;
+	k_actq_err<<<nblocks(mm * k, 256), 256>>>(g->xd, x, g->xq, s, c, mm, k);
+	KCHECK();
+	CB(rm_gemm(g->cb, false, true, mm, n, k, 1.0f, g->xd, k, g->rbuf, k, 0.0f, g->ea, n));
+	k_rowscore<<<(unsigned)mm, 256>>>(g->rowsum, g->e, g->ea, n, g->gw);
 	KCHECK();
 	CK(cudaMemcpy(g->h_rowsum, g->rowsum, (size_t)mm * sizeof(double), cudaMemcpyDeviceToHost));
 	*out = 0.0;
@@ -601,6 +655,11 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	DALLOC(g->fup, (int64_t)o->finalists * n * g->r);
 	DALLOC(g->small, (int64_t)g->l * g->l);
 	DALLOC(g->rowsum, m);
+	g->gw = o->gptq_weight;
+	if (g->gw > 0.0) {
+		DALLOC(g->xd, m * k);
+		DALLOC(g->ea, m * n);
+	}
 	DALLOC(g->info, 1);
 	CS(cusolverDnSgeqrf_bufferSize(g->cs, (int)n, g->l, g->yl, (int)n, &lw1));
 	CS(cusolverDnSgeqrf_bufferSize(g->cs, (int)k, g->l, g->z, (int)k, &lw2));
@@ -680,19 +739,20 @@ static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, 
 	const bool few = g->ms < g->m;
 	const size_t bytes_up = (size_t)g->n * g->r * sizeof(float);
 	const size_t bytes_down = (size_t)g->r * g->k * sizeof(float);
-	double best, e;
+	double best, e, t, tbest, all0 = 0;
 	int ret = 0;
 
 	TRY(set_smooth(g, alpha, beta, err));
 	if (o->method != FX_LOWRANK_SVD)
 		TRY(branch(g, o, g->w, true, true, o->power, err));
 	TRY(residual(g, g->s, g->r, err));
-	TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
+	TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, &t, err));
 	best = rel(e, g->ysnorm);
-	*err_branch = best;
+	tbest = *err_branch = rel(t, g->ysnorm);
 	if (few) {
-		TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, err));
-		*err_branch = rel(e, g->ynorm);
+		TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, &t, err));
+		all0 = rel(e, g->ynorm);
+		*err_branch = rel(t, g->ynorm);
 		CK(cudaMemcpy(g->b0up, g->up, bytes_up, cudaMemcpyDeviceToDevice));
 		CK(cudaMemcpy(g->b0down, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
 	}
@@ -704,11 +764,12 @@ static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, 
 		KCHECK();
 		TRY(branch(g, o, g->abuf, false, true, o->refine_power, err));
 		TRY(residual(g, g->s, g->r, err));
-		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
+		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, &t, err));
 		e = rel(e, g->ysnorm);
 		if (!(e < best))
 			break;
 		best = e;
+		tbest = rel(t, g->ysnorm);
 		(*rounds)++;
 		CK(cudaMemcpy(g->bup, g->up, bytes_up, cudaMemcpyDeviceToDevice));
 		CK(cudaMemcpy(g->bdown, g->basis, bytes_down, cudaMemcpyDeviceToDevice));
@@ -720,16 +781,15 @@ static int finish(struct gctx *g, const struct fx_lowrank_opts *o, float alpha, 
 	if (!*rounds)
 		goto out;
 	if (!few) {
-		*err_final = best;
+		*err_final = tbest;
 		goto out;
 	}
 	CK(cudaMemcpy(g->up, g->bup, bytes_up, cudaMemcpyDeviceToDevice));
 	CK(cudaMemcpy(g->basis, g->bdown, bytes_down, cudaMemcpyDeviceToDevice));
 	TRY(residual(g, g->s, g->r, err));
-	TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, err));
-	e = rel(e, g->ynorm);
-	if (e < *err_branch) {
-		*err_final = e;
+	TRY(eval(g, g->x, g->y, g->m, g->s, g->r, &e, &t, err));
+	if (rel(e, g->ynorm) < all0) {
+		*err_final = rel(t, g->ynorm);
 		goto out;
 	}
 	CK(cudaMemcpy(g->bup, g->b0up, bytes_up, cudaMemcpyDeviceToDevice));
@@ -785,7 +845,8 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 		return fx_error(err, FX_E_ARG, "low-rank search supports nvfp4 and int4 only");
 	if (p->n <= 0 || p->k <= 0 || p->k % 64 || p->m <= 0 || o->rank < 1 || o->rank > p->n ||
 	    o->rank > p->k || o->iters < 0 || o->finalists < 1 ||
-	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0 || !(o->abandon >= 0.0))
+	    o->finalists > FX_LOWRANK_MAX_FINALISTS || o->refine_power < 0 || !(o->abandon >= 0.0) ||
+	    !(o->gptq_weight >= 0.0 && o->gptq_weight <= 1.0))
 		return fx_error(err, FX_E_ARG, "bad low-rank problem (n %lld, k %lld, m %lld, rank %d)",
 				(long long)p->n, (long long)p->k, (long long)p->m, o->rank);
 	if ((ret = fx_lowrank_candidates(alpha, beta, (int)(sizeof(alpha) / sizeof(alpha[0])),
@@ -800,7 +861,7 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 	bytes_down = (size_t)g->r * g->k * sizeof(float);
 
 	TRY(residual(g, NULL, 0, err));
-	TRY(eval(g, g->x, g->y, g->m, NULL, 0, &e, err));
+	TRY(eval(g, g->x, g->y, g->m, NULL, 0, &sc, &e, err));
 	res->err_rtn = rel(e, g->ynorm);
 
 	// rank the candidates on the search rows, as the CPU does: every other
@@ -821,7 +882,7 @@ extern "C" int fx_lowrank_group_cuda(int device, struct fx_lowrank_result *res,
 				      cudaMemcpyDeviceToDevice));
 		TRY(branch(g, o, g->w, true, t > 0, t > 0 ? 0 : o->power, err));
 		TRY(residual(g, g->s, g->r, err));
-		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, err));
+		TRY(eval(g, g->xs, g->ys, g->ms, g->s, g->r, &e, &sc, err));
 		e = rel(e, g->ysnorm);
 		for (at = nf; at > 0 && e < ferr[at - 1]; at--)
 			;

@@ -39,7 +39,7 @@ PY
 @test "fx-lowrank --help lists every option and exits 0" {
 	run -0 fx-lowrank --help
 	for o in --model --calib --rank --precision --alpha-grid --iters --method --blocks --device \
-		--threads --force --json --output; do
+		--threads --force --json --output --for-gptq --gptq-weight; do
 		assert_output --partial -- "$o"
 	done
 }
@@ -52,6 +52,10 @@ PY
 	run -2 fx-lowrank --model "$M" --calib "$CAL" --method qr -o "$B"
 	run -2 fx-lowrank --model "$M" --calib "$CAL" --precision int8 -o "$B"
 	run -2 fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 0 -o "$B"
+	for w in 1.5 -0.1 nan x ''; do
+		run -2 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --gptq-weight "$w" -o "$B"
+		[[ "$stderr" == *"--gptq-weight wants 0..1"* ]]
+	done
 	[ ! -e "$B" ]
 }
 
@@ -149,6 +153,48 @@ PY
 	echo "$output" | json_get - 'len(d["computed"]) == 24 and d["reused"] == []' | grep -q True
 	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 2 --rank 16 --json --force -o "$B"
 	echo "$output" | json_get - 'len(d["computed"]) == 24' | grep -q True
+}
+
+@test "--for-gptq: another search, recorded; the RTN search's files are not taken for it" {
+	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 -o "$B"
+	cp "$B" "$BATS_TEST_TMPDIR/rtn.safetensors"
+	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 \
+		--for-gptq --json -o "$B"
+	echo "$output" | json_get - 'len(d["computed"]) == 16 and d["reused"] == []' | grep -q True
+	run -0 fx-verify --json "$B"
+	echo "$output" | json_get - 'd["files"][0]["params"]["gptq_weight"] == 0.05' | grep -q True
+	run -0 fx-verify --json "$BATS_TEST_TMPDIR/rtn.safetensors"
+	echo "$output" | json_get - '"gptq_weight" not in d["files"][0]["params"]' | grep -q True
+	# --gptq-weight 0.05 is --for-gptq; 0 is the RTN search
+	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 \
+		--gptq-weight 0.05 --json -o "$B"
+	echo "$output" | json_get - 'd["up_to_date"] is True' | grep -q True
+	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 \
+		--gptq-weight 0 -o "$B"
+	cmp "$B" "$BATS_TEST_TMPDIR/rtn.safetensors"
+	# the search for GPTQ took other smoothings somewhere, and reports RTN errors as before
+	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 \
+		--for-gptq -o "$BATS_TEST_TMPDIR/g.safetensors"
+	python3 - "$BATS_TEST_TMPDIR/rtn.safetensors" "$BATS_TEST_TMPDIR/g.safetensors" <<'PY'
+import json, struct, sys
+def stats(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    out = {}
+    for k, v in hdr.items():
+        if k.endswith(".stats"):
+            b, e = v["data_offsets"]
+            out[k] = struct.unpack("<%df" % ((e - b) // 4), raw[8 + n + b:8 + n + e])
+    return out
+a, g = stats(sys.argv[1]), stats(sys.argv[2])
+assert a.keys() == g.keys() and len(a) == 16
+assert all(a[k][2] == g[k][2] for k in a), "err_rtn differs"
+moved = [k for k in a if a[k][:2] != g[k][:2]]
+assert moved, "the same smoothing everywhere"
+# the RTN search is best at RTN error (all rows, bar the search-row sample)
+assert sum(g[k][3] for k in a) >= sum(a[k][3] for k in a) * 0.99
+PY
 }
 
 @test "editing one block's weights recomputes only that block's layers" {

@@ -46,9 +46,11 @@ snapshot() { (cd "$O" && sha256sum *.safetensors); }
 	run -0 fx-verify "$f"
 	assert_output --partial "of 30 modules complete, INT4, rank 32"
 	run -0 fx-meta --check "$f"
-	# GPTQ by default: fx-calib --hessian, fx-quant --gptq
+	# GPTQ by default: fx-calib --hessian, fx-lowrank --for-gptq, fx-quant --gptq
 	run -0 fx-verify "$O/calib.safetensors"
 	assert_output --partial '"hessian":1'
+	run -0 fx-verify "$O/branch-r32-int4.safetensors"
+	assert_output --partial '"gptq_weight":0.05'
 	run -0 fx-verify "$O/quant-r32-int4.safetensors"
 	assert_output --partial '"gptq":1'
 }

@@ -89,6 +89,13 @@ PY
 				--rank 32 --precision fp4 --alpha-grid 2 --iters 1 -o "$W/jobs.safetensors"
 			same "$W/branch1.safetensors" "$W/jobs.safetensors" "$c: fx-lowrank --jobs $1 --threads $2"
 		done
+		# the search for GPTQ (its score adds a product)
+		for t in 1 3; do
+			fx-lowrank -q --force --jobs 2 --threads "$t" --for-gptq --model "$W/m" \
+				--calib "$W/calib1.safetensors" --rank 32 --precision int4 --alpha-grid 2 --iters 1 \
+				-o "$W/forgptq$t.safetensors"
+		done
+		same "$W/forgptq1.safetensors" "$W/forgptq3.safetensors" "$c: fx-lowrank --for-gptq --threads 1 vs 3"
 		# row blocks that straddle members and end mid-layer, on 2 and 3 threads
 		for rows in 1 7 50 128; do
 			for t in 2 3; do

@@ -10,6 +10,7 @@
  * tests/ directory, default "tests") for the forward's fixture. */
 #include "fx-device.h"
 #include "fx-flux.h"
+#include "fx-lowrank.h"
 #include "fx-model.h"
 #include "fx-ops-cuda.h"
 #include "fx-ops.h"
@@ -558,6 +559,67 @@ out:
 	free(s); free(gd); free(oc); free(og);
 }
 
+#if defined(FX_CUDA) && FX_CUDA
+/* The low-rank search on the GPU against the CPU's: same problem, both
+ * scores (RTN, and for GPTQ). cuBLAS sums differ, so a near tie may pick
+ * another candidate: then its true error must be within 1 %. */
+static void t_lowrank(int device, enum fx_qprec prec, bool shift, double gw)
+{
+	const int64_t n = 384, k = 256, m = 256;
+	float *w = rnd(n * k, -0.1f, 0.1f), *x = rnd(m * k, -1.0f, 1.0f), *xmax = rnd(k, 0, 0);
+	struct fx_lowrank_problem p = { 0 };
+	struct fx_lowrank_opts o;
+	struct fx_lowrank_result rc = { 0 }, rg = { 0 };
+	struct fx_err err = { 0 };
+	char name[96];
+	int ret;
+
+	for (int64_t j = 0; j < k; j++)   /* a few outlier channels, as calibration has */
+		if (j % 37 == 0)
+			for (int64_t i = 0; i < m; i++)
+				x[i * k + j] *= 30.0f;
+	for (int64_t i = 0; i < m; i++)
+		for (int64_t j = 0; j < k; j++) {
+			if (shift && x[i * k + j] < -0.17f)
+				x[i * k + j] = -0.17f;
+			xmax[j] = fmaxf(xmax[j], fabsf(x[i * k + j]));
+		}
+	p.prec = prec;
+	p.n = n;
+	p.k = k;
+	p.w = w;
+	p.m = m;
+	p.x = x;
+	p.xmax = xmax;
+	p.shift = shift;
+	fx_lowrank_opts_init(&o);
+	o.iters = 3;
+	o.gptq_weight = gw;
+	rc.smooth = rnd(k, 0, 0); rc.down = rnd(o.rank * k, 0, 0); rc.up = rnd(n * o.rank, 0, 0);
+	rg.smooth = rnd(k, 0, 0); rg.down = rnd(o.rank * k, 0, 0); rg.up = rnd(n * o.rank, 0, 0);
+	snprintf(name, sizeof(name), "lowrank search %s%s, gptq_weight %g",
+		 prec == FX_QPREC_NVFP4 ? "nvfp4" : "int4", shift ? " shifted" : "", gw);
+	ret = fx_lowrank_group_cpu(&rc, &p, &o, &err);
+	if (ret >= 0)
+		ret = fx_lowrank_group_cuda(device, &rg, &p, &o, &err);
+	if (ret < 0) {
+		tap(false, name, 0, 0, err.msg);
+	} else {
+		bool same = rc.alpha == rg.alpha && rc.beta == rg.beta;
+		double d = fabs(rc.err_final - rg.err_final) / rc.err_final;
+		char why[200];
+
+		snprintf(why, sizeof(why), "cpu alpha %.2f beta %.2f error %.4e, gpu alpha %.2f beta %.2f "
+			 "error %.4e, rtn %.4e / %.4e", rc.alpha, rc.beta, rc.err_final, rg.alpha, rg.beta,
+			 rg.err_final, rc.err_rtn, rg.err_rtn);
+		tap(fabs(rc.err_rtn - rg.err_rtn) <= 1e-4 * rc.err_rtn && (same ? d < 0.05 : d < 0.01),
+		    name, 0, 0, why);
+	}
+	free(w); free(x); free(xmax);
+	free(rc.smooth); free(rc.down); free(rc.up); free(rg.smooth); free(rg.down); free(rg.up);
+}
+#endif
+
 int main(void)
 {
 	const char *ev = getenv("FX_CUDA_DEVICE");
@@ -594,6 +656,12 @@ int main(void)
 	t_attention(5, 24, 128);
 	fx_cuda_ctx_free(cx);
 	t_forward(device);
+#if defined(FX_CUDA) && FX_CUDA
+	t_lowrank(device, FX_QPREC_NVFP4, false, 0.0);
+	t_lowrank(device, FX_QPREC_NVFP4, false, 0.05);
+	t_lowrank(device, FX_QPREC_INT4, true, 0.0);
+	t_lowrank(device, FX_QPREC_INT4, true, 0.05);
+#endif
 	printf("1..%d\n", ntest);
 	return nfail ? 1 : 0;
 }

@@ -447,6 +447,111 @@ static void test_search_beats_rtn_int4(void **state)
 	check_gain(FX_QPREC_INT4, true);
 }
 
+/* ‖E‖² and ‖Ea‖² + w·‖Ew‖² of a result over all rows, in f64 from the
+ * definitions (fx-lowrank.h): E = X·Wᵀ − Xq·Rdqᵀ − X·(down/s)ᵀ·upᵀ,
+ * Ea = (X̃ − Xq)·Rdqᵀ, X̃ = bf16(bf16(x + c)/s) − c/s, Ew = E − Ea. */
+static void score_of(const struct fx_lowrank_problem *p, const struct fx_lowrank_result *r, int rank,
+		     double w, double *e_out, double *score_out)
+{
+	const int64_t n = p->n, k = p->k, m = p->m;
+	const float c = p->shift ? FX_LOWRANK_SHIFT : 0.0f;
+	float *xq = malloc(m * k * 4), *rdq = malloc(n * k * 4);
+	double *xd = malloc(m * k * 8), *xl = malloc(m * (size_t)rank * 8), e = 0, sc = 0;
+	struct fx_err err = {0};
+
+	assert_int_equal(fx_lowrank_actq_cpu(xq, p->x, r->smooth, m, k, p->prec, p->shift, &err), 0);
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t j = 0; j < k; j++) {
+			double acc = (double)p->w[i * k + j] * r->smooth[j];
+			for (int q = 0; q < rank; q++)
+				acc -= (double)r->up[i * rank + q] * r->down[q * k + j];
+			rdq[i * k + j] = (float)acc;
+		}
+	assert_int_equal(fx_lowrank_resq_cpu(rdq, n, k, p->prec, p->member_rows, p->nmember, &err), 0);
+	for (int64_t i = 0; i < m; i++) {
+		for (int64_t j = 0; j < k; j++) {
+			float xp = bf16(bf16(bf16(p->x[i * k + j]) + c) / r->smooth[j]);
+			xd[i * k + j] = (double)xp - c / r->smooth[j] - xq[i * k + j];
+		}
+		for (int q = 0; q < rank; q++) {
+			double acc = 0;
+			for (int64_t j = 0; j < k; j++)
+				acc += (double)p->x[i * k + j] * (r->down[q * k + j] / r->smooth[j]);
+			xl[i * rank + q] = acc;
+		}
+	}
+	for (int64_t i = 0; i < m; i++)
+		for (int64_t o = 0; o < n; o++) {
+			double y = 0, yq = 0, ea = 0;
+			for (int64_t j = 0; j < k; j++) {
+				y += (double)p->x[i * k + j] * p->w[o * k + j];
+				yq += (double)xq[i * k + j] * rdq[o * k + j];
+				ea += xd[i * k + j] * rdq[o * k + j];
+			}
+			for (int q = 0; q < rank; q++)
+				yq += xl[i * rank + q] * r->up[o * rank + q];
+			e += (y - yq) * (y - yq);
+			sc += ea * ea + w * (y - yq - ea) * (y - yq - ea);
+		}
+	*e_out = e;
+	*score_out = sc;
+	free(xq); free(rdq); free(xd); free(xl);
+}
+
+/* gptq_weight: the search ranks by ‖Ea‖² + w·‖Ew‖² (each search is best at
+ * its own objective, recomputed here from the definitions) but reports
+ * true RTN errors. */
+static void check_gptq_score(enum fx_qprec prec, bool shift)
+{
+	struct prob pr;
+	struct fx_lowrank_opts o;
+	struct fx_lowrank_result a = {0}, b = {0};
+	struct fx_err err = {0};
+	double e, ea, eb, sa, sb;
+
+	prob_init(&pr, 384, 256, 256, prec, shift, 23);
+	fx_lowrank_opts_init(&o);
+	o.iters = 2;
+	o.search_rows = 0;
+	a.smooth = malloc(pr.p.k * 4);
+	a.down = malloc((size_t)o.rank * pr.p.k * 4);
+	a.up = malloc((size_t)pr.p.n * o.rank * 4);
+	b.smooth = malloc(pr.p.k * 4);
+	b.down = malloc((size_t)o.rank * pr.p.k * 4);
+	b.up = malloc((size_t)pr.p.n * o.rank * 4);
+	assert_int_equal(fx_lowrank_group_cpu(&a, &pr.p, &o, &err), 0);
+	o.gptq_weight = 0.05;
+	assert_int_equal(fx_lowrank_group_cpu(&b, &pr.p, &o, &err), 0);
+	score_of(&pr.p, &a, o.rank, o.gptq_weight, &ea, &sa);
+	score_of(&pr.p, &b, o.rank, o.gptq_weight, &eb, &sb);
+	print_message("# %s%s: rtn-judged alpha %.2f beta %.2f error %.4e score %.4e; gptq-judged "
+		      "alpha %.2f beta %.2f error %.4e score %.4e\n",
+		      prec == FX_QPREC_NVFP4 ? "nvfp4" : "int4", shift ? " shifted" : "", a.alpha, a.beta,
+		      ea, sa, b.alpha, b.beta, eb, sb);
+	assert_true(a.err_rtn == b.err_rtn);
+	assert_int_equal(fx_lowrank_error_cpu(&e, &pr.p, b.smooth, b.down, b.up, o.rank, &err), 0);
+	assert_true(fabs(e - b.err_final) <= 1e-5 * b.err_final);
+	assert_true(sb <= sa);
+	assert_true(ea <= eb);
+	if (prec == FX_QPREC_INT4)   /* here the two choices differ */
+		assert_true(sb < sa && ea < eb && b.alpha != a.alpha);
+	o.gptq_weight = 1.5;
+	assert_int_equal(fx_lowrank_group_cpu(&b, &pr.p, &o, &err), FX_E_ARG);
+	o.gptq_weight = NAN;
+	assert_int_equal(fx_lowrank_group_cpu(&b, &pr.p, &o, &err), FX_E_ARG);
+	free(a.smooth); free(a.down); free(a.up);
+	free(b.smooth); free(b.down); free(b.up);
+	prob_free(&pr);
+}
+
+static void test_gptq_score(void **state)
+{
+	(void)state;
+	check_gptq_score(FX_QPREC_NVFP4, false);
+	check_gptq_score(FX_QPREC_INT4, false);
+	check_gptq_score(FX_QPREC_INT4, true);
+}
+
 static void test_svd_method_agrees(void **state)
 {
 	struct prob pr;
@@ -986,6 +1091,7 @@ int main(void)
 		cmocka_unit_test(test_search_beats_rtn_nvfp4),
 		cmocka_unit_test(test_search_beats_rtn_int4),
 		cmocka_unit_test(test_svd_method_agrees),
+		cmocka_unit_test(test_gptq_score),
 		cmocka_unit_test(test_error_matches_runtime),
 		cmocka_unit_test(test_stage_output),
 		cmocka_unit_test(test_stage_caching),

@@ -433,6 +433,9 @@ static int parse_opts(const struct fx_lowrank_stage_opts *o, struct fx_lowrank_o
 	ko->grid = o->grid;
 	ko->iters = o->iters;
 	ko->finalists = o->finalists;
+	if (!(o->gptq_weight >= 0.0 && o->gptq_weight <= 1.0))
+		return fx_error(err, FX_E_ARG, "GPTQ weight must be 0-1, not %g", o->gptq_weight);
+	ko->gptq_weight = o->gptq_weight;
 	return 0;
 }
 
@@ -449,6 +452,16 @@ static char *layer_params(const struct fx_lowrank_stage_opts *o, const struct fx
 		     o->precision, ko->rank, ko->refine_power, FX_LOWRANK_SEARCH_VERSION,
 		     (long long)ko->search_rows, (unsigned long long)ko->seed) < 0)
 		return NULL;
+	/* only when set: branches searched for RTN keep their recipes */
+	if (ko->gptq_weight > 0.0) {
+		char *t = s;
+		size_t n = strlen(t);
+
+		t[n - 1] = '\0';
+		if (asprintf(&s, "%s,\"gptq_weight\":%g}", t, ko->gptq_weight) < 0)
+			s = NULL;
+		free(t);
+	}
 	return s;
 }
 
@@ -508,6 +521,8 @@ int fx_lowrank_run(const struct fx_lowrank_stage_opts *o, bool *up_to_date,
 	fx_stage_param_int(s, "refine_power", ko.refine_power);
 	fx_stage_param_int(s, "search", FX_LOWRANK_SEARCH_VERSION);
 	fx_stage_param_int(s, "seed", (long long)ko.seed);
+	if (ko.gptq_weight > 0.0)
+		fx_stage_param_real(s, "gptq_weight", ko.gptq_weight);
 	if ((ret = fx_stage_check(s, o->force, err)) < 0)
 		goto out;
 	if (ret == 1) {

@@ -14,7 +14,8 @@
  * {"num_double","num_single","hidden","mlp_hidden"}; fx.params holds rank,
  * precision, grid, iters, method, blocks ("A-B", global numbering of
  * fx-blocks.h) and the search constants (search_rows, oversample, power,
- * seed). Only W4A4 groups have a branch (adaLN groups have none).
+ * seed), and gptq_weight when the search was for GPTQ (absent: 0). Only
+ * W4A4 groups have a branch (adaLN groups have none).
  *
  * Layer recipe (fx.layers): the group's name, its members' weight tensors'
  * bytes, its calib absmax and samples bytes, and the parameters except
@@ -29,6 +30,8 @@
 
 struct fx_loras;
 
+#define FX_SEARCH_GPTQ_WEIGHT 0.05   /* flat over 0.03-0.1 on fx-synth models */
+
 struct fx_lowrank_stage_opts {
 	const char *model;
 	const struct fx_loras *loras;   /* merged into the model; NULL: none */
@@ -39,6 +42,9 @@ struct fx_lowrank_stage_opts {
 	int grid;                /* 20: 39 smoothing candidates */
 	int iters;               /* 100, with early stop */
 	int finalists;           /* 3: best-ranked candidates refined to the end */
+	double gptq_weight;      /* 0: search for RTN residuals; > 0 (FX_SEARCH_GPTQ_WEIGHT
+				  * for --for-gptq): for residuals fx-quant --gptq
+				  * quantizes (fx-lowrank.h) */
 	const char *method;      /* "rsvd" (default) | "svd" */
 	int first_block, last_block;   /* global numbering (fx-blocks.h); -1: all */
 	const char *device;      /* "cpu" | "cuda[:N]"; no GPU: CPU with a warning */
