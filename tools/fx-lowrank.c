@@ -24,7 +24,7 @@ static const struct fx_opt opts[] = {
 	{ "rank", 0, FX_OPT_REQ, "R", "rank of the low-rank branch, a multiple of 16 (default 32)", OPT_RANK },
 	{ "precision", 0, FX_OPT_REQ, "fp4|int4", "quantization the search measures (default fp4)", OPT_PRECISION },
 	{ "alpha-grid", 0, FX_OPT_REQ, "N", "smoothing exponents i/N, 2N-1 candidates (default 20)", OPT_GRID },
-	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 100)", OPT_ITERS },
+	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 100; 0 with --for-gptq)", OPT_ITERS },
 	{ "finalists", 0, FX_OPT_REQ, "F", "best-ranked smoothings refined to the end (default 3)", OPT_FINALISTS },
 	{ "for-gptq", 0, FX_OPT_NONE, NULL, "judge smoothings for a residual fx-quant --gptq will quantize", OPT_FOR_GPTQ },
 	{ "gptq-weight", 0, FX_OPT_REQ, "W", "weight-rounding share of that score, 0..1 (--for-gptq: 0.05; 0: RTN)", OPT_GPTQ_WEIGHT },
@@ -48,7 +48,7 @@ int main(int argc, char **argv)
 	struct fx_err err = {0};
 	struct fx_stage *s = NULL;
 	const char *arg;
-	bool utd, merge = false;
+	bool utd, merge = false, iters_set = false;
 	long v;
 	int id, ret;
 
@@ -84,6 +84,7 @@ int main(int argc, char **argv)
 			if (!fx_parse_int(arg, 0, 1000, &v))
 				return fx_cli_usage_error(&cli, "--iters wants 0..1000, not '%s'", arg);
 			o.iters = (int)v;
+			iters_set = true;
 			break;
 		case OPT_FINALISTS:
 			if (!fx_parse_int(arg, 1, FX_LOWRANK_MAX_FINALISTS, &v))
@@ -119,6 +120,10 @@ int main(int argc, char **argv)
 		return fx_tool_merge(&cli, argc, argv, "fx-lowrank", FX_FMT_BRANCH);
 	if ((ret = fx_tool_require(&cli, argc, argv, o.model && o.calib, "--model and --calib are required")))
 		return ret;
+	/* refinement fits the branch to round-to-nearest residuals: with GPTQ
+	 * choosing the codes it gains nothing (fx-lowrank(1) NUMERICS) */
+	if (o.gptq_weight > 0.0 && !iters_set)
+		o.iters = 0;
 	o.output = cli.c.output;
 	o.force = cli.c.force;
 	o.device = cli.c.device;

@@ -155,7 +155,7 @@ PY
 	echo "$output" | json_get - 'len(d["computed"]) == 24' | grep -q True
 }
 
-@test "--for-gptq: another search, recorded; the RTN search's files are not taken for it" {
+@test "--for-gptq: another search (no refinement), recorded; the RTN search's files are not taken for it" {
 	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 -o "$B"
 	cp "$B" "$BATS_TEST_TMPDIR/rtn.safetensors"
 	run -0 --separate-stderr fx-lowrank --model "$M" --calib "$CAL" --alpha-grid 4 --blocks 0-1 \
@@ -163,6 +163,8 @@ PY
 	echo "$output" | json_get - 'len(d["computed"]) == 16 and d["reused"] == []' | grep -q True
 	run -0 fx-verify --json "$B"
 	echo "$output" | json_get - 'd["files"][0]["params"]["gptq_weight"] == 0.05' | grep -q True
+	# and no refinement unless asked for
+	echo "$output" | json_get - 'd["files"][0]["params"]["iters"] == 0' | grep -q True
 	run -0 fx-verify --json "$BATS_TEST_TMPDIR/rtn.safetensors"
 	echo "$output" | json_get - '"gptq_weight" not in d["files"][0]["params"]' | grep -q True
 	# --gptq-weight 0.05 is --for-gptq; 0 is the RTN search
