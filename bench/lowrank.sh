@@ -18,8 +18,10 @@
 # Runs (each capped at FX_BENCH_LOWRANK_TIMEOUT seconds, default 300):
 #   rank 32 with --jobs 1 (one group at a time: every thread in its
 #   products) and the default, then rank 128 (default jobs), all with
-#   --method rsvd and the default search (the target: projected total under
-#   60 min for rank 32); then --method svd (LAPACK sgesdd) against rsvd at
+#   --method rsvd and --for-gptq, the search the pipelines run with GPTQ
+#   (their default; the target: projected total with GPTQ under 60 min for
+#   rank 32); rank 32 without it (the RTN search of GPTQ=0, with its
+#   refinement rounds); then --method svd (LAPACK sgesdd) against rsvd at
 #   rank 32 on the first block with one candidate and no refinement
 #   (--alpha-grid FX_BENCH_LR_GRID, default 1, --iters 0, --jobs 1): one SVD
 #   per group; svd over the full search is far too slow for a bench.
@@ -88,10 +90,10 @@ lr_run() {
 }
 
 # rank 32 one group at a time (--jobs 1), then the default (two at once)
-lr_run r32-jobs1 32 rsvd default --jobs 1
+lr_run r32-jobs1 32 rsvd default --jobs 1 --for-gptq
 t_j1=$LR_SEC
 for rank in 32 128; do
-	lr_run "r$rank" "$rank" rsvd default
+	lr_run "r$rank" "$rank" rsvd default --for-gptq
 	if [[ -n $LR_SEC ]]; then
 		total=$(calc "$LR_SEC * $DEV_RUNS")
 		note "r$rank rsvd: $(calc "$LR_SEC / ($BLOCKS * 4)" '%.2f') s per group (wall time / 8); projected FLUX.1-dev (304 groups): $(secs_h "$total")"
@@ -112,15 +114,28 @@ for rank in 32 128; do
 			[[ -z $gq ]] && gq=900 gq_from="not measured here: 15 min, fx-quant(1)'s figure"
 			note "r32 rsvd + GPTQ + fx-quant/fx-pack ($gq_from): $(secs_h "$total") + $(secs_h "$gq") = $(secs_h "$(calc "$total + $gq")") projected FLUX.1-dev post-calibration (target < 60 min): $(awk -v p="$(calc "$total + $gq")" 'BEGIN { print (p < 3600 ? "PASS" : "FAIL") }')"
 		fi
-		row "fx-lowrank r$rank rsvd" "8 groups, default grid" "$(calc "$LR_SEC / ($BLOCKS * 4)" '%.1f') s/group" \
+		row "fx-lowrank r$rank rsvd" "8 groups, --for-gptq" "$(calc "$LR_SEC / ($BLOCKS * 4)" '%.1f') s/group" \
 			"dev total $(secs_h "$total")" "$(calc "3600 / $total" '%.2f')" "60 min target / projected" "$LR_RSS" \
 			"$([[ $rank == 32 ]] && echo ">= 1 (< 60 min)" || echo "-")"
 	else
-		row "fx-lowrank r$rank rsvd" "8 groups, default grid" "> $LR_TIMEOUT s" \
+		row "fx-lowrank r$rank rsvd" "8 groups, --for-gptq" "> $LR_TIMEOUT s" \
 			"dev total > $(secs_h "$((LR_TIMEOUT * DEV_RUNS))")" "< $(calc "3600 / ($LR_TIMEOUT * $DEV_RUNS)" '%.2f')" \
 			"60 min target / projected" "$LR_RSS" "$([[ $rank == 32 ]] && echo ">= 1 (< 60 min)" || echo "-")"
 	fi
 done
+
+# the RTN search (GPTQ=0): refinement rounds, no GPTQ after it
+lr_run r32-rtn 32 rsvd default
+if [[ -n $LR_SEC ]]; then
+	total=$(calc "$LR_SEC * $DEV_RUNS")
+	note "r32 rsvd, RTN search (GPTQ=0 pipelines): $(calc "$LR_SEC / ($BLOCKS * 4)" '%.2f') s per group, projected FLUX.1-dev $(secs_h "$total")"
+	row "fx-lowrank r32 RTN search" "8 groups, default grid, refinement" "$(calc "$LR_SEC / ($BLOCKS * 4)" '%.1f') s/group" \
+		"dev total $(secs_h "$total")" "$(calc "3600 / $total" '%.2f')" "60 min target / projected" "$LR_RSS" ">= 1 (< 60 min)"
+else
+	row "fx-lowrank r32 RTN search" "8 groups, default grid, refinement" "> $LR_TIMEOUT s" \
+		"dev total > $(secs_h "$((LR_TIMEOUT * DEV_RUNS))")" "< $(calc "3600 / ($LR_TIMEOUT * $DEV_RUNS)" '%.2f')" \
+		"60 min target / projected" "$LR_RSS" ">= 1 (< 60 min)"
+fi
 
 # sgesdd against the randomized SVD, same (small) grid, the first block.
 lr_run r32-rsvd-g 32 rsvd "$LR_GRID" --iters 0 --blocks 0 --jobs 1

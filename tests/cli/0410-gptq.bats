@@ -279,3 +279,20 @@ sys.exit(0 if m[0] > m[1] + need else 1)
 PY
 	done
 }
+
+@test "fx-quant notes a branch searched for the other kind of codes (--for-gptq against --gptq)" {
+	fx-lowrank -q --model "$T/m" --calib "$T/calib.st" --rank 16 --alpha-grid 2 --blocks 0 -o "$T/b.st"
+	fx-lowrank -q --model "$T/m" --calib "$T/calib.st" --rank 16 --alpha-grid 2 --blocks 0 --for-gptq -o "$T/bg.st"
+	q() { fx-quant --model "$T/m" --precision fp4 --blocks 0 "$@" -o "$T/q.st" --force; }
+	run -0 --separate-stderr q --branch "$T/b.st" --calib "$T/calib.st" --gptq
+	[[ "$stderr" == *"b.st' was searched for round-to-nearest codes"*"fx-lowrank --for-gptq"* ]]
+	run -0 --separate-stderr q --branch "$T/bg.st"
+	[[ "$stderr" == *"bg.st' was searched for GPTQ"* ]]
+	for args in "--branch $T/bg.st --calib $T/calib.st --gptq" "--branch $T/b.st"; do
+		run -0 --separate-stderr q $args
+		[[ "$stderr" != *"was searched for"* ]]
+	done
+	# -q keeps it quiet
+	run -0 --separate-stderr q -q --branch "$T/b.st" --calib "$T/calib.st" --gptq
+	[[ "$stderr" != *"was searched for"* ]]
+}

@@ -84,6 +84,24 @@ static int check_precision(const struct fx_st *branch, const char *want, struct 
 	return ret;
 }
 
+/* A branch searched for GPTQ codes (fx-lowrank --for-gptq) and rounding
+ * to nearest, or the other way round, is legal but loses quality: say so. */
+static void note_gptq_match(const struct fx_st *branch, bool gptq)
+{
+	json_t *p = json_loads(fx_st_meta(branch, "fx.params"), 0, NULL);
+	double w = json_number_value(json_object_get(p, "gptq_weight"));
+
+	if (w > 0.0 && !gptq)
+		fx_log_info("note: '%s' was searched for GPTQ (fx-lowrank --for-gptq): without --gptq "
+			    "its residual rounds worse than that of a branch searched without it",
+			    fx_st_path(branch));
+	else if (!(w > 0.0) && gptq)
+		fx_log_info("note: '%s' was searched for round-to-nearest codes: with --gptq, "
+			    "fx-lowrank --for-gptq picks smoothings that gain more (fx-lowrank(1))",
+			    fx_st_path(branch));
+	json_decref(p);
+}
+
 /* Declares the fx.quant tensors of one group. */
 static int declare(struct fx_stage *s, const struct fx_group *g, bool fp4, struct fx_err *err)
 {
@@ -807,6 +825,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		    (ret = check_precision(branch, o->precision, err)) < 0 ||
 		    (ret = fx_stage_input(s, "branch", o->branch, err)) < 0)
 			goto out;
+		note_gptq_match(branch, o->gptq);
 	}
 	if ((o->search || o->gptq) && o->calib) {
 		if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||
