@@ -7,13 +7,15 @@
  * X (m,k) the calibration rows (unshifted inputs), s (k) the smoothing
  * vector. The branch acts on the smoothed input: W·diag(s) ≈ up·down + R,
  * down (r,k), up (n,r). The runtime (nunchaku-svdq-format.md §3.2) computes
- *   y = Q_a(x') · deq(Q(R))ᵀ + x · (down/s)ᵀ · upᵀ + bias_stored,
+ *   y = Q_a(x') · deq(Q(R))ᵀ + x · bf16(down/s)ᵀ · bf16(up)ᵀ + bias_stored,
  *   x' = bf16(bf16(x + c) / s),  bias_stored = b − deq(Q(R)) · (c/s)
  * with c = FX_LOWRANK_SHIFT for INT4 GELU-input groups (*_fc2; activations
  * unsigned) and 0 otherwise. So, with Rdq = deq(Q(R)) and
  * Xq = deq(Q_a(x')) − c/s, the output error against the original layer is
- *   E = X·Wᵀ − (Xq·Rdqᵀ + X·(down/s)ᵀ·upᵀ)
- * and the reported error is ‖E‖²_F / ‖X·Wᵀ‖²_F (sums in f64).
+ *   E = X·Wᵀ − (Xq·Rdqᵀ + X·bf16(down/s)ᵀ·bf16(up)ᵀ)
+ * (the checkpoint stores lora_down = down/s and lora_up in BF16: at rank
+ * 128 that rounding can cost more than the 4-bit residual) and the reported
+ * error is ‖E‖²_F / ‖X·Wᵀ‖²_F (sums in f64).
  * Weights are quantized by round-to-nearest exactly as fx_quant_int4_cpu /
  * fx_quant_nvfp4_cpu do without a clipping search (NVFP4: one tensor scale
  * per fused member); activations exactly as fx_actq_*_ref.
@@ -62,8 +64,9 @@
 /* Bumped when the search changes what it returns for the same options
  * (recorded in fx.params and the layer recipes, so older branches are not
  * reused): 2 = smoothing span x + c for shifted groups, finalists;
- * 3 = 64 search rows, finalists given up (abandon); 4 = 32 search rows. */
-#define FX_LOWRANK_SEARCH_VERSION 4
+ * 3 = 64 search rows, finalists given up (abandon); 4 = 32 search rows;
+ * 5 = the branch in the error as the checkpoint stores it (BF16). */
+#define FX_LOWRANK_SEARCH_VERSION 5
 
 enum fx_lowrank_method {
 	FX_LOWRANK_RSVD,   /* randomized SVD with power iterations (default) */

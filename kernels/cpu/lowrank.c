@@ -770,6 +770,7 @@ struct lr {
 	float *rbuf, *abuf;        /* (n,k) residual / refinement target */
 	float *y, *ys, *xs;        /* X·Wᵀ (m,n), its search rows (ms,n), their X (ms,k) */
 	float *xq, *e, *t, *ds;    /* (m,k), (m,n), (m,r), (r,k) */
+	float *ub, *db;            /* (n,r), (r,k) the branch as stored (fx_ops_branch_stored) */
 	float *rowmax, *cs, *wmax, *s, *xspan;
 	double *rowsum;
 	double ynorm, ysnorm;
@@ -783,7 +784,7 @@ struct lr {
 static void lr_free(struct lr *c)
 {
 	free(c->rbuf); free(c->abuf); free(c->y); free(c->ys); free(c->xs); free(c->xq);
-	free(c->e); free(c->t); free(c->ds); free(c->rowmax); free(c->cs); free(c->wmax);
+	free(c->e); free(c->t); free(c->ds); free(c->ub); free(c->db); free(c->rowmax); free(c->cs); free(c->wmax);
 	free(c->s); free(c->rowsum); free(c->up); free(c->down); free(c->bup); free(c->bdown);
 	free(c->b0up); free(c->b0down); free(c->basis); free(c->xspan); free(c->xd); free(c->ea);
 	rsvd_ws_free(&c->rw);
@@ -801,7 +802,7 @@ static void actq_err_row(float *d, const float *x, const float *xq, const float 
 	}
 }
 
-/* E = Y − X·(down/s)ᵀ·upᵀ − Xq·Rdqᵀ over mm rows (Rdq in c->rbuf); c->truth
+/* E = Y − X·bf16(down/s)ᵀ·bf16(up)ᵀ − Xq·Rdqᵀ over mm rows (Rdq in c->rbuf); c->truth
  * = ‖E‖². Returns ‖E‖², or with c->gw > 0 the score for a residual GPTQ
  * will quantize: E = Ea + Ew, Ea = (X̃ − Xq)·Rdqᵀ what activation rounding
  * costs, Ew what weight rounding costs, most of which GPTQ removes, so
@@ -829,9 +830,12 @@ static double lr_eval_q(struct lr *c, const float *x, const float *y, int64_t mm
 #pragma omp parallel for schedule(static) if(BIG((int64_t)r * k))
 		for (int j = 0; j < r; j++)
 			for (int64_t i = 0; i < k; i++)
-				c->ds[j * k + i] = s ? down[j * k + i] / s[i] : down[j * k + i];
+				c->ds[j * k + i] = bf16r(s ? down[j * k + i] / s[i] : down[j * k + i]);
+#pragma omp parallel for schedule(static) if(BIG(n * r))
+		for (int64_t i = 0; i < n * r; i++)
+			c->ub[i] = bf16r(up[i]);
 		pgemm(false, true, mm, r, k, 1.0f, x, k, c->ds, k, 0.0f, c->t, r);
-		pgemm(false, true, mm, n, r, -1.0f, c->t, r, up, r, 1.0f, c->e, n);
+		pgemm(false, true, mm, n, r, -1.0f, c->t, r, c->ub, r, 1.0f, c->e, n);
 	}
 	pgemm(false, true, mm, n, k, -1.0f, c->xq, k, c->rbuf, k, 1.0f, c->e, n);
 #pragma omp parallel for schedule(static) if(BIG(mm * n))
@@ -880,15 +884,17 @@ static double lr_eval_search(struct lr *c, const float *up, const float *down, i
 	return e;
 }
 
-/* rbuf = deq(Q(W·diag(s) − up·down)). */
+/* rbuf = deq(Q(W·diag(s) − up_b·down_b)), the branch as stored. */
 static void lr_residual(struct lr *c, const float *s, const float *up, const float *down, int r)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 
-	/* the kernel fx-quant builds its residual with (not BLAS): the search
+	/* the kernels fx-quant builds its residual with (not BLAS): the search
 	 * measures the residual fx-quant will quantize, whatever the threads */
-	fx_ops_residual(c->rbuf, p->w, s, up, down, NULL, n, k, r);
+	if (r > 0)
+		fx_ops_branch_stored(c->ub, c->db, up, down, s, n, r, k);
+	fx_ops_residual(c->rbuf, p->w, s, c->ub, c->db, NULL, n, k, r);
 	if (p->prec == FX_QPREC_NVFP4) {
 #pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)
@@ -952,6 +958,8 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 	c->e = malloc((size_t)m * n * sizeof(float));
 	c->t = malloc((size_t)m * r * sizeof(float));
 	c->ds = malloc((size_t)r * k * sizeof(float));
+	c->ub = malloc((size_t)n * r * sizeof(float));
+	c->db = malloc((size_t)r * k * sizeof(float));
 	c->rowmax = malloc((size_t)n * sizeof(float));
 	c->cs = malloc((size_t)k * sizeof(float));
 	c->wmax = calloc((size_t)k, sizeof(float));
@@ -971,7 +979,7 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 		c->ea = malloc((size_t)m * n * sizeof(float));
 	}
 	if ((c->gw > 0.0 && (!c->xd || !c->ea)) || !c->rbuf || (o->iters > 0 && !c->abuf) || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
-	    !c->ds || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->xspan || !c->rowsum || !c->up ||
+	    !c->ds || !c->ub || !c->db || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->xspan || !c->rowsum || !c->up ||
 	    !c->down || !c->bup || !c->bdown || !c->b0up || !c->b0down || !c->basis)
 		return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer with %lld rows",
 				(long long)n, (long long)k, (long long)m);

@@ -448,7 +448,7 @@ static void test_search_beats_rtn_int4(void **state)
 }
 
 /* ‖E‖² and ‖Ea‖² + w·‖Ew‖² of a result over all rows, in f64 from the
- * definitions (fx-lowrank.h): E = X·Wᵀ − Xq·Rdqᵀ − X·(down/s)ᵀ·upᵀ,
+ * definitions (fx-lowrank.h): E = X·Wᵀ − Xq·Rdqᵀ − X·bf16(down/s)ᵀ·bf16(up)ᵀ,
  * Ea = (X̃ − Xq)·Rdqᵀ, X̃ = bf16(bf16(x + c)/s) − c/s, Ew = E − Ea. */
 static void score_of(const struct fx_lowrank_problem *p, const struct fx_lowrank_result *r, int rank,
 		     double w, double *e_out, double *score_out)
@@ -476,7 +476,7 @@ static void score_of(const struct fx_lowrank_problem *p, const struct fx_lowrank
 		for (int q = 0; q < rank; q++) {
 			double acc = 0;
 			for (int64_t j = 0; j < k; j++)
-				acc += (double)p->x[i * k + j] * (r->down[q * k + j] / r->smooth[j]);
+				acc += (double)p->x[i * k + j] * bf16(r->down[q * k + j] / r->smooth[j]);
 			xl[i * rank + q] = acc;
 		}
 	}
@@ -489,7 +489,7 @@ static void score_of(const struct fx_lowrank_problem *p, const struct fx_lowrank
 				ea += xd[i * k + j] * rdq[o * k + j];
 			}
 			for (int q = 0; q < rank; q++)
-				yq += xl[i * rank + q] * r->up[o * rank + q];
+				yq += xl[i * rank + q] * bf16(r->up[o * rank + q]);
 			e += (y - yq) * (y - yq);
 			sc += ea * ea + w * (y - yq - ea) * (y - yq - ea);
 		}
@@ -596,6 +596,13 @@ static void check_runtime(enum fx_qprec prec, bool shift)
 	R = malloc(n * k * 4); rdq = malloc(n * k * 4); ld = malloc(k * r * 4);
 	y = malloc(m * n * 4); yr = malloc(m * n * 4);
 	codes = malloc(n * k / 2); scales = malloc(n * k / 16 * 2);
+	/* the branch as the checkpoint stores it (BF16 lora_up, lora_down =
+	 * down/s), which the residual absorbs: R = W·diag(s) − bf16(up)·(bf16(down/s)·s) */
+	for (int64_t i = 0; i < n * r; i++)
+		u[i] = bf16(u[i]);
+	for (int i = 0; i < r; i++)
+		for (int64_t j = 0; j < k; j++)
+			d[i * k + j] = bf16(d[i * k + j] / s[j]) * s[j];
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, r, 1.0f, u, r, d,
 		    (int)k, 0.0f, R, (int)k);
 	for (int64_t i = 0; i < n; i++)
@@ -611,7 +618,7 @@ static void check_runtime(enum fx_qprec prec, bool shift)
 	}
 	for (int64_t j = 0; j < k; j++)
 		for (int i = 0; i < r; i++)
-			ld[j * r + i] = d[i * k + j] / s[j];
+			ld[j * r + i] = bf16(d[i * k + j] / s[j]);
 	if (shift) {
 		bias = malloc(n * 4);
 		assert_int_equal(fx_rt_fc2_bias(bias, NULL, rdq, s, n, k, FX_LOWRANK_SHIFT, &err), 0);
