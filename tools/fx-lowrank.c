@@ -26,7 +26,7 @@ static const struct fx_opt opts[] = {
 	{ "alpha-grid", 0, FX_OPT_REQ, "N", "smoothing exponents i/N, 2N-1 candidates (default 20)", OPT_GRID },
 	{ "iters", 0, FX_OPT_REQ, "I", "branch refinement rounds, early stop (default 100; 0 with --for-gptq)", OPT_ITERS },
 	{ "finalists", 0, FX_OPT_REQ, "F", "best-ranked smoothings refined to the end (default 3)", OPT_FINALISTS },
-	{ "for-gptq", 0, FX_OPT_NONE, NULL, "judge smoothings for a residual fx-quant --gptq will quantize", OPT_FOR_GPTQ },
+	{ "for-gptq", 0, FX_OPT_NONE, NULL, "judge smoothings for GPTQ codes (fx-quant's GPTQ; no refinement)", OPT_FOR_GPTQ },
 	{ "gptq-weight", 0, FX_OPT_REQ, "W", "weight-rounding share of that score, 0..1 (--for-gptq: 0.05; 0: RTN)", OPT_GPTQ_WEIGHT },
 	{ "method", 0, FX_OPT_REQ, "svd|rsvd", "LAPACK SVD or randomized SVD (default rsvd)", OPT_METHOD },
 	{ "blocks", 0, FX_OPT_REQ, "A-B", "only these blocks (double first, then single)", OPT_BLOCKS },
@@ -38,7 +38,7 @@ static const struct fx_opt opts[] = {
 int main(int argc, char **argv)
 {
 	struct fx_cli cli = {
-		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--for-gptq] [--method svd|rsvd] [--blocks A-B] [--jobs J] -o branch.safetensors",
+		.synopsis = "fx-lowrank --model M --calib C [--rank R] [--precision fp4|int4] [--alpha-grid N] [--iters I] [--finalists F] [--for-gptq | --gptq-weight W] [--method svd|rsvd] [--blocks A-B] [--jobs J] -o branch.safetensors",
 		.summary = "Search the smoothing and the low-rank branch of every fused layer (fx.branch).",
 		.opts = opts,
 		.common = FX_CLI_OUTPUT | FX_CLI_FORCE | FX_CLI_JSON | FX_CLI_THREADS | FX_CLI_DEVICE,
