@@ -14,7 +14,8 @@
  * Xq = deq(Q_a(x')) − c/s, the output error against the original layer is
  *   E = X·Wᵀ − (Xq·Rdqᵀ + X·bf16(down/s)ᵀ·bf16(up)ᵀ)
  * (the checkpoint stores lora_down = down/s and lora_up in BF16: at rank
- * 128 that rounding can cost more than the 4-bit residual) and the reported
+ * 128 that rounding can cost more than the 4-bit residual; R itself is
+ * that of the f32 branch, as fx-quant computes it) and the reported
  * error is ‖E‖²_F / ‖X·Wᵀ‖²_F (sums in f64).
  * Weights are quantized by round-to-nearest exactly as fx_quant_int4_cpu /
  * fx_quant_nvfp4_cpu do without a clipping search (NVFP4: one tensor scale

@@ -107,12 +107,6 @@ void fx_ops_add(float *a, const float *b, size_t n);
  * parallel region. */
 void fx_ops_residual(float *dst, const float *w, const float *s, const float *up,
 		     const float *down, const float *packed, int64_t rows, int64_t k, int64_t rank);
-/* The branch as the runtime applies it, in the smoothed domain: up_b
- * (rows,rank) = bf16(up), down_b (rank,k) = bf16(down/s)·s (s NULL:
- * bf16(down)): the checkpoint stores lora_up and lora_down = down/s in
- * BF16, so the residual W·diag(s) − up_b·down_b absorbs that rounding. */
-void fx_ops_branch_stored(float *up_b, float *down_b, const float *up, const float *down,
-			  const float *s, int64_t rows, int64_t rank, int64_t k);
 /* down (rank,k) as tiles of 16 columns, each (rank,16) contiguous, into dp
  * (rank·k floats; columns after the last whole tile are not copied). */
 void fx_ops_residual_pack(float *dp, const float *down, int64_t rank, int64_t k);

@@ -770,7 +770,7 @@ struct lr {
 	float *rbuf, *abuf;        /* (n,k) residual / refinement target */
 	float *y, *ys, *xs;        /* X·Wᵀ (m,n), its search rows (ms,n), their X (ms,k) */
 	float *xq, *e, *t, *ds;    /* (m,k), (m,n), (m,r), (r,k) */
-	float *ub, *db;            /* (n,r), (r,k) the branch as stored (fx_ops_branch_stored) */
+	float *ub;                 /* (n,r) up as the checkpoint stores it (BF16) */
 	float *rowmax, *cs, *wmax, *s, *xspan;
 	double *rowsum;
 	double ynorm, ysnorm;
@@ -784,7 +784,7 @@ struct lr {
 static void lr_free(struct lr *c)
 {
 	free(c->rbuf); free(c->abuf); free(c->y); free(c->ys); free(c->xs); free(c->xq);
-	free(c->e); free(c->t); free(c->ds); free(c->ub); free(c->db); free(c->rowmax); free(c->cs); free(c->wmax);
+	free(c->e); free(c->t); free(c->ds); free(c->ub); free(c->rowmax); free(c->cs); free(c->wmax);
 	free(c->s); free(c->rowsum); free(c->up); free(c->down); free(c->bup); free(c->bdown);
 	free(c->b0up); free(c->b0down); free(c->basis); free(c->xspan); free(c->xd); free(c->ea);
 	rsvd_ws_free(&c->rw);
@@ -884,17 +884,15 @@ static double lr_eval_search(struct lr *c, const float *up, const float *down, i
 	return e;
 }
 
-/* rbuf = deq(Q(W·diag(s) − up_b·down_b)), the branch as stored. */
+/* rbuf = deq(Q(W·diag(s) − up·down)). */
 static void lr_residual(struct lr *c, const float *s, const float *up, const float *down, int r)
 {
 	const struct fx_lowrank_problem *p = c->p;
 	const int64_t n = c->n, k = c->k;
 
-	/* the kernels fx-quant builds its residual with (not BLAS): the search
+	/* the kernel fx-quant builds its residual with (not BLAS): the search
 	 * measures the residual fx-quant will quantize, whatever the threads */
-	if (r > 0)
-		fx_ops_branch_stored(c->ub, c->db, up, down, s, n, r, k);
-	fx_ops_residual(c->rbuf, p->w, s, c->ub, c->db, NULL, n, k, r);
+	fx_ops_residual(c->rbuf, p->w, s, up, down, NULL, n, k, r);
 	if (p->prec == FX_QPREC_NVFP4) {
 #pragma omp parallel for schedule(static) if(BIG(n * k))
 		for (int64_t i = 0; i < n; i++)
@@ -959,7 +957,6 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 	c->t = malloc((size_t)m * r * sizeof(float));
 	c->ds = malloc((size_t)r * k * sizeof(float));
 	c->ub = malloc((size_t)n * r * sizeof(float));
-	c->db = malloc((size_t)r * k * sizeof(float));
 	c->rowmax = malloc((size_t)n * sizeof(float));
 	c->cs = malloc((size_t)k * sizeof(float));
 	c->wmax = calloc((size_t)k, sizeof(float));
@@ -979,7 +976,7 @@ static int lr_init(struct lr *c, const struct fx_lowrank_problem *p, const struc
 		c->ea = malloc((size_t)m * n * sizeof(float));
 	}
 	if ((c->gw > 0.0 && (!c->xd || !c->ea)) || !c->rbuf || (o->iters > 0 && !c->abuf) || !c->y || !c->ys || !c->xs || !c->xq || !c->e || !c->t ||
-	    !c->ds || !c->ub || !c->db || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->xspan || !c->rowsum || !c->up ||
+	    !c->ds || !c->ub || !c->rowmax || !c->cs || !c->wmax || !c->s || !c->xspan || !c->rowsum || !c->up ||
 	    !c->down || !c->bup || !c->bdown || !c->b0up || !c->b0down || !c->basis)
 		return fx_error(err, FX_E_NOMEM, "out of memory for a %lldx%lld layer with %lld rows",
 				(long long)n, (long long)k, (long long)m);

@@ -2,7 +2,6 @@
  * and attention), OpenMP for elementwise, norm and softmax loops. */
 #include "../fx-ops.h"
 #include "fx-cpu-simd.h"
-#include "fx-tensor.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -652,24 +651,6 @@ static void residual_tile(float *dst, int64_t ldd, const float *w, int64_t ldw, 
 	}
 #undef TILE
 #undef STORE8
-}
-
-static inline float bf16_round(float f)
-{
-	return fx_bf16_to_f32(fx_f32_to_bf16(f));
-}
-
-void fx_ops_branch_stored(float *up_b, float *down_b, const float *up, const float *down,
-			  const float *s, int64_t rows, int64_t rank, int64_t k)
-{
-	#pragma omp parallel for schedule(static) if (!omp_in_parallel() && rows * rank > (1 << 20))
-	for (int64_t i = 0; i < rows * rank; i++)
-		up_b[i] = bf16_round(up[i]);
-	#pragma omp parallel for schedule(static) if (!omp_in_parallel() && rank * k > (1 << 20))
-	for (int64_t l = 0; l < rank; l++)
-		for (int64_t j = 0; j < k; j++)
-			down_b[l * k + j] = s ? bf16_round(down[l * k + j] / s[j]) * s[j]
-					      : bf16_round(down[l * k + j]);
 }
 
 void fx_ops_residual_pack(float *dp, const float *down, int64_t rank, int64_t k)

@@ -264,16 +264,6 @@ __global__ void k_divcols(float *ds, const float *down, const float *s, int64_t 
 		ds[i] = bf16r(s ? __fdiv_rn(down[i], s[i % k]) : down[i]);
 }
 
-// db (r,k) = bf16(down/s)·s: the stored lora_down in the smoothed domain
-// (fx_ops_branch_stored).
-__global__ void k_down_stored(float *db, const float *down, const float *s, int64_t r, int64_t k)
-{
-	int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-
-	if (i < r * k)
-		db[i] = s ? __fmul_rn(bf16r(__fdiv_rn(down[i], s[i % k])), s[i % k]) : bf16r(down[i]);
-}
-
 // b (count) = bf16(a): lora_up as the checkpoint stores it.
 __global__ void k_bf16(float *b, const float *a, int64_t count)
 {
@@ -330,7 +320,7 @@ struct gctx {
 	float *w, *x, *xs, *y, *ys, *e, *xq, *t, *ds, *rbuf, *abuf, *s, *rowmax, *rowt;
 	float *up, *bup, *bdown, *b0up, *b0down, *om, *yl, *z, *basis, *fbasis, *sbasis, *fup, *small, *work;
 	float *xd, *ea;   // gw > 0: (m,k), (m,n)
-	float *ub, *db;   // (n,r) bf16(up), (r,k) bf16(down/s)·s
+	float *ub;        // (n,r) bf16(up)
 	double gw;
 	double *rowsum;
 	int *info;
@@ -355,7 +345,7 @@ static void ctx_free(struct gctx *g)
 	float **d[] = { &g->w, &g->x, &g->xs, &g->y, &g->ys, &g->e, &g->xq, &g->t, &g->ds,
 			&g->rbuf, &g->abuf, &g->s, &g->rowmax, &g->rowt, &g->up, &g->bup,
 			&g->bdown, &g->b0up, &g->b0down, &g->om, &g->yl, &g->z, &g->basis, &g->fbasis,
-			&g->sbasis, &g->fup, &g->small, &g->work, &g->xd, &g->ea, &g->ub, &g->db };
+			&g->sbasis, &g->fup, &g->small, &g->work, &g->xd, &g->ea, &g->ub };
 
 	for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++)
 		cudaFree(*d[i]);
@@ -540,13 +530,8 @@ static int residual(struct gctx *g, const float *s, int r, struct fx_err *err)
 	int ret = 0;
 
 	if (r > 0) {
-		// row-major L (n,k) = up (n,r)·down (r,k) as stored (BF16); down =
-		// basis columns
-		k_bf16<<<nblocks(n * r, 256), 256>>>(g->ub, g->up, n * r);
-		KCHECK();
-		k_down_stored<<<nblocks((int64_t)r * k, 256), 256>>>(g->db, g->basis, s, r, k);
-		KCHECK();
-		CB(rm_gemm(g->cb, false, false, n, k, r, 1.0f, g->ub, r, g->db, k, 0.0f, g->rbuf, k));
+		// row-major L (n,k) = up (n,r)·down (r,k); down = basis columns
+		CB(rm_gemm(g->cb, false, false, n, k, r, 1.0f, g->up, r, g->basis, k, 0.0f, g->rbuf, k));
 	} else {
 		CK(cudaMemset(g->rbuf, 0, (size_t)n * k * sizeof(float)));
 	}
@@ -683,7 +668,6 @@ static int ctx_init(struct gctx *g, int dev, const struct fx_lowrank_problem *p,
 	DALLOC(g->small, (int64_t)g->l * g->l);
 	DALLOC(g->rowsum, m);
 	DALLOC(g->ub, n * g->r);
-	DALLOC(g->db, (int64_t)g->r * k);
 	g->gw = o->gptq_weight;
 	if (g->gw > 0.0) {
 		DALLOC(g->xd, m * k);

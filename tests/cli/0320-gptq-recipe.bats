@@ -15,15 +15,17 @@
 # branch) on held-out rows >= GAIN in every class; fx-quant's GPTQ codes
 # those of the reference's GPTQ of the same residual but for f32 rounding
 # (<= 2 % of the codes, SNR within 0.05 dB a layer). Measured here (seed 1,
-# search 5 --for-gptq): fp4 mean +0.20 dB, worst class fc1 +0.05, gains
-# 2.53 to 2.72; int4 +0.87, worst class qkv +0.68, gains 5.98 to 10.54.
-# Seeds 2 and 3 (the same blocks): fp4 +0.13 and +0.21 (worst class qkv
-# +0.04), int4 +0.67 and +1.15 (worst class out +0.41); rank 128, seeds 1-3:
-# fp4 +0.20 to +0.39 (worst class fc1 +0.05), int4 +0.49 to +1.38 (fc1 +0.19).
-# The search judged by RTN error (no --for-gptq) with GPTQ: fp4 +0.05,
-# int4 -0.09 (int4 fc2 -0.85); fx-quant(1) NUMERICS.
+# search 5 --for-gptq): fp4 mean +0.16 dB, worst class fc1 +0.03, gains
+# 2.60 to 2.68; int4 +0.74, worst class qkv +0.55, gains 5.79 to 10.51.
+# Seeds 2 and 3 (the same blocks): fp4 +0.10 and +0.15 (worst class qkv
+# -0.01), int4 +0.55 and +1.00 (worst class out +0.36). The search judged
+# by RTN error (no --for-gptq) with GPTQ: fp4 -0.01, int4 -0.13 (int4 fc2
+# -0.81); fx-quant(1) NUMERICS.
 # Thresholds: MEAN +0.05, CLASS -0.05 (OpenBLAS kernels move near ties),
-# GAIN 1.5 (fp4) and 4.0 (int4);
+# GAIN 1.5 (fp4) and 4.0 (int4). Rank 128 (seed 1): fp4 +0.06 (worst class
+# out -0.02), int4 +0.01 (out -0.09), gains >= 2.18 / 4.88: level, held
+# to MEAN -0.05 and CLASS -0.25 (search 4, RTN-judged: fp4 +0.00, int4 -0.23
+# with out -0.40 and fc2 -0.42).
 # fx-quant's codes without --gptq give -1.4 / -4.7 dB and no gain.
 
 load helper
@@ -44,21 +46,22 @@ setup() {
 	REF=$BATS_TEST_DIRNAME/../fixtures/recipe_ref.py
 }
 
-# compare PREC: fx-lowrank (--for-gptq, rank 32) and fx-quant with and without
-# --gptq on blocks 1-2 (double block 1, single block 0: every layer class),
-# then the reference; its JSON in $D/PREC.json
+# compare PREC [RANK]: fx-lowrank (--for-gptq, rank 32) and fx-quant with and
+# without --gptq on blocks 1-2 (double block 1, single block 0: every layer
+# class), then the reference; its JSON in $D/PREC.json ($D/PREC-rRANK.json)
 compare() {
-	local p=$1 w=$BATS_TEST_TMPDIR
+	local p=$1 r=${2:-32} w=$BATS_TEST_TMPDIR j=$D/$1.json
+	[[ $r == 32 ]] || j=$D/$1-r$r.json
 	fx-lowrank -q --model "$D/m" --calib "$D/cal.safetensors" --precision "$p" --blocks 1-2 \
-		--for-gptq -o "$w/b.safetensors"
+		--rank "$r" --for-gptq -o "$w/b.safetensors"
 	fx-quant -q --model "$D/m" --branch "$w/b.safetensors" --precision "$p" --blocks 1-2 \
 		-o "$w/q.safetensors"
 	fx-quant -q --model "$D/m" --branch "$w/b.safetensors" --calib "$D/cal.safetensors" --gptq \
 		--precision "$p" --blocks 1-2 -o "$w/qg.safetensors"
 	python3 "$REF" --model "$D/m" --calib "$D/cal.safetensors" --heldout "$D/held.safetensors" \
-		--precision "$p" --branch "$w/b.safetensors" --quant "$w/q.safetensors" \
+		--precision "$p" --rank "$r" --branch "$w/b.safetensors" --quant "$w/q.safetensors" \
 		--gptq --quant-gptq "$w/qg.safetensors" -q \
-		--layers '^(transformer_blocks\.1|single_transformer_blocks\.0)\.' --json "$D/$p.json"
+		--layers '^(transformer_blocks\.1|single_transformer_blocks\.0)\.' --json "$j"
 }
 
 # check JSON MEAN CLASS GAIN [worse]: the thresholds above; with "worse",
@@ -117,6 +120,13 @@ PY
 @test "int4: fx-lowrank --for-gptq + fx-quant --gptq beat the recipe with GPTQ, and no GPTQ on held-out rows" {
 	compare int4
 	check "$D/int4.json" 0.05 -0.05 4.0
+}
+
+@test "rank 128, fp4 and int4: level with the recipe with GPTQ, far above no GPTQ" {
+	compare fp4 128
+	check "$D/fp4-r128.json" -0.05 -0.25 1.5
+	compare int4 128
+	check "$D/int4-r128.json" -0.05 -0.25 4.0
 }
 
 @test "the thresholds fail fx-quant's codes without --gptq" {

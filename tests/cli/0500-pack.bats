@@ -189,9 +189,8 @@ PY
 	fx-quant -q --model "$W/m2" --branch "$W/branch.safetensors" --precision int4 -o "$W/q.safetensors"
 	fx-pack -q --model "$W/m2" --quant "$W/q.safetensors" --branch "$W/branch.safetensors" -o "$W/p.safetensors"
 	# The expected value is the upstream (middle) form of spec 2.3.3, computed in
-	# f64 from the source weight W and bias b (BF16, exact in f64) and the
-	# branch as the checkpoint stores it, whose rounding fx-quant's residual
-	# absorbs: Ld = bf16(down/s) (K, r), Lu = bf16(up) (N, r). The packer stores one BF16
+	# f64 from the source weight W and bias b (BF16, exact in f64) and the F32
+	# branch: Ld = down/s (K, r), Lu = up (N, r). The packer stores one BF16
 	# rounding of an f32: within half a BF16 ulp, 2^-8 of the value (plus 2^-24
 	# from the f32 step and ~1e-12 from a different summation order: 1e-6 covers
 	# both). The same check is run with the branch term dropped and with Ld not
@@ -229,13 +228,9 @@ for name, Wt, b in fc2:
     up = br[name + ".up"].astype(np.float64)
     assert down.shape == (32, Wt.shape[1]) and up.shape == (Wt.shape[0], 32)
     assert abs(s - 1).max() > 0.1, name + ": smoothing is trivial, the test would not see it"
-    def bf16(v):
-        u = v.astype(np.float32).view(np.uint32).astype(np.uint64)
-        u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
-        return u.view(np.float32).astype(np.float64)
-    Ld = bf16((down.astype(np.float32) / s.astype(np.float32))).T
+    Ld = (down / s).T
     ones = np.ones(Wt.shape[1])
-    want = b - c * (Wt @ ones) + c * (bf16(up) @ (Ld.T @ ones))
+    want = b - c * (Wt @ ones) + c * (up @ (Ld.T @ ones))
     got = np.array(unpack_vec(list(pk(name + ".bias"))))
     assert ok(got, want), (name, abs(got - want).max())
     assert not ok(got, b - c * (Wt @ ones)), name + ": the branch term is too small to check"

@@ -596,13 +596,8 @@ static void check_runtime(enum fx_qprec prec, bool shift)
 	R = malloc(n * k * 4); rdq = malloc(n * k * 4); ld = malloc(k * r * 4);
 	y = malloc(m * n * 4); yr = malloc(m * n * 4);
 	codes = malloc(n * k / 2); scales = malloc(n * k / 16 * 2);
-	/* the branch as the checkpoint stores it (BF16 lora_up, lora_down =
-	 * down/s), which the residual absorbs: R = W·diag(s) − bf16(up)·(bf16(down/s)·s) */
-	for (int64_t i = 0; i < n * r; i++)
-		u[i] = bf16(u[i]);
-	for (int i = 0; i < r; i++)
-		for (int64_t j = 0; j < k; j++)
-			d[i * k + j] = bf16(d[i * k + j] / s[j]) * s[j];
+	/* R from the f32 branch (fx-quant's); the module gets the branch as
+	 * the checkpoint stores it (BF16 lora_up, lora_down = down/s) */
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)k, r, 1.0f, u, r, d,
 		    (int)k, 0.0f, R, (int)k);
 	for (int64_t i = 0; i < n; i++)
@@ -619,6 +614,8 @@ static void check_runtime(enum fx_qprec prec, bool shift)
 	for (int64_t j = 0; j < k; j++)
 		for (int i = 0; i < r; i++)
 			ld[j * r + i] = bf16(d[i * k + j] / s[j]);
+	for (int64_t i = 0; i < n * r; i++)
+		u[i] = bf16(u[i]);
 	if (shift) {
 		bias = malloc(n * 4);
 		assert_int_equal(fx_rt_fc2_bias(bias, NULL, rdq, s, n, k, FX_LOWRANK_SHIFT, &err), 0);

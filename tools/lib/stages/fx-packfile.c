@@ -328,10 +328,9 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 		return ret;
 	}
 
-	/* bias, with the INT4 shift correction b − c·Σ_k R[n][k]/s[k], R = W·diag(s) −
-	 * up_b·down_b the residual fx-quant quantized (the branch as stored, BF16) */
+	/* bias, with the INT4 shift correction b − c·Σ_k R[n][k]/s[k], R = W·diag(s) − up·down */
 	if (!x->fp4 && g->gelu_input) {
-		/* Σ_k R[n][k]/s[k] = Σ_k W[n][k] − Σ_j bf16(up[n][j])·(Σ_k bf16(down[j][k]/s[k])) */
+		/* Σ_k R[n][k]/s[k] = Σ_k W[n][k] − Σ_j up[n][j]·(Σ_k down[j][k]/s[k]) */
 		double *dsum = calloc((size_t)(r ? r : 1), sizeof(double));
 
 		if (!dsum)
@@ -340,7 +339,7 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 			const float *d = (const float *)td->data + j * k;
 
 			for (i = 0; i < k; i++)
-				dsum[j] += (double)fx_bf16_to_f32(fx_f32_to_bf16(d[i] / smooth[i]));
+				dsum[j] += (double)d[i] / smooth[i];
 		}
 #pragma omp parallel for
 		for (int64_t row = 0; row < n; row++) {
@@ -349,8 +348,7 @@ static int pack_w4a4(struct ctx *x, const struct fx_group *g, struct fx_err *err
 			for (int64_t c = 0; c < k; c++)
 				acc += x->w[row * k + c];
 			for (int64_t j = 0; j < r; j++)
-				acc -= (double)fx_bf16_to_f32(fx_f32_to_bf16(((const float *)tu->data)[row * r + j])) *
-				       dsum[j];
+				acc -= (double)((const float *)tu->data)[row * r + j] * dsum[j];
 			x->bias[row] = (float)((double)x->bias[row] - FX_INT4_SHIFT * acc);
 		}
 		free(dsum);

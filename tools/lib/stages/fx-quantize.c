@@ -142,15 +142,14 @@ struct bufs {
 	float *rscale, *tscale;
 	int64_t *perm;
 	float *dpack;   /* the branch's down packed for fx_ops_residual */
-	float *upb, *downb;   /* the branch as stored (fx_ops_branch_stored) */
-	size_t cap_w, cap_nk, cap_n, cap_x, cap_dpack, cap_upb, cap_downb;
+	size_t cap_w, cap_nk, cap_n, cap_x, cap_dpack;
 };
 
 static void bufs_free(struct bufs *b)
 {
 	free(b->w); free(b->x); free(b->ramax); free(b->codes); free(b->scales8);
 	free(b->scales16); free(b->zeros); free(b->rscale); free(b->tscale); free(b->perm);
-	free(b->dpack); free(b->upb); free(b->downb);
+	free(b->dpack);
 }
 
 /* Grow-only: outputs for an (n, k) layer, wrows rows of f32 weights, m
@@ -279,8 +278,7 @@ static int get_branch(const struct fx_st *branch, const struct fx_group *g, stru
 }
 
 /* Rows [r0, r0+nr) of what is quantized (rows[] instead when given): the
- * weights, or with a branch the residual R = W·diag(s) − up_b·down_b, the
- * branch as the checkpoint stores it (BF16), whose rounding R absorbs. */
+ * weights, or with a branch the residual R = W·diag(s) − up·down. */
 static int produce(const struct fx_model *m, const struct fx_group *g, const struct branch_t *br,
 		   int64_t r0, int64_t nr, const int64_t *rows, float *w, struct fx_err *err)
 {
@@ -654,19 +652,6 @@ static int quantize_group(struct fx_stage *s, const struct fx_model *m, const st
 		if ((ret = get_branch(branch, g, &br, err)) < 0)
 			return ret;
 		brp = &br;
-		if ((size_t)(br.r * n) > b->cap_upb) {
-			free(b->upb);
-			b->cap_upb = (b->upb = malloc((size_t)(br.r * n) * sizeof(float))) ? (size_t)(br.r * n) : 0;
-		}
-		if ((size_t)(br.r * k) > b->cap_downb) {
-			free(b->downb);
-			b->cap_downb = (b->downb = malloc((size_t)(br.r * k) * sizeof(float))) ? (size_t)(br.r * k) : 0;
-		}
-		if (!b->upb || !b->downb)
-			return fx_error(err, FX_E_NOMEM, "out of memory for the branch of '%s'", g->name);
-		fx_ops_branch_stored(b->upb, b->downb, br.up, br.down, br.smooth, n, br.r, k);
-		br.up = b->upb;
-		br.down = b->downb;
 		/* packed once, not per row block; without memory the kernel packs
 		 * per call (slower, the same bytes) */
 		if ((size_t)(br.r * k) > b->cap_dpack) {
@@ -811,8 +796,7 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 	struct bufs b = {0};
 	struct thin_rows thin = {0};
 	struct fx_progress prog;
-	char model_id[65], blocks[32], lparams[192], lthin[192], *modeljs = NULL;
-	const char *bp;
+	char model_id[65], blocks[32], lparams[160], lthin[160], *modeljs = NULL;
 	bool fp4 = !strcmp(o->precision, "fp4");
 	int first, last, ret;
 	size_t i, ngroups = 0;
@@ -860,13 +844,8 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		goto out;
 	}
 	/* a layer's recipe leaves out --blocks, so shards and whole runs agree;
-	 * GPTQ's parameters only when it is on (older recipes stay valid); with
-	 * a branch, the residual of the branch as stored (residuals of the f32
-	 * branch, before, are recomputed) */
-	if (branch)
-		fx_stage_param_str(s, "branch", "bf16");
-	bp = branch ? "\"branch\":\"bf16\"," : "";
-	snprintf(lparams, sizeof(lparams), "{%s\"group\":%d,\"precision\":\"%s\",\"search\":%d}", bp,
+	 * GPTQ's parameters only when it is on (older recipes stay valid) */
+	snprintf(lparams, sizeof(lparams), "{\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
 		 fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision, o->search && calib);
 	if (o->gptq) {
 		double damp = layer_damp(o, false), thin = layer_damp(o, true);
@@ -876,12 +855,12 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		fx_stage_param_real(s, "gptq_damp", damp);
 		fx_stage_param_real(s, "gptq_thin_damp", thin);
 		fx_stage_param_int(s, "gptq_block", blk);
-		snprintf(lparams, sizeof(lparams), "{%s\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
-			 bp, damp, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
+		snprintf(lparams, sizeof(lparams), "{\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
+			 damp, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
 			 o->search && calib);
 		/* a thin layer's recipe names the damping it gets */
-		snprintf(lthin, sizeof(lthin), "{%s\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
-			 bp, thin, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
+		snprintf(lthin, sizeof(lthin), "{\"gptq\":[%.17g,%d],\"group\":%d,\"precision\":\"%s\",\"search\":%d}",
+			 thin, blk, fp4 ? FX_QUANT_FP4_GROUP : FX_QUANT_INT4_GROUP, o->precision,
 			 o->search && calib);
 	} else {
 		memcpy(lthin, lparams, sizeof(lthin));
