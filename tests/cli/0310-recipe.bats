@@ -11,8 +11,7 @@
 # before fx.params search 2 gave fp4 -0.49/-0.45, int4 -0.48/-0.47, int4
 # fc2 -1.06; search 3 (30% less CPU) fp4 -0.00/+0.02, int4 +0.29/+0.32;
 # search 4 (32 search rows, 12% less) fp4 +0.03/+0.08, int4 +0.30/+0.32;
-# search 5 (the branch as stored, BF16) fp4 -0.04/-0.01, int4 +0.29/+0.29
-# (seeds 1-3, all 24 layers: fp4 +0.10/+0.17, int4 +0.24/+0.21).
+# search 5 (the branch as stored, BF16) fp4 +0.01/+0.04, int4 +0.31/+0.34.
 # See fx-lowrank(1) NUMERICS.
 
 load helper
