@@ -233,17 +233,12 @@ __global__ void k_actq_err(float *d, const float *x, const float *xq, const floa
 	d[i] = __fsub_rn(xp, __fadd_rn(xq[i], cs));
 }
 
-// One block per row: f64 ‖ea‖² + gw·‖e − ea‖².
-__global__ void k_rowscore(double *out, const float *e, const float *ea, int64_t n, double gw)
+// out[block] = the sum of every thread's acc (blocks of at most 256
+// threads, a power of two): f64, in a fixed order.
+__device__ void row_store(double *out, double acc)
 {
 	__shared__ double red[256];
-	const int64_t row = blockIdx.x;
-	double acc = 0.0;
 
-	for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-		double a = ea[row * n + j], w = (double)e[row * n + j] - a;
-		acc += a * a + gw * w * w;
-	}
 	red[threadIdx.x] = acc;
 	__syncthreads();
 	for (int h = blockDim.x / 2; h > 0; h >>= 1) {
@@ -252,7 +247,20 @@ __global__ void k_rowscore(double *out, const float *e, const float *ea, int64_t
 		__syncthreads();
 	}
 	if (threadIdx.x == 0)
-		out[row] = red[0];
+		out[blockIdx.x] = red[0];
+}
+
+// One block per row: f64 ‖ea‖² + gw·‖e − ea‖².
+__global__ void k_rowscore(double *out, const float *e, const float *ea, int64_t n, double gw)
+{
+	const int64_t row = blockIdx.x;
+	double acc = 0.0;
+
+	for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+		double a = ea[row * n + j], w = (double)e[row * n + j] - a;
+		acc += a * a + gw * w * w;
+	}
+	row_store(out, acc);
 }
 
 // ds (r,k) = bf16(down (r,k) / s): lora_down as the checkpoint stores it.
@@ -285,21 +293,12 @@ __global__ void k_scale_rows_cm(float *a, const float *s, int64_t rows, int l)
 // One block per row: f64 sum of squares.
 __global__ void k_rowsumsq(double *out, const float *e, int64_t n)
 {
-	__shared__ double red[256];
 	const int64_t row = blockIdx.x;
 	double acc = 0.0;
 
 	for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
 		acc += (double)e[row * n + j] * (double)e[row * n + j];
-	red[threadIdx.x] = acc;
-	__syncthreads();
-	for (int h = blockDim.x / 2; h > 0; h >>= 1) {
-		if ((int)threadIdx.x < h)
-			red[threadIdx.x] += red[threadIdx.x + h];
-		__syncthreads();
-	}
-	if (threadIdx.x == 0)
-		out[row] = red[0];
+	row_store(out, acc);
 }
 
 static unsigned nblocks(int64_t count, int threads)

@@ -68,30 +68,23 @@ static int check_finite(const struct fx_tensor *t, const struct fx_st *st, struc
 			isnan(v[i]) ? "NaN" : v[i] > 0 ? "Inf" : "-Inf", at);
 }
 
-/* The smoothing and branch were searched against residuals of one
- * precision: quantizing with the other silently loses that. */
-static int check_precision(const struct fx_st *branch, const char *want, struct fx_err *err)
+/* What the branch was searched for, from its fx.params. Its precision must
+ * be ours: quantizing with the other silently loses the search. A branch
+ * searched for GPTQ codes (fx-lowrank --for-gptq) and rounding to nearest,
+ * or the other way round, is legal but loses quality: say so. */
+static int check_branch_params(const struct fx_st *branch, const char *want, bool gptq,
+			       struct fx_err *err)
 {
 	json_t *p = json_loads(fx_st_meta(branch, "fx.params"), 0, NULL);
 	const char *have = json_string_value(json_object_get(p, "precision"));
+	double w = json_number_value(json_object_get(p, "gptq_weight"));
 	int ret = 0;
 
 	if (have && strcmp(have, want))
 		ret = fx_error(err, FX_E_FORMAT, "'%s' was made for --precision %s, not %s "
 			       "(rerun fx-lowrank with --precision %s)", fx_st_path(branch), have,
 			       want, want);
-	json_decref(p);
-	return ret;
-}
-
-/* A branch searched for GPTQ codes (fx-lowrank --for-gptq) and rounding
- * to nearest, or the other way round, is legal but loses quality: say so. */
-static void note_gptq_match(const struct fx_st *branch, bool gptq)
-{
-	json_t *p = json_loads(fx_st_meta(branch, "fx.params"), 0, NULL);
-	double w = json_number_value(json_object_get(p, "gptq_weight"));
-
-	if (w > 0.0 && !gptq)
+	else if (w > 0.0 && !gptq)
 		fx_log_info("note: '%s' was searched for GPTQ (fx-lowrank --for-gptq): without --gptq "
 			    "its residual rounds worse than that of a branch searched without it",
 			    fx_st_path(branch));
@@ -100,6 +93,7 @@ static void note_gptq_match(const struct fx_st *branch, bool gptq)
 			    "fx-lowrank --for-gptq picks smoothings that gain more (fx-lowrank(1))",
 			    fx_st_path(branch));
 	json_decref(p);
+	return ret;
 }
 
 /* Declares the fx.quant tensors of one group. */
@@ -822,10 +816,9 @@ int fx_quantize_run(const struct fx_quantize_opts *o, bool *up_to_date,
 		    (ret = fx_file_expect(branch, FX_FMT_BRANCH, "fx-quant", err)) < 0 ||
 		    (ret = check_model_of(branch, model_id, "branch file", err)) < 0 ||
 		    (ret = fx_audit_input(branch, FX_FMT_BRANCH, o->model, "fx-quant", err)) < 0 ||
-		    (ret = check_precision(branch, o->precision, err)) < 0 ||
+		    (ret = check_branch_params(branch, o->precision, o->gptq, err)) < 0 ||
 		    (ret = fx_stage_input(s, "branch", o->branch, err)) < 0)
 			goto out;
-		note_gptq_match(branch, o->gptq);
 	}
 	if ((o->search || o->gptq) && o->calib) {
 		if ((ret = fx_st_open(&calib, o->calib, err)) < 0 ||

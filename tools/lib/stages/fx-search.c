@@ -443,25 +443,18 @@ static int parse_opts(const struct fx_lowrank_stage_opts *o, struct fx_lowrank_o
  * layer computed in one block range is reused in another). */
 static char *layer_params(const struct fx_lowrank_stage_opts *o, const struct fx_lowrank_opts *ko)
 {
-	char *s = NULL;
+	char *s = NULL, gw[48] = "";
 
+	/* gptq_weight only when set: branches searched for RTN keep their recipes */
+	if (ko->gptq_weight > 0.0)
+		snprintf(gw, sizeof(gw), ",\"gptq_weight\":%g", ko->gptq_weight);
 	if (asprintf(&s, "{\"abandon\":%g,\"finalists\":%d,\"grid\":%d,\"iters\":%d,\"method\":\"%s\","
 		     "\"oversample\":%d,\"power\":%d,\"precision\":\"%s\",\"rank\":%d,"
-		     "\"refine_power\":%d,\"search\":%d,\"search_rows\":%lld,\"seed\":%llu}",
+		     "\"refine_power\":%d,\"search\":%d,\"search_rows\":%lld,\"seed\":%llu%s}",
 		     ko->abandon, ko->finalists, ko->grid, ko->iters, o->method, ko->oversample, ko->power,
 		     o->precision, ko->rank, ko->refine_power, FX_LOWRANK_SEARCH_VERSION,
-		     (long long)ko->search_rows, (unsigned long long)ko->seed) < 0)
+		     (long long)ko->search_rows, (unsigned long long)ko->seed, gw) < 0)
 		return NULL;
-	/* only when set: branches searched for RTN keep their recipes */
-	if (ko->gptq_weight > 0.0) {
-		char *t = s;
-		size_t n = strlen(t);
-
-		t[n - 1] = '\0';
-		if (asprintf(&s, "%s,\"gptq_weight\":%g}", t, ko->gptq_weight) < 0)
-			s = NULL;
-		free(t);
-	}
 	return s;
 }
 
